@@ -1,0 +1,285 @@
+//! The HTTP API: routes, handlers, and the answers the Nx client understands.
+//!
+//! This is the only module that knows the Nx contract's status codes:
+//! - GET: 200 with the bytes (or 307 to a URL the client fetches itself), 404 for a miss. Any
+//!   other GET answer aborts the user's whole build, so storage trouble and namespaces a token may
+//!   not read are answered as misses; only a bad token gets 401 (`text/plain`, exactly).
+//! - PUT: 200 stored, 409 exists, 403 not stored (read-only token or server, too large, storage
+//!   trouble). The client ignores 403 and 409 silently and fails the task on anything else.
+//!
+//! A PUT that will be refused is answered before its body is read.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::TryStreamExt;
+
+use crate::auth::{Grant, TokenAuthority};
+use crate::config::Mode;
+use crate::key::{CacheKey, Namespace};
+use crate::storage::{Fetched, Store, StoreError, Stored};
+use crate::telemetry::{self, Outcome};
+
+/// Shared state of every handler: one cheap `Clone`.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub tokens: Arc<TokenAuthority>,
+    pub mode: Mode,
+    pub max_artifact_bytes: u64,
+}
+
+/// The router: org-wide cache, per-team caches, liveness and readiness.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(alive))
+        .route("/health", get(health))
+        .route("/v1/cache/{hash}", get(get_org).put(put_org))
+        .route("/teams/{team}/v1/cache/{hash}", get(get_team).put(put_team))
+        // Bodies are streamed to storage with our own size check, never buffered by axum.
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(telemetry::log_request))
+        .with_state(state)
+}
+
+/// `GET /`: the Functions host polls it until the handler is up.
+async fn alive() -> &'static str {
+    "ok"
+}
+
+/// `GET /health`: 200 when the store can serve, 503 with the reason otherwise.
+async fn health(State(state): State<AppState>) -> Response {
+    match state.store.ready().await {
+        Ok(()) => text(StatusCode::OK, "ok".into()),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")),
+    }
+}
+
+async fn get_org(state: State<AppState>, Path(hash): Path<String>, headers: HeaderMap) -> Response {
+    read_entry(state, None, &hash, &headers).await
+}
+
+async fn get_team(
+    state: State<AppState>,
+    Path((team, hash)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    read_entry(state, Some(&team), &hash, &headers).await
+}
+
+async fn put_org(
+    state: State<AppState>,
+    Path(hash): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    write_entry(state, None, &hash, &headers, body).await
+}
+
+async fn put_team(
+    state: State<AppState>,
+    Path((team, hash)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    write_entry(state, Some(&team), &hash, &headers, body).await
+}
+
+/// Validates the key and the token, in that order; the error is the finished answer.
+fn admit(
+    state: &AppState,
+    team: Option<&str>,
+    hash: &str,
+    headers: &HeaderMap,
+) -> Result<(CacheKey, Grant), Response> {
+    let key = CacheKey::parse(team, hash)
+        .map_err(|e| text(StatusCode::BAD_REQUEST, e.to_string()).with(Outcome::BadRequest))?;
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
+    let grant = state.tokens.verify_header(authorization).map_err(|e| {
+        tracing::info!(reason = %e, namespace = %key.namespace, "token refused");
+        text(StatusCode::UNAUTHORIZED, e.to_string()).with(Outcome::Unauthorized)
+    })?;
+    Ok((key, grant))
+}
+
+async fn read_entry(
+    State(state): State<AppState>,
+    team: Option<&str>,
+    hash: &str,
+    headers: &HeaderMap,
+) -> Response {
+    let (key, grant) = match admit(&state, team, hash, headers) {
+        Ok(admitted) => admitted,
+        Err(answer) => return answer,
+    };
+    if state.mode == Mode::NoCache {
+        return miss(Outcome::Miss);
+    }
+    if !grant.covers(&key.namespace) {
+        // A miss, not an error: any non-404 GET failure aborts the user's build, and a miss
+        // does not reveal whether the other namespace holds the entry.
+        tracing::warn!(subject = %grant.subject, token_id = %grant.token_id,
+            namespace = %key.namespace, "token has no access to this namespace; answering a miss");
+        return miss(Outcome::Denied);
+    }
+    match state.store.get(&key).await {
+        Ok(Some(Fetched::Stream { len, body })) => {
+            let mut response = Response::new(Body::from_stream(body));
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, octet_stream());
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            response.with(Outcome::Hit { bytes: len })
+        }
+        Ok(Some(Fetched::Redirect(url))) => match HeaderValue::try_from(url) {
+            Ok(location) => {
+                let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+                response.headers_mut().insert(header::LOCATION, location);
+                response.with(Outcome::Redirect)
+            }
+            Err(_) => {
+                tracing::error!(namespace = %key.namespace, "backend produced an invalid redirect URL");
+                miss(Outcome::StorageError)
+            }
+        },
+        Ok(None) => miss(Outcome::Miss),
+        Err(e) => {
+            tracing::error!(error = %e, namespace = %key.namespace, hash = key.hash.as_str(),
+                "storage read failed; answering a miss");
+            miss(Outcome::StorageError)
+        }
+    }
+}
+
+async fn write_entry(
+    State(state): State<AppState>,
+    team: Option<&str>,
+    hash: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let (key, grant) = match admit(&state, team, hash, headers) {
+        Ok(admitted) => admitted,
+        Err(answer) => return answer,
+    };
+    if let Err(answer) = may_write(&state, &key, &grant) {
+        return answer;
+    }
+    let len = match declared_length(headers) {
+        Some(len) => len,
+        None => {
+            return text(
+                StatusCode::LENGTH_REQUIRED,
+                "a Content-Length header is required".into(),
+            )
+            .with(Outcome::BadRequest);
+        }
+    };
+    if len > state.max_artifact_bytes {
+        tracing::warn!(namespace = %key.namespace, hash = key.hash.as_str(), bytes = len,
+            limit = state.max_artifact_bytes, "artifact over the size limit; not stored");
+        let message = format!(
+            "not stored: the artifact is {len} bytes, over this cache's limit of {} bytes (NX_CACHE_MAX_ARTIFACT_SIZE)",
+            state.max_artifact_bytes
+        );
+        return text(StatusCode::FORBIDDEN, message).with(Outcome::TooLarge);
+    }
+    match state.store.exists(&key).await {
+        Ok(true) => return conflict(),
+        Ok(false) => {}
+        Err(e) => return not_stored_storage_error(&key, e),
+    }
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    match state.store.put_if_absent(&key, len, Box::pin(stream)).await {
+        Ok(Stored::Created) => {
+            text(StatusCode::OK, "stored".into()).with(Outcome::Stored { bytes: len })
+        }
+        Ok(Stored::AlreadyExists) => conflict(),
+        Err(e) if e.is_client_fault() => {
+            tracing::warn!(error = %e, namespace = %key.namespace, hash = key.hash.as_str(),
+                "upload did not complete");
+            text(StatusCode::BAD_REQUEST, e.to_string()).with(Outcome::BadRequest)
+        }
+        Err(e) => not_stored_storage_error(&key, e),
+    }
+}
+
+/// Server mode, then the token's write right on this namespace.
+fn may_write(state: &AppState, key: &CacheKey, grant: &Grant) -> Result<(), Response> {
+    let refusal = if state.mode != Mode::ReadWrite {
+        "not stored: this cache server is read-only"
+    } else if !grant.covers(&key.namespace) {
+        match key.namespace {
+            Namespace::Org => "not stored: this token has no access to the org-wide cache",
+            Namespace::Team(_) => "not stored: this token has no access to this team's cache",
+        }
+    } else if !grant.can_write(&key.namespace) {
+        "not stored: this token is read-only"
+    } else {
+        return Ok(());
+    };
+    Err(text(StatusCode::FORBIDDEN, refusal.into()).with(Outcome::Denied))
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn miss(outcome: Outcome) -> Response {
+    text(StatusCode::NOT_FOUND, "not found".into()).with(outcome)
+}
+
+fn conflict() -> Response {
+    text(
+        StatusCode::CONFLICT,
+        "not stored: this entry exists and cache entries are never overwritten".into(),
+    )
+    .with(Outcome::Conflict)
+}
+
+fn not_stored_storage_error(key: &CacheKey, error: StoreError) -> Response {
+    tracing::error!(error = %error, namespace = %key.namespace, hash = key.hash.as_str(),
+        "storage write failed; answering not stored");
+    text(
+        StatusCode::FORBIDDEN,
+        "not stored: the cache storage is unavailable".into(),
+    )
+    .with(Outcome::StorageError)
+}
+
+fn octet_stream() -> HeaderValue {
+    HeaderValue::from_static("application/octet-stream")
+}
+
+/// A `text/plain` answer. The Nx client shows a 401's body only when the content type is
+/// exactly `text/plain`, without a charset.
+fn text(status: StatusCode, message: String) -> Response {
+    let mut response = (status, message).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// Attaches the request's outcome for the log line.
+trait WithOutcome {
+    fn with(self, outcome: Outcome) -> Response;
+}
+
+impl WithOutcome for Response {
+    fn with(mut self, outcome: Outcome) -> Response {
+        self.extensions_mut().insert(outcome);
+        self
+    }
+}

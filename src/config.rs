@@ -1,0 +1,417 @@
+//! Configuration: environment variables and flags turned into one typed [`Config`].
+//!
+//! Every mistake becomes a [`ConfigError`] naming the setting and what is wrong with it, which
+//! `main` prints as one line before exiting non-zero. Parsing takes a lookup function instead of
+//! reading the process environment directly, so the rules are unit-tested without touching it.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use jsonwebtoken::Algorithm;
+
+use crate::auth::{Secret, parse_algorithm};
+
+/// Default port when neither the Functions host nor the user names one.
+pub const DEFAULT_PORT: u16 = 3000;
+/// Default data directory of the embedded store, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "nx-cache-data";
+/// Default cap on one artifact: 1 GiB.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 1 << 30;
+pub const DEFAULT_ISSUER: &str = "nx-azure-cache";
+pub const DEFAULT_AUDIENCE: &str = "nx-remote-cache";
+/// File inside the data directory that holds the development secret.
+pub const DEV_SECRET_FILE: &str = ".dev-jwt-secret";
+
+/// A setting that is wrong, and why. Displayed as `NAME: problem`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            setting,
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "configuration error: {}: {}", self.setting, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What the server lets clients do, whatever their tokens allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Reads and writes (writes still need a read-write token).
+    ReadWrite,
+    /// Reads only: every PUT gets the not-stored answer.
+    ReadOnly,
+    /// Neither: every GET is a miss and every PUT is not stored.
+    NoCache,
+}
+
+impl Mode {
+    fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "read-write" => Ok(Mode::ReadWrite),
+            "read-only" => Ok(Mode::ReadOnly),
+            "no-cache" => Ok(Mode::NoCache),
+            other => Err(format!(
+                "expected read-write, read-only or no-cache, got '{other}'"
+            )),
+        }
+    }
+}
+
+/// Log output shape: JSON lines for Azure (Application Insights), readable text locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Where the token secret comes from.
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    /// `NX_CACHE_JWT_SECRET`.
+    Env(Secret),
+    /// A development secret kept in the data directory, created on first run. Never used under
+    /// Azure Functions.
+    DevFile(PathBuf),
+}
+
+/// Token settings.
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub secret: SecretSource,
+    pub algorithm: Algorithm,
+    pub issuer: String,
+    pub audience: String,
+    pub revoked: HashSet<String>,
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: IpAddr,
+    pub port: u16,
+    /// True when started by the Azure Functions host (`FUNCTIONS_CUSTOMHANDLER_PORT` set).
+    pub under_functions: bool,
+    pub mode: Mode,
+    pub max_artifact_bytes: u64,
+    pub data_dir: PathBuf,
+    pub tokens: TokenConfig,
+    pub log_format: LogFormat,
+}
+
+/// Values given on the command line; they lose to the Functions host's port.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub port: Option<u16>,
+    pub bind: Option<IpAddr>,
+}
+
+impl Config {
+    /// Builds the configuration from flags and an environment lookup. Empty values count as unset.
+    pub fn load(flags: &Flags, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+
+        let functions_port = get("FUNCTIONS_CUSTOMHANDLER_PORT")
+            .map(|v| parse_port("FUNCTIONS_CUSTOMHANDLER_PORT", &v))
+            .transpose()?;
+        let under_functions = functions_port.is_some();
+        let port = match (functions_port, flags.port) {
+            (Some(port), _) | (None, Some(port)) => port,
+            (None, None) => get("PORT")
+                .map(|v| parse_port("PORT", &v))
+                .transpose()?
+                .unwrap_or(DEFAULT_PORT),
+        };
+        let bind = flags.bind.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+
+        let mode = get("NX_CACHE_MODE")
+            .map(|v| Mode::parse(v.trim()).map_err(|e| ConfigError::new("NX_CACHE_MODE", e)))
+            .transpose()?
+            .unwrap_or(Mode::ReadWrite);
+
+        let max_artifact_bytes = get("NX_CACHE_MAX_ARTIFACT_SIZE")
+            .map(|v| {
+                parse_size(v.trim()).map_err(|e| ConfigError::new("NX_CACHE_MAX_ARTIFACT_SIZE", e))
+            })
+            .transpose()?
+            .unwrap_or(DEFAULT_MAX_ARTIFACT_BYTES);
+
+        let data_dir = get("NX_CACHE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+
+        let secret = match get("NX_CACHE_JWT_SECRET") {
+            Some(value) => SecretSource::Env(
+                Secret::new(value.into_bytes())
+                    .map_err(|e| ConfigError::new("NX_CACHE_JWT_SECRET", e))?,
+            ),
+            None if under_functions => {
+                return Err(ConfigError::new(
+                    "NX_CACHE_JWT_SECRET",
+                    "not set; it is required under Azure Functions (set it as an app setting or a Key Vault reference)",
+                ));
+            }
+            None => SecretSource::DevFile(data_dir.join(DEV_SECRET_FILE)),
+        };
+        let algorithm = get("NX_CACHE_JWT_ALGORITHM")
+            .map(|v| {
+                parse_algorithm(v.trim()).map_err(|e| ConfigError::new("NX_CACHE_JWT_ALGORITHM", e))
+            })
+            .transpose()?
+            .unwrap_or(Algorithm::HS256);
+        let revoked = get("NX_CACHE_REVOKED_TOKENS")
+            .map(|v| {
+                v.split([',', ' ', '\n'])
+                    .map(str::trim)
+                    .filter(|id| !id.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let tokens = TokenConfig {
+            secret,
+            algorithm,
+            issuer: get("NX_CACHE_JWT_ISSUER").unwrap_or_else(|| DEFAULT_ISSUER.into()),
+            audience: get("NX_CACHE_JWT_AUDIENCE").unwrap_or_else(|| DEFAULT_AUDIENCE.into()),
+            revoked,
+        };
+
+        let log_format = match get("NX_CACHE_LOG_FORMAT").as_deref().map(str::trim) {
+            Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "NX_CACHE_LOG_FORMAT",
+                    format!("expected json or text, got '{other}'"),
+                ));
+            }
+            None if under_functions => LogFormat::Json,
+            None => LogFormat::Text,
+        };
+
+        Ok(Self {
+            bind,
+            port,
+            under_functions,
+            mode,
+            max_artifact_bytes,
+            data_dir,
+            tokens,
+            log_format,
+        })
+    }
+}
+
+fn parse_port(setting: &'static str, raw: &str) -> Result<u16, ConfigError> {
+    raw.trim()
+        .parse::<u16>()
+        .map_err(|_| ConfigError::new(setting, format!("expected a port number, got '{raw}'")))
+}
+
+/// Parses a byte size: a plain number of bytes, or a number with `K`, `M`, `G` (or `KiB`, `MiB`,
+/// `GiB`; all binary multiples).
+pub fn parse_size(raw: &str) -> Result<u64, String> {
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (digits, unit) = raw.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("expected a size such as 104857600, 100M or 1GiB, got '{raw}'"))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "KB" => 1 << 10,
+        "M" | "MiB" | "MB" => 1 << 20,
+        "G" | "GiB" | "GB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}' in '{raw}'; use K, M or G"
+            ));
+        }
+    };
+    let bytes = number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("size '{raw}' is too large"))?;
+    if bytes == 0 {
+        return Err("size must be greater than zero".into());
+    }
+    Ok(bytes)
+}
+
+/// Reads the development secret from `path`, creating it (48 random bytes, base64, mode 0600)
+/// when it does not exist. Returns the secret and whether it was just created.
+pub fn load_or_create_dev_secret(path: &Path) -> std::io::Result<(Secret, bool)> {
+    use base64::Engine;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let secret = Secret::new(text.trim().as_bytes().to_vec())
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+            Ok((secret, false))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let mut raw = [0u8; 48];
+            getrandom::fill(&mut raw).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let text = base64::engine::general_purpose::STANDARD.encode(raw);
+            write_private(path, &text)?;
+            let secret = Secret::new(text.into_bytes()).map_err(std::io::Error::other)?;
+            Ok((secret, true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates a file readable by its owner only; fails if it already exists.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)], flags: Flags) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(&flags, |name| map.get(name).cloned())
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn defaults_serve_locally_with_a_dev_secret() {
+        let config = load(&[], Flags::default()).unwrap();
+        assert_eq!(config.port, DEFAULT_PORT);
+        assert_eq!(config.bind.to_string(), "127.0.0.1");
+        assert_eq!(config.mode, Mode::ReadWrite);
+        assert_eq!(config.max_artifact_bytes, DEFAULT_MAX_ARTIFACT_BYTES);
+        assert!(!config.under_functions);
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert!(matches!(config.tokens.secret, SecretSource::DevFile(_)));
+    }
+
+    #[test]
+    fn port_precedence_functions_then_flag_then_env() {
+        let flag = Flags {
+            port: Some(4000),
+            bind: None,
+        };
+        let with_fn = load(
+            &[
+                ("FUNCTIONS_CUSTOMHANDLER_PORT", "5000"),
+                ("PORT", "6000"),
+                ("NX_CACHE_JWT_SECRET", SECRET),
+            ],
+            flag.clone(),
+        )
+        .unwrap();
+        assert_eq!(with_fn.port, 5000);
+        assert!(with_fn.under_functions);
+        assert_eq!(with_fn.log_format, LogFormat::Json);
+        assert_eq!(load(&[("PORT", "6000")], flag).unwrap().port, 4000);
+        assert_eq!(
+            load(&[("PORT", "6000")], Flags::default()).unwrap().port,
+            6000
+        );
+    }
+
+    #[test]
+    fn functions_without_secret_is_an_error() {
+        let err = load(
+            &[("FUNCTIONS_CUSTOMHANDLER_PORT", "5000")],
+            Flags::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.setting, "NX_CACHE_JWT_SECRET");
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        let cases = [
+            ("PORT", "http"),
+            ("FUNCTIONS_CUSTOMHANDLER_PORT", "70000"),
+            ("NX_CACHE_MODE", "sometimes"),
+            ("NX_CACHE_MAX_ARTIFACT_SIZE", "lots"),
+            ("NX_CACHE_JWT_SECRET", "short"),
+            ("NX_CACHE_JWT_ALGORITHM", "none"),
+            ("NX_CACHE_LOG_FORMAT", "xml"),
+        ];
+        for (name, value) in cases {
+            let err = load(&[(name, value)], Flags::default()).unwrap_err();
+            assert_eq!(err.setting, name, "{name}={value}");
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("configuration error: {name}: "))
+            );
+        }
+    }
+
+    #[test]
+    fn modes_and_revocations() {
+        let config = load(
+            &[
+                ("NX_CACHE_MODE", "read-only"),
+                ("NX_CACHE_REVOKED_TOKENS", "a, b,,c"),
+            ],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(config.mode, Mode::ReadOnly);
+        assert_eq!(config.tokens.revoked.len(), 3);
+        assert!(config.tokens.revoked.contains("b"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert_eq!(parse_size("100M").unwrap(), 100 << 20);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("64K").unwrap(), 64 << 10);
+        for bad in ["", "M", "1T", "-1", "0", "99999999999999999999G", "1.5G"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dev_secret_is_created_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join(DEV_SECRET_FILE);
+        let (_, created) = load_or_create_dev_secret(&path).unwrap();
+        assert!(created);
+        let first = std::fs::read(&path).unwrap();
+        let (_, created_again) = load_or_create_dev_secret(&path).unwrap();
+        assert!(!created_again);
+        assert_eq!(std::fs::read(&path).unwrap(), first);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Cache keys: which namespace an entry lives in and its hash.
+//!
+//! Everything that comes from the URL is validated here, before it can reach a storage backend,
+//! so a backend can build file paths or blob names from a key without further checks.
+
+use std::fmt;
+
+/// Longest hash accepted. Nx sends a decimal `u64` (at most 20 digits); older releases sent longer
+/// hex or decimal digests, so the bound is generous but still keeps names short for storage.
+pub const MAX_HASH_LEN: usize = 128;
+
+/// Longest team name accepted (a DNS label's limit, which also keeps blob prefixes short).
+pub const MAX_TEAM_LEN: usize = 63;
+
+/// Why a path segment was refused; the message is shown to the client in a 400 answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("malformed cache hash: expected 1 to {MAX_HASH_LEN} ASCII letters or digits")]
+    Hash,
+    #[error(
+        "malformed team name: expected 1 to {MAX_TEAM_LEN} lowercase letters, digits or '-', starting with a letter or digit"
+    )]
+    Team,
+}
+
+/// A validated team name: `[a-z0-9][a-z0-9-]{0,62}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TeamName(String);
+
+impl TeamName {
+    pub fn parse(raw: &str) -> Result<Self, KeyError> {
+        let bytes = raw.as_bytes();
+        let valid_char = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+        let ok = !bytes.is_empty()
+            && bytes.len() <= MAX_TEAM_LEN
+            && bytes[0] != b'-'
+            && bytes.iter().all(valid_char);
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(KeyError::Team)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TeamName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A validated cache hash: 1 to [`MAX_HASH_LEN`] ASCII alphanumerics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Hash(String);
+
+impl Hash {
+    pub fn parse(raw: &str) -> Result<Self, KeyError> {
+        let ok = !raw.is_empty()
+            && raw.len() <= MAX_HASH_LEN
+            && raw.bytes().all(|b| b.is_ascii_alphanumeric());
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(KeyError::Hash)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Where an entry lives: the org-wide cache, or one team's private cache.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Namespace {
+    Org,
+    Team(TeamName),
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Namespace::Org => f.write_str("org"),
+            Namespace::Team(team) => write!(f, "team:{team}"),
+        }
+    }
+}
+
+/// One cache entry's address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    pub namespace: Namespace,
+    pub hash: Hash,
+}
+
+impl CacheKey {
+    /// Builds a key from raw URL segments (already percent-decoded by the router).
+    pub fn parse(team: Option<&str>, hash: &str) -> Result<Self, KeyError> {
+        let namespace = match team {
+            None => Namespace::Org,
+            Some(team) => Namespace::Team(TeamName::parse(team)?),
+        };
+        Ok(Self {
+            namespace,
+            hash: Hash::parse(hash)?,
+        })
+    }
+
+    /// The entry's name relative to the store's root: `org/{hash}` or `teams/{team}/{hash}`.
+    ///
+    /// Both backends use it (file path under the data directory, blob name under the container's
+    /// prefix), so one team's entries can never share a name with another's or with the org's.
+    pub fn object_name(&self) -> String {
+        match &self.namespace {
+            Namespace::Org => format!("org/{}", self.hash.as_str()),
+            Namespace::Team(team) => format!("teams/{}/{}", team, self.hash.as_str()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nx_hashes_are_accepted() {
+        for hash in [
+            "4809188201876735999",
+            "0",
+            "a1B2c3",
+            &"9".repeat(MAX_HASH_LEN),
+        ] {
+            assert!(Hash::parse(hash).is_ok(), "{hash}");
+        }
+    }
+
+    #[test]
+    fn malformed_hashes_are_refused() {
+        let too_long = "1".repeat(MAX_HASH_LEN + 1);
+        for hash in [
+            "", "..", "../etc", "a/b", "a\\b", "12 3", "abc%2F", "é1", "1.2", "-1", &too_long,
+        ] {
+            assert_eq!(Hash::parse(hash), Err(KeyError::Hash), "{hash:?}");
+        }
+    }
+
+    #[test]
+    fn team_names_follow_dns_label_rules() {
+        for team in ["web", "api-2", "0team", &"a".repeat(MAX_TEAM_LEN)] {
+            assert!(TeamName::parse(team).is_ok(), "{team}");
+        }
+        let too_long = "a".repeat(MAX_TEAM_LEN + 1);
+        for team in ["", "Web", "-web", "we_b", "..", "a/b", "wéb", &too_long] {
+            assert_eq!(TeamName::parse(team), Err(KeyError::Team), "{team:?}");
+        }
+    }
+
+    #[test]
+    fn object_names_separate_namespaces() {
+        let org = CacheKey::parse(None, "42").unwrap();
+        let web = CacheKey::parse(Some("web"), "42").unwrap();
+        let api = CacheKey::parse(Some("api"), "42").unwrap();
+        assert_eq!(org.object_name(), "org/42");
+        assert_eq!(web.object_name(), "teams/web/42");
+        assert_ne!(web.object_name(), api.object_name());
+    }
+}

@@ -1,0 +1,24 @@
+//! A self-hosted remote cache for Nx, built to run as an Azure Functions custom handler.
+//!
+//! # Layout
+//!
+//! A request travels through the modules in this order, and the file list follows it:
+//!
+//! - [`server`]: binds the listener, serves the router, shuts down gracefully on SIGTERM.
+//! - [`api`]: the axum router and handlers; the only module that knows the status codes the Nx
+//!   client understands (see `docs/` and the shared client contract).
+//! - [`key`]: the cache key (namespace + hash) and the rules that validate it before anything
+//!   touches storage.
+//! - [`auth`]: issuing and verifying bearer tokens (JWT) and deciding what a token may read/write.
+//! - [`storage`]: the one [`storage::Store`] interface and the backends behind it.
+//! - [`config`]: environment and flags turned into one typed [`config::Config`]; every error
+//!   names the setting that is wrong.
+//! - [`telemetry`]: log setup and the per-request log line.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod key;
+pub mod server;
+pub mod storage;
+pub mod telemetry;

@@ -1,0 +1,132 @@
+//! Startup and shutdown: from a [`Config`] to a serving listener.
+//!
+//! `main` calls [`prepare`] (everything that can fail because of configuration, each failure one
+//! line) and then [`serve`]. The integration tests call the same two functions.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::auth::{Access, Secret, TokenAuthority, TokenRequest};
+use crate::config::{Config, SecretSource, load_or_create_dev_secret};
+use crate::storage::Store;
+use crate::storage::local::LocalStore;
+
+/// A server ready to run: its state and, on a developer machine, what to tell the user.
+pub struct Prepared {
+    pub state: AppState,
+    /// True when the token secret is the development secret from the data directory.
+    pub dev_secret: bool,
+}
+
+/// Resolves the token secret named by the configuration, creating the development secret on a
+/// developer machine's first run.
+pub fn resolve_secret(config: &Config) -> Result<(Secret, bool), String> {
+    match &config.tokens.secret {
+        SecretSource::Env(secret) => Ok((secret.clone(), false)),
+        SecretSource::DevFile(path) => {
+            let (secret, created) = load_or_create_dev_secret(path).map_err(|e| {
+                format!("configuration error: NX_CACHE_DIR: cannot keep the development secret at {}: {e}", path.display())
+            })?;
+            if created {
+                tracing::info!(path = %path.display(), "created a development token secret");
+            }
+            Ok((secret, true))
+        }
+    }
+}
+
+/// Builds the token authority from the configuration.
+pub fn token_authority(config: &Config, secret: &Secret) -> TokenAuthority {
+    TokenAuthority::new(
+        secret,
+        config.tokens.algorithm,
+        &config.tokens.issuer,
+        &config.tokens.audience,
+        config.tokens.revoked.clone(),
+    )
+}
+
+/// Opens the store and the token authority.
+pub async fn prepare(config: &Config) -> Result<Prepared, String> {
+    let (secret, dev_secret) = resolve_secret(config)?;
+    let store: Arc<dyn Store> = Arc::new(LocalStore::open(&config.data_dir).map_err(|e| {
+        format!(
+            "configuration error: NX_CACHE_DIR: cannot use {} as the cache directory: {e}",
+            config.data_dir.display()
+        )
+    })?);
+    tracing::info!(store = %store.describe(), mode = ?config.mode,
+        max_artifact_bytes = config.max_artifact_bytes, "storage ready");
+    let state = AppState {
+        store,
+        tokens: Arc::new(token_authority(config, &secret)),
+        mode: config.mode,
+        max_artifact_bytes: config.max_artifact_bytes,
+    };
+    Ok(Prepared { state, dev_secret })
+}
+
+/// Binds the configured address.
+pub async fn bind(config: &Config) -> Result<TcpListener, String> {
+    let addr = SocketAddr::new(config.bind, config.port);
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e} (set --port or PORT to another port)"))
+}
+
+/// The lines a developer exports to point Nx at this server, with a fresh read-write org token.
+pub fn nx_exports(state: &AppState, listener_addr: SocketAddr) -> Result<String, String> {
+    let host = if listener_addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        listener_addr.ip().to_string()
+    };
+    let url = match listener_addr {
+        SocketAddr::V6(_) if !listener_addr.ip().is_unspecified() => {
+            format!("http://[{host}]:{}", listener_addr.port())
+        }
+        _ => format!("http://{host}:{}", listener_addr.port()),
+    };
+    let token = state.tokens.issue(&TokenRequest {
+        org: true,
+        teams: vec![],
+        access: Access::ReadWrite,
+        expires_in: std::time::Duration::from_secs(30 * 24 * 3600),
+        subject: "local-development".into(),
+    })?;
+    Ok(format!(
+        "export NX_SELF_HOSTED_REMOTE_CACHE_SERVER={url}\nexport NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN={token}"
+    ))
+}
+
+/// Serves until SIGTERM or Ctrl-C, then lets in-flight requests finish.
+pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

@@ -1,0 +1,232 @@
+//! The embedded default backend: a directory on local disk.
+//!
+//! Layout under the root (`NX_CACHE_DIR`): entries at `org/{hash}` and `teams/{team}/{hash}`,
+//! uploads in progress under `.tmp/`. An upload is written to a temporary file, flushed to disk,
+//! then published with `link(2)`, which fails if the name exists: publishing is atomic and never
+//! overwrites, so of two concurrent uploads of one hash exactly one wins, and a reader never sees
+//! a partial entry.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio_util::io::ReaderStream;
+
+use super::{ByteStream, Fetched, Store, StoreError, Stored};
+use crate::key::CacheKey;
+
+/// Read and write buffer size: large enough to keep syscalls few for multi-MiB artifacts.
+const IO_BUFFER: usize = 256 * 1024;
+
+pub struct LocalStore {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) a store rooted at `root`. Leftover temporary files from a
+    /// previous run that died mid-upload are removed.
+    pub fn open(root: &Path) -> std::io::Result<Self> {
+        let tmp = root.join(".tmp");
+        std::fs::create_dir_all(&tmp)?;
+        for entry in std::fs::read_dir(&tmp)? {
+            let _ = std::fs::remove_file(entry?.path());
+        }
+        Ok(Self {
+            root: root.to_owned(),
+            tmp,
+        })
+    }
+
+    fn path_for(&self, key: &CacheKey) -> PathBuf {
+        // `object_name` is built from validated segments only: no `..`, no separators inside.
+        self.root.join(key.object_name())
+    }
+}
+
+/// A temporary file that is deleted when dropped, so every failure path cleans up after itself.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    fn describe(&self) -> String {
+        format!("local directory {}", self.root.display())
+    }
+
+    async fn get(&self, key: &CacheKey) -> Result<Option<Fetched>, StoreError> {
+        let file = match tokio::fs::File::open(self.path_for(key)).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let len = file.metadata().await?.len();
+        let body = ReaderStream::with_capacity(file, IO_BUFFER);
+        Ok(Some(Fetched::Stream {
+            len,
+            body: Box::pin(body),
+        }))
+    }
+
+    async fn exists(&self, key: &CacheKey) -> Result<bool, StoreError> {
+        Ok(tokio::fs::try_exists(self.path_for(key)).await?)
+    }
+
+    async fn put_if_absent(
+        &self,
+        key: &CacheKey,
+        len: u64,
+        mut body: ByteStream,
+    ) -> Result<Stored, StoreError> {
+        let temp = TempFile(self.tmp.join(uuid::Uuid::new_v4().simple().to_string()));
+        let file = tokio::fs::File::create(&temp.0).await?;
+        let mut writer = BufWriter::with_capacity(IO_BUFFER, file);
+        let mut received: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(StoreError::Body)?;
+            received += chunk.len() as u64;
+            if received > len {
+                break;
+            }
+            writer.write_all(&chunk).await?;
+        }
+        if received != len {
+            return Err(StoreError::Incomplete {
+                expected: len,
+                received,
+            });
+        }
+        writer.flush().await?;
+        // Durable before visible: a crash after publishing must not leave a truncated entry.
+        writer.get_mut().sync_data().await?;
+        drop(writer);
+
+        let target = self.path_for(key);
+        if let Some(parent) = target.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        match tokio::fs::hard_link(&temp.0, &target).await {
+            Ok(()) => Ok(Stored::Created),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Stored::AlreadyExists),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        match tokio::fs::metadata(&self.tmp).await {
+            Ok(meta) if meta.is_dir() => Ok(()),
+            Ok(_) => Err(StoreError::Backend(format!(
+                "{} is not a directory",
+                self.tmp.display()
+            ))),
+            Err(e) => Err(StoreError::Backend(format!("{}: {e}", self.tmp.display()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn body(chunks: Vec<&'static [u8]>) -> ByteStream {
+        Box::pin(futures_util::stream::iter(
+            chunks.into_iter().map(|c| Ok(Bytes::from_static(c))),
+        ))
+    }
+
+    async fn read_all(store: &LocalStore, key: &CacheKey) -> Option<Vec<u8>> {
+        match store.get(key).await.unwrap()? {
+            Fetched::Stream { body, .. } => {
+                let chunks: Vec<_> = body.collect().await;
+                Some(
+                    chunks
+                        .into_iter()
+                        .flat_map(|c| c.unwrap().to_vec())
+                        .collect(),
+                )
+            }
+            Fetched::Redirect(_) => panic!("the local store never redirects"),
+        }
+    }
+
+    fn leftover_temp_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join(".tmp")).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn put_then_get_and_never_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let key = CacheKey::parse(Some("web"), "123").unwrap();
+        assert!(read_all(&store, &key).await.is_none());
+        assert!(!store.exists(&key).await.unwrap());
+        let first = store
+            .put_if_absent(&key, 6, body(vec![b"abc", b"def"]))
+            .await;
+        assert_eq!(first.unwrap(), Stored::Created);
+        let second = store.put_if_absent(&key, 3, body(vec![b"xyz"])).await;
+        assert_eq!(second.unwrap(), Stored::AlreadyExists);
+        assert_eq!(read_all(&store, &key).await.unwrap(), b"abcdef");
+        assert!(dir.path().join("teams/web/123").is_file());
+        assert_eq!(leftover_temp_files(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn short_long_or_broken_bodies_store_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let key = CacheKey::parse(None, "9").unwrap();
+        let short = store.put_if_absent(&key, 10, body(vec![b"abc"])).await;
+        assert!(matches!(
+            short,
+            Err(StoreError::Incomplete {
+                expected: 10,
+                received: 3
+            })
+        ));
+        let long = store.put_if_absent(&key, 2, body(vec![b"abc"])).await;
+        assert!(matches!(long, Err(StoreError::Incomplete { .. })));
+        let broken: ByteStream = Box::pin(futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(b"ab")),
+            Err(std::io::Error::new(ErrorKind::ConnectionReset, "gone")),
+        ]));
+        assert!(matches!(
+            store.put_if_absent(&key, 4, broken).await,
+            Err(StoreError::Body(_))
+        ));
+        assert!(!store.exists(&key).await.unwrap());
+        assert_eq!(leftover_temp_files(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn concurrent_puts_of_one_hash_store_exactly_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(LocalStore::open(dir.path()).unwrap());
+        let key = CacheKey::parse(None, "77").unwrap();
+        let bodies: Vec<&'static [u8]> = vec![b"aaaaaaaa", b"bbbbbbbb", b"cccccccc", b"dddddddd"];
+        let tasks: Vec<_> = bodies
+            .iter()
+            .map(|b| {
+                let (store, key, b) = (store.clone(), key.clone(), *b);
+                tokio::spawn(async move { store.put_if_absent(&key, 8, body(vec![b])).await })
+            })
+            .collect();
+        let mut created = 0;
+        for task in tasks {
+            if task.await.unwrap().unwrap() == Stored::Created {
+                created += 1;
+            }
+        }
+        assert_eq!(created, 1);
+        let stored = read_all(&store, &key).await.unwrap();
+        assert!(bodies.iter().any(|b| *b == stored.as_slice()));
+    }
+}

@@ -1,0 +1,85 @@
+//! The one storage interface, and the backends behind it.
+//!
+//! The HTTP layer only ever talks to [`Store`]; a backend is added without touching it. The
+//! interface is shaped by what a cache needs and by the Nx contract:
+//! - reads are streams (or a redirect the client follows on its own), never whole buffers;
+//! - writes are *put-if-absent* from a stream: an entry is written once and never overwritten,
+//!   and it becomes visible only when complete;
+//! - `exists` lets the API refuse a duplicate upload before reading its body.
+
+use std::io;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::key::CacheKey;
+
+pub mod local;
+
+/// A stream of body chunks, as read from a request or a backend.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// A found entry: bytes to stream to the client, or a URL the client fetches directly.
+pub enum Fetched {
+    Stream { len: u64, body: ByteStream },
+    Redirect(String),
+}
+
+/// The result of a put-if-absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Created,
+    AlreadyExists,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The client's body ended before its declared length: nothing was stored.
+    #[error("upload incomplete: {received} of {expected} bytes received; nothing stored")]
+    Incomplete { expected: u64, received: u64 },
+    /// Reading the client's body failed (disconnect, timeout): nothing was stored.
+    #[error("reading the upload failed: {0}; nothing stored")]
+    Body(io::Error),
+    /// The backend itself failed.
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+impl StoreError {
+    /// True when the fault is the client's (its body), not the storage's.
+    pub fn is_client_fault(&self) -> bool {
+        matches!(self, StoreError::Incomplete { .. } | StoreError::Body(_))
+    }
+}
+
+impl From<io::Error> for StoreError {
+    fn from(e: io::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short description for the startup log (never containing credentials).
+    fn describe(&self) -> String;
+
+    /// Fetches an entry, or `None` when it does not exist.
+    async fn get(&self, key: &CacheKey) -> Result<Option<Fetched>, StoreError>;
+
+    /// Whether an entry exists.
+    async fn exists(&self, key: &CacheKey) -> Result<bool, StoreError>;
+
+    /// Stores `body` under `key` unless an entry is already there. `len` is the declared length:
+    /// a body that ends early (or runs long) stores nothing and gives [`StoreError::Incomplete`].
+    async fn put_if_absent(
+        &self,
+        key: &CacheKey,
+        len: u64,
+        body: ByteStream,
+    ) -> Result<Stored, StoreError>;
+
+    /// Whether the backend can serve requests now; the error says why not.
+    async fn ready(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,112 @@
+//! Logging: subscriber setup and one structured line per request.
+//!
+//! The per-request line carries the request id (the Functions host's
+//! `X-Azure-Functions-InvocationId` when present), method, path, status, outcome, bytes and
+//! duration. Headers are never logged: the `Authorization` header holds a token.
+
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Header the Azure Functions host adds to every forwarded request.
+pub const INVOCATION_ID: &str = "x-azure-functions-invocationid";
+/// Header echoing the request id, so a user can quote it when reporting a problem.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// What became of a request, attached by the handler to its response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Hit {
+        bytes: u64,
+    },
+    Redirect,
+    Miss,
+    Stored {
+        bytes: u64,
+    },
+    Conflict,
+    /// The token or the server mode does not allow this request.
+    Denied,
+    TooLarge,
+    Unauthorized,
+    BadRequest,
+    StorageError,
+}
+
+impl Outcome {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Hit { .. } => "hit",
+            Outcome::Redirect => "redirect",
+            Outcome::Miss => "miss",
+            Outcome::Stored { .. } => "stored",
+            Outcome::Conflict => "conflict",
+            Outcome::Denied => "denied",
+            Outcome::TooLarge => "too-large",
+            Outcome::Unauthorized => "unauthorized",
+            Outcome::BadRequest => "bad-request",
+            Outcome::StorageError => "storage-error",
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Outcome::Hit { bytes } | Outcome::Stored { bytes } => *bytes,
+            _ => 0,
+        }
+    }
+}
+
+/// Installs the global subscriber. `RUST_LOG` overrides the default level (`info`).
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.compact().try_init(),
+    };
+    // A second init (tests start several servers in one process) keeps the first subscriber.
+    let _ = result;
+}
+
+/// Middleware: gives each request an id and logs one line when its answer is ready.
+pub async fn log_request(request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get(INVOCATION_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!("request", id = %request_id);
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let outcome = response.extensions().get::<Outcome>().copied();
+    span.in_scope(|| {
+        tracing::info!(
+            %method,
+            path = %path,
+            status = response.status().as_u16(),
+            outcome = outcome.map(|o| o.name()).unwrap_or("-"),
+            bytes = outcome.map(|o| o.bytes()).unwrap_or(0),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        )
+    });
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
