@@ -129,13 +129,12 @@ impl Config {
             .map(|v| parse_port("FUNCTIONS_CUSTOMHANDLER_PORT", &v))
             .transpose()?;
         let under_functions = functions_port.is_some();
-        let port = match (functions_port, flags.port) {
-            (Some(port), _) | (None, Some(port)) => port,
-            (None, None) => get("PORT")
-                .map(|v| parse_port("PORT", &v))
-                .transpose()?
-                .unwrap_or(DEFAULT_PORT),
-        };
+        // A malformed PORT is reported even when a flag or the host's port would win.
+        let env_port = get("PORT").map(|v| parse_port("PORT", &v)).transpose()?;
+        let port = functions_port
+            .or(flags.port)
+            .or(env_port)
+            .unwrap_or(DEFAULT_PORT);
         let bind = flags.bind.unwrap_or(IpAddr::from([127, 0, 0, 1]));
 
         let mode = get("NX_CACHE_MODE")

@@ -1,0 +1,201 @@
+//! The `handler` executable as a user meets it: first run, configuration errors, token issuing.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn handler() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_handler"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    command
+}
+
+/// Runs `handler` expecting a configuration failure; returns its stderr.
+fn config_failure(vars: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = handler()
+        .args(["--port", "0"])
+        .env("NX_CACHE_DIR", dir.path())
+        .envs(vars.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A server that starts instead of failing would never exit: bound the wait.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+        let _ = tx.send(text);
+    });
+    let text = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(text) => text,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("{vars:?}: handler started instead of refusing the configuration");
+        }
+    };
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "{vars:?} must fail");
+    text
+}
+
+#[test]
+fn each_configuration_mistake_is_one_line_naming_the_setting() {
+    let cases = [
+        ("NX_CACHE_MODE", "sometimes"),
+        ("NX_CACHE_JWT_SECRET", "too-short"),
+        ("NX_CACHE_MAX_ARTIFACT_SIZE", "big"),
+        ("PORT", "eighty"),
+    ];
+    for (name, value) in cases {
+        let stderr = config_failure(&[(name, value)]);
+        assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("configuration error: {name}:")),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn under_functions_a_missing_secret_is_a_startup_error() {
+    let stderr = config_failure(&[("FUNCTIONS_CUSTOMHANDLER_PORT", "0")]);
+    assert!(stderr.contains("NX_CACHE_JWT_SECRET"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[tokio::test]
+async fn first_run_creates_a_dev_secret_and_prints_working_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = handler()
+        .args(["--port", "0"])
+        .env("NX_CACHE_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut server = None;
+    let mut token = None;
+    while server.is_none() || token.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the banner must be printed");
+        if let Some(v) = line.strip_prefix("export NX_SELF_HOSTED_REMOTE_CACHE_SERVER=") {
+            server = Some(v.to_owned());
+        }
+        if let Some(v) = line.strip_prefix("export NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN=") {
+            token = Some(v.to_owned());
+        }
+    }
+    let (server, token) = (server.unwrap(), token.unwrap());
+    assert!(dir.path().join(".dev-jwt-secret").is_file());
+
+    let client = reqwest::Client::new();
+    let url = format!("{server}/v1/cache/123");
+    let stored = client
+        .put(&url)
+        .bearer_auth(&token)
+        .body("artifact")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 200);
+    let hit = client.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(hit.text().await.unwrap(), "artifact");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Tokens issued later with the same data directory are signed with the same secret.
+    let issued = handler()
+        .args(["token", "issue", "--org", "--read-only"])
+        .env("NX_CACHE_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(issued.status.success());
+    let secret_before = std::fs::read(dir.path().join(".dev-jwt-secret")).unwrap();
+    let again = handler()
+        .args(["token", "issue", "--org"])
+        .env("NX_CACHE_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert_eq!(
+        std::fs::read(dir.path().join(".dev-jwt-secret")).unwrap(),
+        secret_before
+    );
+}
+
+#[test]
+fn token_issue_prints_only_the_token() {
+    let output = handler()
+        .args([
+            "token",
+            "issue",
+            "--team",
+            "web",
+            "--read-only",
+            "--expires-in",
+            "12h",
+            "--subject",
+            "dev",
+        ])
+        .env("NX_CACHE_JWT_SECRET", common::TEST_SECRET)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1);
+    let token = stdout.trim();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    use base64::Engine;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["teams"], serde_json::json!(["web"]));
+    assert_eq!(claims["org"], false);
+    assert_eq!(claims["access"], "read-only");
+    assert_eq!(claims["sub"], "dev");
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert_eq!(lifetime, 12 * 3600);
+    assert!(!claims["jti"].as_str().unwrap().is_empty());
+}
+
+#[test]
+fn token_issue_refuses_bad_requests() {
+    let cases: [&[&str]; 3] = [
+        &[],
+        &["--team", "Not_A_Team"],
+        &["--org", "--expires-in", "forever"],
+    ];
+    for args in cases {
+        let output = handler()
+            .args(["token", "issue"])
+            .args(args)
+            .env("NX_CACHE_JWT_SECRET", common::TEST_SECRET)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        assert!(output.stdout.is_empty(), "{args:?}: nothing on stdout");
+        assert!(
+            !output.stderr.is_empty(),
+            "{args:?}: an explanation on stderr"
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! Helpers shared by the integration tests: start the real `handler` binary on a loopback port
+//! and issue tokens with it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A secret the tests use so that no development secret or banner is involved.
+pub const TEST_SECRET: &str = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz";
+
+/// How long a test waits for the server to report its address before failing.
+const STARTUP_LIMIT: Duration = Duration::from_secs(30);
+
+/// A running `handler` process; killed when dropped.
+pub struct Handler {
+    child: Child,
+    pub base_url: String,
+    pub data_dir: PathBuf,
+    /// Every log line the server wrote to stderr, collected by a reader thread.
+    log_lines: mpsc::Receiver<String>,
+    _data: Option<tempfile::TempDir>,
+}
+
+impl Handler {
+    /// Starts `handler` on an ephemeral port with a fresh data directory and `extra` env vars.
+    pub fn start(extra: &[(&str, &str)]) -> Handler {
+        let data = tempfile::tempdir().unwrap();
+        let data_dir = data.path().to_owned();
+        let mut handler = Self::start_in(&data_dir, extra);
+        handler._data = Some(data);
+        handler
+    }
+
+    /// Starts `handler` with the given data directory. The port is chosen by the OS (`--port 0`)
+    /// and read back from the JSON "listening" log line: no fixed ports, no sleeps.
+    pub fn start_in(data_dir: &Path, extra: &[(&str, &str)]) -> Handler {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_handler"));
+        command
+            .args(["--port", "0"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("NX_CACHE_DIR", data_dir)
+            .env("NX_CACHE_JWT_SECRET", TEST_SECRET)
+            .env("NX_CACHE_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in extra {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start handler");
+        let stderr = child.stderr.take().unwrap();
+        let (line_tx, line_rx) = mpsc::channel();
+        let (addr_tx, addr_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut addr_tx = Some(addr_tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(tx) = &addr_tx {
+                    if let Some(addr) = listening_addr(&line) {
+                        let _ = tx.send(addr);
+                        addr_tx = None;
+                    }
+                }
+                let _ = line_tx.send(line);
+            }
+        });
+        let addr = match addr_rx.recv_timeout(STARTUP_LIMIT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let lines: Vec<String> = line_rx.try_iter().collect();
+                panic!("handler did not start; its log:\n{}", lines.join("\n"));
+            }
+        };
+        Handler {
+            child,
+            base_url: format!("http://{addr}"),
+            data_dir: data_dir.to_owned(),
+            log_lines: line_rx,
+            _data: None,
+        }
+    }
+
+    /// Issues a token with `handler token issue ARGS`, signed with the test secret.
+    pub fn token(&self, args: &[&str]) -> String {
+        issue_token(args)
+    }
+
+    /// Log lines written so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.log_lines.try_iter().collect()
+    }
+
+    /// Number of entries stored under `prefix` (`org`, `teams/web`) in the data directory.
+    pub fn entries(&self, prefix: &str) -> usize {
+        match std::fs::read_dir(self.data_dir.join(prefix)) {
+            Ok(dir) => dir.filter(|e| e.as_ref().unwrap().path().is_file()).count(),
+            Err(_) => 0,
+        }
+    }
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `handler token issue ARGS` with the test secret; returns the printed token.
+pub fn issue_token(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_handler"))
+        .args(["token", "issue"])
+        .args(args)
+        .env_clear()
+        .env("NX_CACHE_JWT_SECRET", TEST_SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "token issue failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+fn listening_addr(line: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    if value.get("message")?.as_str()? != "listening" {
+        return None;
+    }
+    Some(value.get("addr")?.as_str()?.to_owned())
+}
