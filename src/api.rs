@@ -96,15 +96,19 @@ fn admit(
     team: Option<&str>,
     hash: &str,
     headers: &HeaderMap,
-) -> Result<(CacheKey, Grant), Response> {
+) -> Result<(CacheKey, Grant), Refusal> {
     let key = CacheKey::parse(team, hash)
-        .map_err(|e| text(StatusCode::BAD_REQUEST, e.to_string()).with(Outcome::BadRequest))?;
+        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, e.to_string(), Outcome::BadRequest))?;
     let authorization = headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
     let grant = state.tokens.verify_header(authorization).map_err(|e| {
         tracing::info!(reason = %e, namespace = %key.namespace, "token refused");
-        text(StatusCode::UNAUTHORIZED, e.to_string()).with(Outcome::Unauthorized)
+        Refusal(
+            StatusCode::UNAUTHORIZED,
+            e.to_string(),
+            Outcome::Unauthorized,
+        )
     })?;
     Ok((key, grant))
 }
@@ -117,7 +121,7 @@ async fn read_entry(
 ) -> Response {
     let (key, grant) = match admit(&state, team, hash, headers) {
         Ok(admitted) => admitted,
-        Err(answer) => return answer,
+        Err(refusal) => return refusal.into_response(),
     };
     if state.mode == Mode::NoCache {
         return miss(Outcome::Miss);
@@ -166,10 +170,10 @@ async fn write_entry(
 ) -> Response {
     let (key, grant) = match admit(&state, team, hash, headers) {
         Ok(admitted) => admitted,
-        Err(answer) => return answer,
+        Err(refusal) => return refusal.into_response(),
     };
-    if let Err(answer) = may_write(&state, &key, &grant) {
-        return answer;
+    if let Err(refusal) = may_write(&state, &key, &grant) {
+        return refusal.into_response();
     }
     let len = match declared_length(headers) {
         Some(len) => len,
@@ -211,7 +215,7 @@ async fn write_entry(
 }
 
 /// Server mode, then the token's write right on this namespace.
-fn may_write(state: &AppState, key: &CacheKey, grant: &Grant) -> Result<(), Response> {
+fn may_write(state: &AppState, key: &CacheKey, grant: &Grant) -> Result<(), Refusal> {
     let refusal = if state.mode != Mode::ReadWrite {
         "not stored: this cache server is read-only"
     } else if !grant.covers(&key.namespace) {
@@ -224,7 +228,11 @@ fn may_write(state: &AppState, key: &CacheKey, grant: &Grant) -> Result<(), Resp
     } else {
         return Ok(());
     };
-    Err(text(StatusCode::FORBIDDEN, refusal.into()).with(Outcome::Denied))
+    Err(Refusal(
+        StatusCode::FORBIDDEN,
+        refusal.into(),
+        Outcome::Denied,
+    ))
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -270,6 +278,15 @@ fn text(status: StatusCode, message: String) -> Response {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
+}
+
+/// A request turned away before any storage work: status, message for the user, outcome.
+struct Refusal(StatusCode, String, Outcome);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        text(self.0, self.1).with(self.2)
+    }
 }
 
 /// Attaches the request's outcome for the log line.

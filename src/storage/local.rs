@@ -227,6 +227,6 @@ mod tests {
         }
         assert_eq!(created, 1);
         let stored = read_all(&store, &key).await.unwrap();
-        assert!(bodies.iter().any(|b| *b == stored.as_slice()));
+        assert!(bodies.contains(&stored.as_slice()));
     }
 }

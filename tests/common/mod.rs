@@ -58,11 +58,9 @@ impl Handler {
         std::thread::spawn(move || {
             let mut addr_tx = Some(addr_tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(tx) = &addr_tx {
-                    if let Some(addr) = listening_addr(&line) {
-                        let _ = tx.send(addr);
-                        addr_tx = None;
-                    }
+                if let (Some(tx), Some(addr)) = (&addr_tx, listening_addr(&line)) {
+                    let _ = tx.send(addr);
+                    addr_tx = None;
                 }
                 let _ = line_tx.send(line);
             }
