@@ -16,6 +16,7 @@ use futures_util::Stream;
 
 use crate::key::CacheKey;
 
+pub mod azure;
 pub mod local;
 
 /// A stream of body chunks, as read from a request or a backend.
