@@ -8,10 +8,12 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 
 use crate::auth::{Secret, parse_algorithm};
+use crate::storage::azure::connection_string::ConnectionString;
 
 /// Default port when neither the Functions host nor the user names one.
 pub const DEFAULT_PORT: u16 = 3000;
@@ -99,6 +101,53 @@ pub struct TokenConfig {
     pub revoked: HashSet<String>,
 }
 
+/// How GET hits reach the client from Azure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Download {
+    /// `307` to a short-lived read-only SAS URL: bytes go straight from storage to the client.
+    Redirect,
+    /// The handler streams the blob itself, for clients that cannot reach the storage account.
+    Proxy,
+}
+
+/// How the handler authenticates to Azure Storage.
+#[derive(Debug, Clone)]
+pub enum AzureAuth {
+    /// An account key from a connection string (Azurite, custom endpoints): service SAS.
+    Key(ConnectionString),
+    /// Microsoft Entra tokens (managed identity, workload identity, Azure CLI): no keys.
+    Token {
+        /// A user-assigned managed identity's client id (`AZURE_CLIENT_ID`).
+        client_id: Option<String>,
+    },
+}
+
+/// The Azure Blob backend's settings.
+#[derive(Debug, Clone)]
+pub struct AzureConfig {
+    pub account: String,
+    /// Blob service endpoint without a trailing slash, e.g. `https://acct.blob.core.windows.net`.
+    pub endpoint: String,
+    pub container: String,
+    pub auth: AzureAuth,
+    /// Prepended to every blob name (`{prefix}org/{hash}`, `{prefix}teams/{team}/{hash}`).
+    pub prefix: String,
+    pub download: Download,
+    /// Lifetime of a download URL.
+    pub sas_ttl: Duration,
+    /// Bound on every single storage call.
+    pub timeout: Duration,
+    /// When true, storage failures answer 5xx instead of a miss / not stored.
+    pub strict: bool,
+}
+
+/// Which store serves the cache.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Local,
+    Azure(AzureConfig),
+}
+
 /// The whole server configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -109,6 +158,7 @@ pub struct Config {
     pub mode: Mode,
     pub max_artifact_bytes: u64,
     pub data_dir: PathBuf,
+    pub backend: Backend,
     pub tokens: TokenConfig,
     pub log_format: LogFormat,
 }
@@ -202,6 +252,8 @@ impl Config {
             None => LogFormat::Text,
         };
 
+        let backend = load_backend(&get)?;
+
         Ok(Self {
             bind,
             port,
@@ -209,9 +261,166 @@ impl Config {
             mode,
             max_artifact_bytes,
             data_dir,
+            backend,
             tokens,
             log_format,
         })
+    }
+}
+
+/// Azure when a connection string, or an account (or endpoint) plus a container, is set;
+/// otherwise the embedded local store.
+fn load_backend(get: &impl Fn(&str) -> Option<String>) -> Result<Backend, ConfigError> {
+    let connection_string = get("AZURE_STORAGE_CONNECTION_STRING");
+    let account = get("AZURE_STORAGE_ACCOUNT");
+    let endpoint = get("AZURE_STORAGE_BLOB_ENDPOINT");
+    if connection_string.is_none() && account.is_none() && endpoint.is_none() {
+        return Ok(Backend::Local);
+    }
+    let container = get("AZURE_STORAGE_CONTAINER").ok_or_else(|| {
+        ConfigError::new(
+            "AZURE_STORAGE_CONTAINER",
+            "not set; name the existing blob container that holds the cache",
+        )
+    })?;
+    validate_container(&container)?;
+    let (account, endpoint, auth) = match connection_string {
+        Some(raw) => {
+            let parsed = ConnectionString::parse(&raw)
+                .map_err(|e| ConfigError::new("AZURE_STORAGE_CONNECTION_STRING", e))?;
+            (
+                parsed.account.clone(),
+                parsed.blob_endpoint.clone(),
+                AzureAuth::Key(parsed),
+            )
+        }
+        None => {
+            let endpoint = match (endpoint, &account) {
+                (Some(endpoint), _) => {
+                    let endpoint = endpoint.trim().trim_end_matches('/').to_owned();
+                    if !endpoint.starts_with("https://") {
+                        return Err(ConfigError::new(
+                            "AZURE_STORAGE_BLOB_ENDPOINT",
+                            format!(
+                                "'{endpoint}' must be an https:// URL (tokens are never sent over plain http)"
+                            ),
+                        ));
+                    }
+                    endpoint
+                }
+                (None, Some(account)) => {
+                    format!("https://{}.blob.core.windows.net", account.trim())
+                }
+                (None, None) => unreachable!("checked above"),
+            };
+            let account = match account {
+                Some(account) => account.trim().to_owned(),
+                None => account_from_endpoint(&endpoint).ok_or_else(|| {
+                    ConfigError::new(
+                        "AZURE_STORAGE_ACCOUNT",
+                        "not set and not derivable from AZURE_STORAGE_BLOB_ENDPOINT",
+                    )
+                })?,
+            };
+            let client_id = get("AZURE_CLIENT_ID");
+            (account, endpoint, AzureAuth::Token { client_id })
+        }
+    };
+    let download = match get("NX_CACHE_DOWNLOAD").as_deref().map(str::trim) {
+        None | Some("redirect") => Download::Redirect,
+        Some("proxy") => Download::Proxy,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "NX_CACHE_DOWNLOAD",
+                format!("expected redirect or proxy, got '{other}'"),
+            ));
+        }
+    };
+    let sas_ttl = duration_setting(get, "NX_CACHE_SAS_TTL", Duration::from_secs(300))?;
+    if sas_ttl < Duration::from_secs(30) || sas_ttl > Duration::from_secs(3600) {
+        return Err(ConfigError::new(
+            "NX_CACHE_SAS_TTL",
+            "must be between 30s and 1h: download URLs are meant to be short-lived",
+        ));
+    }
+    let timeout = duration_setting(get, "NX_CACHE_STORAGE_TIMEOUT", Duration::from_secs(10))?;
+    let strict = match get("NX_CACHE_STRICT_STORAGE").as_deref().map(str::trim) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "NX_CACHE_STRICT_STORAGE",
+                format!("expected true or false, got '{other}'"),
+            ));
+        }
+    };
+    let prefix = get("NX_CACHE_BLOB_PREFIX").unwrap_or_default();
+    if !prefix.is_empty()
+        && (!prefix.ends_with('/') || prefix.starts_with('/') || prefix.contains(".."))
+    {
+        return Err(ConfigError::new(
+            "NX_CACHE_BLOB_PREFIX",
+            format!("'{prefix}' must end with '/' and must not start with '/' or contain '..'"),
+        ));
+    }
+    Ok(Backend::Azure(AzureConfig {
+        account,
+        endpoint,
+        container,
+        auth,
+        prefix,
+        download,
+        sas_ttl,
+        timeout,
+        strict,
+    }))
+}
+
+/// Container names: 3 to 63 lowercase letters, digits and single hyphens, starting and ending
+/// with a letter or digit (Azure's rule).
+fn validate_container(name: &str) -> Result<(), ConfigError> {
+    let ok = (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            "AZURE_STORAGE_CONTAINER",
+            format!(
+                "'{name}' is not a valid container name (3-63 lowercase letters, digits, single hyphens)"
+            ),
+        ))
+    }
+}
+
+/// `https://ACCOUNT.blob.core.windows.net` -> `ACCOUNT`.
+fn account_from_endpoint(endpoint: &str) -> Option<String> {
+    let host = endpoint
+        .strip_prefix("https://")?
+        .split(['/', ':'])
+        .next()?;
+    let (account, rest) = host.split_once('.')?;
+    rest.starts_with("blob.").then(|| account.to_owned())
+}
+
+fn duration_setting(
+    get: &impl Fn(&str) -> Option<String>,
+    setting: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match get(setting) {
+        None => Ok(default),
+        Some(raw) => humantime::parse_duration(raw.trim()).map_err(|_| {
+            ConfigError::new(
+                setting,
+                format!("expected a duration such as 5m or 30s, got '{raw}'"),
+            )
+        }),
     }
 }
 
@@ -383,6 +592,132 @@ mod tests {
         assert_eq!(config.mode, Mode::ReadOnly);
         assert_eq!(config.tokens.revoked.len(), 3);
         assert!(config.tokens.revoked.contains("b"));
+    }
+
+    #[test]
+    fn azure_backend_selection() {
+        assert!(matches!(
+            load(&[], Flags::default()).unwrap().backend,
+            Backend::Local
+        ));
+        let mi = load(
+            &[
+                ("AZURE_STORAGE_ACCOUNT", "acme"),
+                ("AZURE_STORAGE_CONTAINER", "nx-cache"),
+                ("AZURE_CLIENT_ID", "abc"),
+            ],
+            Flags::default(),
+        )
+        .unwrap();
+        let Backend::Azure(azure) = mi.backend else {
+            panic!("azure expected")
+        };
+        assert_eq!(azure.endpoint, "https://acme.blob.core.windows.net");
+        assert!(matches!(azure.auth, AzureAuth::Token { client_id: Some(ref id) } if id == "abc"));
+        assert_eq!(azure.download, Download::Redirect);
+        assert_eq!(azure.sas_ttl, Duration::from_secs(300));
+
+        let by_endpoint = load(
+            &[
+                (
+                    "AZURE_STORAGE_BLOB_ENDPOINT",
+                    "https://acme.blob.core.chinacloudapi.cn/",
+                ),
+                ("AZURE_STORAGE_CONTAINER", "c-1"),
+            ],
+            Flags::default(),
+        )
+        .unwrap();
+        let Backend::Azure(azure) = by_endpoint.backend else {
+            panic!("azure expected")
+        };
+        assert_eq!(azure.account, "acme");
+        assert_eq!(azure.endpoint, "https://acme.blob.core.chinacloudapi.cn");
+
+        let cs = load(
+            &[
+                (
+                    "AZURE_STORAGE_CONNECTION_STRING",
+                    "UseDevelopmentStorage=true",
+                ),
+                ("AZURE_STORAGE_CONTAINER", "nx1"),
+                ("NX_CACHE_DOWNLOAD", "proxy"),
+            ],
+            Flags::default(),
+        )
+        .unwrap();
+        let Backend::Azure(azure) = cs.backend else {
+            panic!("azure expected")
+        };
+        assert!(matches!(azure.auth, AzureAuth::Key(_)));
+        assert_eq!(azure.endpoint, "http://127.0.0.1:10000/devstoreaccount1");
+        assert_eq!(azure.download, Download::Proxy);
+    }
+
+    #[test]
+    fn azure_mistakes_name_the_setting() {
+        let base = [
+            ("AZURE_STORAGE_ACCOUNT", "acme"),
+            ("AZURE_STORAGE_CONTAINER", "nx-cache"),
+        ];
+        let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+            (
+                vec![("AZURE_STORAGE_ACCOUNT", "acme")],
+                "AZURE_STORAGE_CONTAINER",
+            ),
+            (
+                vec![
+                    ("AZURE_STORAGE_ACCOUNT", "acme"),
+                    ("AZURE_STORAGE_CONTAINER", "Bad_Name"),
+                ],
+                "AZURE_STORAGE_CONTAINER",
+            ),
+            (
+                vec![
+                    (
+                        "AZURE_STORAGE_BLOB_ENDPOINT",
+                        "http://x.blob.core.windows.net",
+                    ),
+                    ("AZURE_STORAGE_CONTAINER", "abc"),
+                ],
+                "AZURE_STORAGE_BLOB_ENDPOINT",
+            ),
+            (
+                vec![
+                    ("AZURE_STORAGE_CONNECTION_STRING", "AccountName=a"),
+                    ("AZURE_STORAGE_CONTAINER", "abc"),
+                ],
+                "AZURE_STORAGE_CONNECTION_STRING",
+            ),
+            (
+                [&base[..], &[("NX_CACHE_DOWNLOAD", "teleport")]].concat(),
+                "NX_CACHE_DOWNLOAD",
+            ),
+            (
+                [&base[..], &[("NX_CACHE_SAS_TTL", "1d")]].concat(),
+                "NX_CACHE_SAS_TTL",
+            ),
+            (
+                [&base[..], &[("NX_CACHE_SAS_TTL", "soon")]].concat(),
+                "NX_CACHE_SAS_TTL",
+            ),
+            (
+                [&base[..], &[("NX_CACHE_STORAGE_TIMEOUT", "x")]].concat(),
+                "NX_CACHE_STORAGE_TIMEOUT",
+            ),
+            (
+                [&base[..], &[("NX_CACHE_STRICT_STORAGE", "maybe")]].concat(),
+                "NX_CACHE_STRICT_STORAGE",
+            ),
+            (
+                [&base[..], &[("NX_CACHE_BLOB_PREFIX", "no-slash")]].concat(),
+                "NX_CACHE_BLOB_PREFIX",
+            ),
+        ];
+        for (vars, setting) in cases {
+            let err = load(&vars, Flags::default()).unwrap_err();
+            assert_eq!(err.setting, setting, "{vars:?}");
+        }
     }
 
     #[test]
