@@ -32,6 +32,8 @@ pub struct AppState {
     pub tokens: Arc<TokenAuthority>,
     pub mode: Mode,
     pub max_artifact_bytes: u64,
+    /// Storage failures answer 503 instead of a miss / not stored (`NX_CACHE_STRICT_STORAGE`).
+    pub strict_storage: bool,
 }
 
 /// The router: org-wide cache, per-team caches, liveness and readiness.
@@ -155,7 +157,14 @@ async fn read_entry(
         Ok(None) => miss(Outcome::Miss),
         Err(e) => {
             tracing::error!(error = %e, namespace = %key.namespace, hash = key.hash.as_str(),
-                "storage read failed; answering a miss");
+                "storage read failed");
+            if state.strict_storage {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cache storage unavailable".into(),
+                )
+                .with(Outcome::StorageError);
+            }
             miss(Outcome::StorageError)
         }
     }
@@ -197,7 +206,7 @@ async fn write_entry(
     match state.store.exists(&key).await {
         Ok(true) => return conflict(),
         Ok(false) => {}
-        Err(e) => return not_stored_storage_error(&key, e),
+        Err(e) => return not_stored_storage_error(&state, &key, e),
     }
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     match state.store.put_if_absent(&key, len, Box::pin(stream)).await {
@@ -210,7 +219,7 @@ async fn write_entry(
                 "upload did not complete");
             text(StatusCode::BAD_REQUEST, e.to_string()).with(Outcome::BadRequest)
         }
-        Err(e) => not_stored_storage_error(&key, e),
+        Err(e) => not_stored_storage_error(&state, &key, e),
     }
 }
 
@@ -256,11 +265,16 @@ fn conflict() -> Response {
     .with(Outcome::Conflict)
 }
 
-fn not_stored_storage_error(key: &CacheKey, error: StoreError) -> Response {
+fn not_stored_storage_error(state: &AppState, key: &CacheKey, error: StoreError) -> Response {
     tracing::error!(error = %error, namespace = %key.namespace, hash = key.hash.as_str(),
-        "storage write failed; answering not stored");
+        "storage write failed");
+    let status = if state.strict_storage {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::FORBIDDEN
+    };
     text(
-        StatusCode::FORBIDDEN,
+        status,
         "not stored: the cache storage is unavailable".into(),
     )
     .with(Outcome::StorageError)

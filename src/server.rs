@@ -10,8 +10,9 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::auth::{Access, Secret, TokenAuthority, TokenRequest};
-use crate::config::{Config, SecretSource, load_or_create_dev_secret};
+use crate::config::{Backend, Config, SecretSource, load_or_create_dev_secret};
 use crate::storage::Store;
+use crate::storage::azure::AzureStore;
 use crate::storage::local::LocalStore;
 
 /// A server ready to run: its state and, on a developer machine, what to tell the user.
@@ -52,21 +53,45 @@ pub fn token_authority(config: &Config, secret: &Secret) -> TokenAuthority {
 /// Opens the store and the token authority.
 pub async fn prepare(config: &Config) -> Result<Prepared, String> {
     let (secret, dev_secret) = resolve_secret(config)?;
-    let store: Arc<dyn Store> = Arc::new(LocalStore::open(&config.data_dir).map_err(|e| {
-        format!(
-            "configuration error: NX_CACHE_DIR: cannot use {} as the cache directory: {e}",
-            config.data_dir.display()
-        )
-    })?);
-    tracing::info!(store = %store.describe(), mode = ?config.mode,
-        max_artifact_bytes = config.max_artifact_bytes, "storage ready");
+    let store = open_store(config)?;
+    let strict = matches!(&config.backend, Backend::Azure(azure) if azure.strict);
+    match store.ready().await {
+        Ok(()) => tracing::info!(store = %store.describe(), mode = ?config.mode,
+            max_artifact_bytes = config.max_artifact_bytes, "storage ready"),
+        Err(e) if strict => return Err(format!("storage not ready: {e}")),
+        // Serve anyway: GETs answer misses and PUTs "not stored" until storage is fixed, and
+        // /health reports the reason; a build never fails because of the cache.
+        Err(e) => tracing::error!(store = %store.describe(), "storage not ready: {e}"),
+    }
     let state = AppState {
         store,
         tokens: Arc::new(token_authority(config, &secret)),
         mode: config.mode,
         max_artifact_bytes: config.max_artifact_bytes,
+        strict_storage: strict,
     };
     Ok(Prepared { state, dev_secret })
+}
+
+/// Opens the configured backend (no network call yet).
+fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+    match &config.backend {
+        Backend::Local => {
+            let store = LocalStore::open(&config.data_dir).map_err(|e| {
+                format!(
+                    "configuration error: NX_CACHE_DIR: cannot use {} as the cache directory: {e}",
+                    config.data_dir.display()
+                )
+            })?;
+            Ok(Arc::new(store))
+        }
+        Backend::Azure(azure) => {
+            let store =
+                AzureStore::new(azure.clone()).map_err(|e| format!("Azure storage: {e}"))?;
+            store.start_background_tasks();
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// Binds the configured address.

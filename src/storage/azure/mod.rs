@@ -1,4 +1,474 @@
-//! The Azure Blob Storage backend.
+//! The Azure Blob Storage backend: an existing container, reached with Microsoft Entra tokens
+//! (managed identity) or, for Azurite and custom endpoints, an account key.
+//!
+//! - Downloads: a `307` to a short-lived, read-only SAS URL for the one blob (a user-delegation
+//!   SAS with tokens, a service SAS with a key), built without any storage round trip; or, with
+//!   `NX_CACHE_DOWNLOAD=proxy`, the handler streams the blob itself.
+//! - Uploads: the request body is cut into blocks that are staged one after another, then
+//!   committed with `If-None-Match: *`. Staged blocks are invisible, so a cut-off upload leaves
+//!   no blob, and the conditional commit makes create-if-absent race-safe. A body that fits in
+//!   one block is sent as a single conditional Put Blob.
+//! - Blob names: `{prefix}org/{hash}` and `{prefix}teams/{team}/{hash}`.
+//! - Every storage call is bounded by `NX_CACHE_STORAGE_TIMEOUT`.
+//!
+//! The Rust SDK (`azure_storage_blob` 1.x) has no shared-key credential: in key mode every call
+//! goes to a URL carrying a service SAS for exactly that blob and operation ([`sas`]).
 
 pub mod connection_string;
+pub mod credential;
+pub mod delegation;
 pub mod sas;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use azure_core::http::{
+    ClientOptions, HttpClientOptions, RequestContent, StatusCode, Transport, Url, new_http_client,
+};
+use azure_storage_blob::models::{
+    BlobClientDownloadOptions, BlockBlobClientCommitBlockListOptions, BlockBlobClientUploadOptions,
+    BlockLookupList,
+};
+use azure_storage_blob::{
+    BlobClient, BlobClientOptions, BlobServiceClient, BlobServiceClientOptions,
+};
+use bytes::{Bytes, BytesMut};
+use futures_util::{StreamExt, TryStreamExt};
+use time::OffsetDateTime;
+
+use self::delegation::DelegationKeys;
+use self::sas::{BlobSas, Protocols, SAS_VERSION, encode_blob_path};
+use super::{ByteStream, Fetched, Store, StoreError, Stored};
+use crate::config::{AzureAuth, AzureConfig, Download};
+use crate::key::CacheKey;
+
+/// Size of one staged block, and the largest body sent as a single Put Blob.
+const BLOCK_SIZE: usize = 4 * 1024 * 1024;
+/// How far back a SAS start time is set, for clocks that run behind.
+const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+/// Lifetime of the SAS used by the handler's own calls in key mode.
+const CALL_SAS_TTL: Duration = Duration::from_secs(15 * 60);
+/// Name probed at startup and by `/health`: its absence is the normal answer.
+const PROBE_BLOB: &str = ".nx-cache-probe";
+
+/// How the handler signs its calls and its download URLs.
+enum Access {
+    Key {
+        key: Vec<u8>,
+    },
+    Token {
+        service: Arc<BlobServiceClient>,
+        keys: Arc<DelegationKeys>,
+    },
+}
+
+pub struct AzureStore {
+    config: AzureConfig,
+    access: Access,
+    /// Shared by every client, so connections are pooled across requests.
+    client_options: ClientOptions,
+}
+
+impl AzureStore {
+    /// Builds the store. No network call is made here; see [`Store::ready`] for the checks.
+    pub fn new(config: AzureConfig) -> Result<Self, String> {
+        let client_options = ClientOptions {
+            transport: Some(Transport::new(new_http_client(Some(HttpClientOptions {
+                automatic_decompression: false,
+                ..Default::default()
+            })))),
+            ..Default::default()
+        };
+        let access = match &config.auth {
+            AzureAuth::Key(connection) => Access::Key {
+                key: connection.key.clone(),
+            },
+            AzureAuth::Token { client_id } => {
+                let credential = Arc::new(credential::CredentialChain::from_env(
+                    client_id.as_deref(),
+                    |name| std::env::var(name).ok(),
+                )?);
+                let url = Url::parse(&format!("{}/", config.endpoint))
+                    .map_err(|e| format!("invalid blob endpoint '{}': {e}", config.endpoint))?;
+                let service = Arc::new(
+                    BlobServiceClient::new(
+                        url,
+                        Some(credential),
+                        Some(BlobServiceClientOptions {
+                            client_options: client_options.clone(),
+                            ..Default::default()
+                        }),
+                    )
+                    .map_err(|e| format!("cannot create the blob client: {e}"))?,
+                );
+                let keys = Arc::new(DelegationKeys::new(service.clone(), config.timeout));
+                Access::Token { service, keys }
+            }
+        };
+        Ok(Self {
+            config,
+            access,
+            client_options,
+        })
+    }
+
+    /// Starts the background renewal of the user delegation key (token mode only).
+    pub fn start_background_tasks(&self) {
+        if let Access::Token { keys, .. } = &self.access {
+            keys.clone().spawn_renewal();
+        }
+    }
+
+    fn blob_name(&self, key: &CacheKey) -> String {
+        format!("{}{}", self.config.prefix, key.object_name())
+    }
+
+    fn blob_url(&self, name: &str) -> String {
+        format!(
+            "{}/{}/{}",
+            self.config.endpoint,
+            self.config.container,
+            encode_blob_path(name)
+        )
+    }
+
+    fn protocols(&self) -> Protocols {
+        if self.config.endpoint.starts_with("https://") {
+            Protocols::HttpsOnly
+        } else {
+            // Only Azurite or a local emulator is reached over plain http.
+            Protocols::HttpsAndHttp
+        }
+    }
+
+    fn sas_fields<'a>(&'a self, name: &'a str, permissions: &'a str, ttl: Duration) -> BlobSas<'a> {
+        let now = OffsetDateTime::now_utc();
+        BlobSas {
+            account: &self.config.account,
+            container: &self.config.container,
+            blob: name,
+            permissions,
+            start: now - CLOCK_SKEW,
+            expiry: now + ttl,
+            protocols: self.protocols(),
+            version: SAS_VERSION,
+        }
+    }
+
+    /// A client for one blob. In key mode its URL carries a service SAS with `permissions`.
+    fn blob_client(&self, name: &str, permissions: &str) -> Result<BlobClient, StoreError> {
+        let options = BlobClientOptions {
+            client_options: self.client_options.clone(),
+            ..Default::default()
+        };
+        match &self.access {
+            Access::Key { key } => {
+                let query = self
+                    .sas_fields(name, permissions, CALL_SAS_TTL)
+                    .service_query(key);
+                let url = Url::parse(&format!("{}?{query}", self.blob_url(name)))
+                    .map_err(|e| StoreError::Backend(format!("invalid blob URL: {e}")))?;
+                BlobClient::new(url, None, Some(options)).map_err(backend)
+            }
+            Access::Token { service, .. } => Ok(service.blob_client(&self.config.container, name)),
+        }
+    }
+
+    /// The URL a client downloads from: read-only, this blob only, short-lived.
+    fn download_url(&self, name: &str) -> Result<String, StoreError> {
+        let fields = self.sas_fields(name, "r", self.config.sas_ttl);
+        let query = match &self.access {
+            Access::Key { key } => fields.service_query(key),
+            Access::Token { keys, .. } => keys.sign_read(&fields)?,
+        };
+        Ok(format!("{}?{query}", self.blob_url(name)))
+    }
+
+    /// Runs one storage call under the configured timeout.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = azure_core::Result<T>>,
+    ) -> Result<azure_core::Result<T>, StoreError> {
+        tokio::time::timeout(self.config.timeout, call)
+            .await
+            .map_err(|_| {
+                StoreError::Backend(format!(
+                    "{what}: no answer within {:?}",
+                    self.config.timeout
+                ))
+            })
+    }
+
+    async fn upload_single(&self, client: &BlobClient, body: Bytes) -> Result<Stored, StoreError> {
+        let options = BlockBlobClientUploadOptions::default().if_not_exists();
+        let result = self
+            .bounded(
+                "upload",
+                client
+                    .block_blob_client()
+                    .upload(body.into(), Some(options)),
+            )
+            .await?;
+        match result {
+            Ok(_) => Ok(Stored::Created),
+            Err(e) if e.http_status() == Some(StatusCode::Conflict) => Ok(Stored::AlreadyExists),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    /// Stages the body block by block, then commits if the blob is still absent.
+    async fn upload_blocks(
+        &self,
+        client: &BlobClient,
+        first: Bytes,
+        mut buffer: BytesMut,
+        mut body: ByteStream,
+        expected: u64,
+    ) -> Result<Stored, StoreError> {
+        let blocks = client.block_blob_client();
+        // Block ids are unique per upload, so concurrent uploads of one hash never mix blocks.
+        let upload_id = uuid::Uuid::new_v4().simple().to_string();
+        let mut ids: Vec<Vec<u8>> = Vec::new();
+        let mut received = first.len() as u64;
+        let mut pending = Some(first);
+        loop {
+            if let Some(block) = pending.take() {
+                let id = format!("{upload_id}-{:08}", ids.len()).into_bytes();
+                let len = block.len() as u64;
+                let staged = self
+                    .bounded(
+                        "stage block",
+                        blocks.stage_block(&id, len, block.into(), None),
+                    )
+                    .await?;
+                staged.map_err(backend)?;
+                ids.push(id);
+            }
+            let Some(chunk) = fill_block(&mut body, &mut buffer).await? else {
+                break;
+            };
+            received += chunk.len() as u64;
+            pending = Some(chunk);
+        }
+        if received != expected {
+            return Err(StoreError::Incomplete { expected, received });
+        }
+        let list = BlockLookupList {
+            latest: Some(ids),
+            ..Default::default()
+        };
+        let options = BlockBlobClientCommitBlockListOptions {
+            if_none_match: Some("*".into()),
+            ..Default::default()
+        };
+        let content = RequestContent::try_from(list).map_err(backend)?;
+        let committed = self
+            .bounded(
+                "commit block list",
+                blocks.commit_block_list(content, Some(options)),
+            )
+            .await?;
+        match committed {
+            Ok(_) => Ok(Stored::Created),
+            Err(e) if e.http_status() == Some(StatusCode::Conflict) => Ok(Stored::AlreadyExists),
+            // A concurrent upload that committed first discards this one's staged blocks.
+            Err(e) if self.blob_exists(client).await.unwrap_or(false) => {
+                tracing::debug!(error = %e, "commit lost a race; the entry exists");
+                Ok(Stored::AlreadyExists)
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn blob_exists(&self, client: &BlobClient) -> Result<bool, StoreError> {
+        self.bounded("get blob properties", client.exists())
+            .await?
+            .map_err(backend)
+    }
+
+    /// Checks the container and the permissions; the error says what is missing, in words.
+    async fn check(&self) -> Result<(), StoreError> {
+        let where_ = format!(
+            "container '{}' in storage account '{}'",
+            self.config.container, self.config.account
+        );
+        if let Access::Token { keys, .. } = &self.access {
+            keys.ensure_fresh().await.map_err(|e| {
+                StoreError::Backend(format!(
+                    "cannot get a user delegation key from account '{}' ({e}); grant the handler's identity 'Storage Blob Delegator' on the account",
+                    self.config.account
+                ))
+            })?;
+        }
+        let probe = self.blob_client(&format!("{}{PROBE_BLOB}", self.config.prefix), "r")?;
+        let outcome = self
+            .bounded("probe", probe.get_properties(None))
+            .await
+            .map_err(|e| {
+                StoreError::Backend(format!(
+                    "cannot reach {where_} at {}: {e}",
+                    self.config.endpoint
+                ))
+            })?;
+        let error = match outcome {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let code = error_code(&error).unwrap_or_default();
+        let problem = match (error.http_status(), code.as_str()) {
+            (Some(StatusCode::NotFound), "BlobNotFound") => return Ok(()),
+            (Some(StatusCode::NotFound), _) => format!(
+                "{where_} does not exist; create it (the handler never creates it) or fix AZURE_STORAGE_CONTAINER"
+            ),
+            (Some(StatusCode::Forbidden), "AuthorizationPermissionMismatch") => format!(
+                "the handler's identity may not read {where_}; grant it 'Storage Blob Data Contributor' on the container"
+            ),
+            (Some(StatusCode::Forbidden), _) => format!(
+                "{where_} refused the handler's credentials ({code}); check the account key or the identity's role assignments"
+            ),
+            (None, _) => format!("cannot reach {where_} at {}: {error}", self.config.endpoint),
+            (Some(status), _) => format!("{where_} answered {status} ({code}) to a probe"),
+        };
+        Err(StoreError::Backend(problem))
+    }
+}
+
+/// Reads from `body` until `buffer` holds a whole block or the body ends; returns the block.
+async fn fill_block(
+    body: &mut ByteStream,
+    buffer: &mut BytesMut,
+) -> Result<Option<Bytes>, StoreError> {
+    while buffer.len() < BLOCK_SIZE {
+        match body.next().await {
+            Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+            Some(Err(e)) => return Err(StoreError::Body(e)),
+            None => break,
+        }
+    }
+    if buffer.is_empty() {
+        return Ok(None);
+    }
+    let take = buffer.len().min(BLOCK_SIZE);
+    Ok(Some(buffer.split_to(take).freeze()))
+}
+
+fn error_code(error: &azure_core::Error) -> Option<String> {
+    match error.kind() {
+        azure_core::error::ErrorKind::HttpResponse { error_code, .. } => error_code.clone(),
+        _ => None,
+    }
+}
+
+/// Storage errors as the rest of the handler sees them. The SDK's messages carry no secrets
+/// (it redacts query strings such as SAS signatures in its errors and logs).
+fn backend(error: azure_core::Error) -> StoreError {
+    let status = error.http_status().map(|s| u16::from(s).to_string());
+    let code = error_code(&error);
+    match (status, code) {
+        (Some(status), Some(code)) => {
+            StoreError::Backend(format!("Azure answered {status} {code}"))
+        }
+        (Some(status), None) => StoreError::Backend(format!("Azure answered {status}")),
+        _ => StoreError::Backend(error.to_string()),
+    }
+}
+
+#[async_trait]
+impl Store for AzureStore {
+    fn describe(&self) -> String {
+        let auth = match &self.access {
+            Access::Key { .. } => "account key (service SAS)",
+            Access::Token { .. } => "Microsoft Entra token (user-delegation SAS)",
+        };
+        let download = match self.config.download {
+            Download::Redirect => "redirect",
+            Download::Proxy => "proxy",
+        };
+        format!(
+            "Azure Blob container '{}' at {} ({auth}, downloads by {download}, blob prefix '{}')",
+            self.config.container, self.config.endpoint, self.config.prefix
+        )
+    }
+
+    async fn get(&self, key: &CacheKey) -> Result<Option<Fetched>, StoreError> {
+        let name = self.blob_name(key);
+        if self.config.download == Download::Redirect {
+            // No storage round trip: a missing blob is Azure's 404, which Nx takes as a miss.
+            return Ok(Some(Fetched::Redirect(self.download_url(&name)?)));
+        }
+        let client = self.blob_client(&name, "r")?;
+        let options = BlobClientDownloadOptions {
+            parallel: Some(std::num::NonZero::new(2).expect("2 is not zero")),
+            partition_size: Some(std::num::NonZero::new(BLOCK_SIZE).expect("not zero")),
+            ..Default::default()
+        };
+        let download = match self
+            .bounded("download", client.download(Some(options)))
+            .await?
+        {
+            Ok(download) => download,
+            Err(e) if e.http_status() == Some(StatusCode::NotFound) => return Ok(None),
+            Err(e) => return Err(backend(e)),
+        };
+        let len = total_length(&download.headers).or(download.properties.content_length);
+        let Some(len) = len else {
+            return Err(StoreError::Backend("download without a length".into()));
+        };
+        let body = download.body.map_err(std::io::Error::other);
+        Ok(Some(Fetched::Stream {
+            len,
+            body: Box::pin(body),
+        }))
+    }
+
+    async fn exists(&self, key: &CacheKey) -> Result<bool, StoreError> {
+        let client = self.blob_client(&self.blob_name(key), "r")?;
+        self.blob_exists(&client).await
+    }
+
+    async fn put_if_absent(
+        &self,
+        key: &CacheKey,
+        len: u64,
+        mut body: ByteStream,
+    ) -> Result<Stored, StoreError> {
+        let client = self.blob_client(&self.blob_name(key), "rcw")?;
+        let mut buffer = BytesMut::with_capacity(BLOCK_SIZE.min(len as usize + 1));
+        let first = fill_block(&mut body, &mut buffer)
+            .await?
+            .unwrap_or_default();
+        if (first.len() as u64) < len && first.len() == BLOCK_SIZE {
+            return self.upload_blocks(&client, first, buffer, body, len).await;
+        }
+        // The whole body fits in one block: check it is all there, then one conditional put.
+        if let Some(extra) = fill_block(&mut body, &mut buffer).await? {
+            let received = (first.len() + extra.len()) as u64;
+            return Err(StoreError::Incomplete {
+                expected: len,
+                received,
+            });
+        }
+        if first.len() as u64 != len {
+            return Err(StoreError::Incomplete {
+                expected: len,
+                received: first.len() as u64,
+            });
+        }
+        self.upload_single(&client, first).await
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.check().await
+    }
+}
+
+/// The blob's full length from `Content-Range: bytes 0-N/TOTAL` of a ranged download.
+fn total_length(headers: &azure_core::http::headers::Headers) -> Option<u64> {
+    let range = headers.get_optional_str(&azure_core::http::headers::HeaderName::from_static(
+        "content-range",
+    ))?;
+    range.rsplit_once('/')?.1.trim().parse().ok()
+}
