@@ -145,7 +145,7 @@ pub struct AzureConfig {
 #[derive(Debug, Clone)]
 pub enum Backend {
     Local,
-    Azure(AzureConfig),
+    Azure(Box<AzureConfig>),
 }
 
 /// The whole server configuration.
@@ -363,7 +363,7 @@ fn load_backend(get: &impl Fn(&str) -> Option<String>) -> Result<Backend, Config
             format!("'{prefix}' must end with '/' and must not start with '/' or contain '..'"),
         ));
     }
-    Ok(Backend::Azure(AzureConfig {
+    Ok(Backend::Azure(Box::new(AzureConfig {
         account,
         endpoint,
         container,
@@ -373,7 +373,7 @@ fn load_backend(get: &impl Fn(&str) -> Option<String>) -> Result<Backend, Config
         sas_ttl,
         timeout,
         strict,
-    }))
+    })))
 }
 
 /// Container names: 3 to 63 lowercase letters, digits and single hyphens, starting and ending

@@ -86,10 +86,11 @@ fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
             Ok(Arc::new(store))
         }
         Backend::Azure(azure) => {
-            let store =
-                AzureStore::new(azure.clone()).map_err(|e| format!("Azure storage: {e}"))?;
+            let store = Arc::new(
+                AzureStore::new((**azure).clone()).map_err(|e| format!("Azure storage: {e}"))?,
+            );
             store.start_background_tasks();
-            Ok(Arc::new(store))
+            Ok(store)
         }
     }
 }

@@ -11,44 +11,25 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, mpsc};
+use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Handler, issue_token};
+use common::{Handler, e2e_dir, ensure_npm_tools, issue_token};
 
 const PROJECTS: [&str; 3] = ["alpha", "beta", "gamma"];
 /// Upper bound for one `nx` invocation; Nx 24 has no client timeout of its own.
 const NX_LIMIT: Duration = Duration::from_secs(300);
 
-fn e2e_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e")
-}
-
-/// Installs the pinned npm packages once (`npm ci`), unless already installed.
-fn ensure_nx_installed() {
-    static INSTALL: Mutex<()> = Mutex::new(());
-    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    let nx = e2e_dir().join("node_modules/.bin/nx");
-    if nx.exists() {
-        return;
-    }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(e2e_dir())
-        .status()
-        .expect("npm must be installed to run the Nx end-to-end tests");
-    assert!(status.success(), "npm ci failed in tests/e2e");
-    assert!(nx.exists(), "npm ci did not install the nx CLI");
-}
-
 /// A fresh copy of the workspace template in a temporary directory.
 struct Workspace {
     dir: tempfile::TempDir,
+    /// A CA bundle for Nx to trust (`SSL_CERT_FILE`), for https Azurite.
+    ca_file: std::cell::RefCell<Option<String>>,
 }
 
 impl Workspace {
     fn new() -> Workspace {
-        ensure_nx_installed();
+        ensure_npm_tools();
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&e2e_dir().join("workspace"), dir.path());
         std::os::unix::fs::symlink(
@@ -56,7 +37,14 @@ impl Workspace {
             dir.path().join("node_modules"),
         )
         .unwrap();
-        Workspace { dir }
+        Workspace {
+            dir,
+            ca_file: Default::default(),
+        }
+    }
+
+    fn trust_ca(&self, ca_file: &str) {
+        *self.ca_file.borrow_mut() = Some(ca_file.to_owned());
     }
 
     fn root(&self) -> &Path {
@@ -78,6 +66,9 @@ impl Workspace {
             .env("CI", "true");
         if let Some(token) = token {
             command.env("NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN", token);
+        }
+        if let Some(ca_file) = self.ca_file.borrow().as_deref() {
+            command.env("SSL_CERT_FILE", ca_file);
         }
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -290,4 +281,155 @@ fn missing_token_gets_the_unauthorized_message() {
         "the message says what to fix:\n{output}"
     );
     assert_eq!(handler.entries("org"), 0);
+}
+
+mod azure {
+    //! The same round trip with the Azure Blob backend on Azurite: downloads are redirects that
+    //! the Nx client follows to storage, and storage going away never fails the build.
+
+    use super::*;
+    use common::azurite::{Azurite, IdentityEndpoint, Tls};
+
+    const CONTAINER: &str = "nx-cache";
+
+    fn blob_count(
+        runtime: &tokio::runtime::Runtime,
+        azurite: &Azurite,
+        tls: Option<&Tls>,
+    ) -> usize {
+        runtime.block_on(azurite.list_blobs(CONTAINER, tls)).len()
+    }
+
+    /// Builds, forgets local results, builds again: every task a remote hit, served by redirect.
+    fn round_trip_by_redirect(
+        runtime: &tokio::runtime::Runtime,
+        azurite: &Azurite,
+        tls: Option<&Tls>,
+        handler: &Handler,
+        workspace: &Workspace,
+    ) {
+        let token = issue_token(&["--org"]);
+        let (ok, first) = workspace.build(&handler.base_url, Some(&token));
+        assert!(ok, "first build failed:\n{first}");
+        assert_eq!(
+            blob_count(runtime, azurite, tls),
+            PROJECTS.len(),
+            "one blob per task"
+        );
+        let built = workspace.outputs();
+
+        workspace.forget_local_results(&handler.base_url);
+        let (ok, second) = workspace.build(&handler.base_url, Some(&token));
+        assert!(ok, "second build failed:\n{second}");
+        assert_eq!(
+            remote_hits(&second),
+            PROJECTS.len(),
+            "every task a remote hit:\n{second}"
+        );
+        assert!(
+            workspace.outputs() == built,
+            "outputs restored byte for byte"
+        );
+
+        // Every GET was answered with a redirect, and every blob download Azurite served was
+        // the Nx client following one: the handler never reads a blob on a GET.
+        let redirects = handler
+            .logs()
+            .iter()
+            .filter(|l| l.contains("\"outcome\":\"redirect\""))
+            .count();
+        assert_eq!(
+            redirects,
+            2 * PROJECTS.len(),
+            "3 misses then 3 hits, all by redirect"
+        );
+        let blob_gets =
+            azurite.requests_matching(&format!("\"GET /devstoreaccount1/{CONTAINER}/org/"));
+        assert_eq!(
+            blob_gets, redirects,
+            "blob reads are exactly the followed redirects"
+        );
+    }
+
+    #[test]
+    fn connection_string_every_task_is_a_hit_by_redirect_and_a_dead_store_never_fails_the_build() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let mut azurite = Azurite::start();
+        runtime.block_on(azurite.create_container(CONTAINER, None));
+        let handler = Handler::start(&[
+            (
+                "AZURE_STORAGE_CONNECTION_STRING",
+                &azurite.connection_string(),
+            ),
+            ("AZURE_STORAGE_CONTAINER", CONTAINER),
+            ("NX_CACHE_STORAGE_TIMEOUT", "3s"),
+        ]);
+        let workspace = Workspace::new();
+        round_trip_by_redirect(&runtime, &azurite, None, &handler, &workspace);
+
+        // Storage stops between runs: misses, uploads not stored, and the build succeeds.
+        azurite.kill();
+        let noticed = handler.wait_for_log(Duration::from_secs(60), |l| {
+            l.contains("storage unavailable")
+        });
+        assert!(noticed.is_some(), "the health watch notices the outage");
+        workspace.forget_local_results(&handler.base_url);
+        workspace.touch_sources("after the outage");
+        let token = issue_token(&["--org"]);
+        let (ok, output) = workspace.build(&handler.base_url, Some(&token));
+        assert!(ok, "a dead store must not fail the build:\n{output}");
+        assert_eq!(remote_hits(&output), 0);
+        assert!(handler.logs().iter().any(|l| l.contains("storage-error")));
+    }
+
+    #[test]
+    fn a_missing_container_still_lets_the_build_run() {
+        let azurite = Azurite::start();
+        let handler = Handler::start(&[
+            (
+                "AZURE_STORAGE_CONNECTION_STRING",
+                &azurite.connection_string(),
+            ),
+            ("AZURE_STORAGE_CONTAINER", CONTAINER),
+        ]);
+        assert!(
+            handler
+                .logs()
+                .iter()
+                .any(|l| l.contains("storage not ready") && l.contains("does not exist"))
+        );
+        let token = issue_token(&["--org"]);
+        let (ok, output) = Workspace::new().build(&handler.base_url, Some(&token));
+        assert!(ok, "{output}");
+        assert_eq!(remote_hits(&output), 0);
+    }
+
+    #[test]
+    fn managed_identity_every_task_is_a_hit_by_user_delegation_sas() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let tls = Tls::generate();
+        let azurite = Azurite::start_oauth(&tls);
+        runtime.block_on(azurite.create_container(CONTAINER, Some(&tls)));
+        let identity = runtime.block_on(IdentityEndpoint::start());
+        let ca = tls.ca_file().display().to_string();
+        let handler = Handler::start(&[
+            ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1"),
+            ("AZURE_STORAGE_BLOB_ENDPOINT", &azurite.endpoint()),
+            ("AZURE_STORAGE_CONTAINER", CONTAINER),
+            ("IDENTITY_ENDPOINT", &identity.url),
+            ("IDENTITY_HEADER", &identity.secret),
+            ("SSL_CERT_FILE", &ca),
+        ]);
+        let workspace = Workspace::new();
+        workspace.trust_ca(&ca);
+        round_trip_by_redirect(&runtime, &azurite, Some(&tls), &handler, &workspace);
+        assert!(
+            azurite.requests_matching("comp=userdelegationkey") <= 2,
+            "the delegation key is cached"
+        );
+    }
 }

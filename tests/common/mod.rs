@@ -1,6 +1,8 @@
-//! Helpers shared by the integration tests: start the real `handler` binary on a loopback port
-//! and issue tokens with it.
+//! Helpers shared by the integration tests: start the real `handler` binary on a loopback port,
+//! issue tokens with it, install the pinned npm tools, run Azurite.
 #![allow(dead_code)]
+
+pub mod azurite;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,13 +16,35 @@ pub const TEST_SECRET: &str = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz
 /// How long a test waits for the server to report its address before failing.
 const STARTUP_LIMIT: Duration = Duration::from_secs(30);
 
+/// `tests/e2e`: the pinned npm packages (nx, azurite) and the Nx workspace template.
+pub fn e2e_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e")
+}
+
+/// Installs the pinned npm packages once (`npm ci`), unless already installed.
+pub fn ensure_npm_tools() {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let bin = e2e_dir().join("node_modules/.bin");
+    if bin.join("nx").exists() && bin.join("azurite-blob").exists() {
+        return;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(e2e_dir())
+        .status()
+        .expect("npm must be installed to run the end-to-end tests");
+    assert!(status.success(), "npm ci failed in tests/e2e");
+}
+
 /// A running `handler` process; killed when dropped.
 pub struct Handler {
     child: Child,
     pub base_url: String,
     pub data_dir: PathBuf,
-    /// Every log line the server wrote to stderr, collected by a reader thread.
+    /// Log lines as they arrive (for waiting on one), and all of them so far.
     log_lines: mpsc::Receiver<String>,
+    history: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _data: Option<tempfile::TempDir>,
 }
 
@@ -55,6 +79,8 @@ impl Handler {
         let stderr = child.stderr.take().unwrap();
         let (line_tx, line_rx) = mpsc::channel();
         let (addr_tx, addr_rx) = mpsc::channel();
+        let history = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = history.clone();
         std::thread::spawn(move || {
             let mut addr_tx = Some(addr_tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -62,6 +88,7 @@ impl Handler {
                     let _ = tx.send(addr);
                     addr_tx = None;
                 }
+                kept.lock().unwrap().push(line.clone());
                 let _ = line_tx.send(line);
             }
         });
@@ -69,8 +96,10 @@ impl Handler {
             Ok(addr) => addr,
             Err(_) => {
                 let _ = child.kill();
-                let lines: Vec<String> = line_rx.try_iter().collect();
-                panic!("handler did not start; its log:\n{}", lines.join("\n"));
+                panic!(
+                    "handler did not start; its log:\n{}",
+                    history.lock().unwrap().join("\n")
+                );
             }
         };
         Handler {
@@ -78,6 +107,7 @@ impl Handler {
             base_url: format!("http://{addr}"),
             data_dir: data_dir.to_owned(),
             log_lines: line_rx,
+            history,
             _data: None,
         }
     }
@@ -87,9 +117,21 @@ impl Handler {
         issue_token(args)
     }
 
-    /// Log lines written so far.
+    /// Every log line written so far.
     pub fn logs(&self) -> Vec<String> {
-        self.log_lines.try_iter().collect()
+        self.history.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line satisfies `matches` (bounded by `limit`); returns it.
+    pub fn wait_for_log(&self, limit: Duration, matches: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            let line = self.log_lines.recv_timeout(left).ok()?;
+            if matches(&line) {
+                return Some(line);
+            }
+        }
     }
 
     /// Number of entries stored under `prefix` (`org`, `teams/web`) in the data directory.

@@ -59,10 +59,10 @@ impl CredentialChain {
             Err(e) => tracing::debug!(error = %e, "managed identity unavailable"),
         }
         // On Azure (App Service / Functions set IDENTITY_ENDPOINT) the CLI is never the answer.
-        if env("IDENTITY_ENDPOINT").is_none() {
-            if let Ok(credential) = AzureCliCredential::new(None) {
-                sources.push(("Azure CLI", credential));
-            }
+        if env("IDENTITY_ENDPOINT").is_none()
+            && let Ok(credential) = AzureCliCredential::new(None)
+        {
+            sources.push(("Azure CLI", credential));
         }
         if sources.is_empty() {
             return Err("no Azure credential source is available (managed identity, workload identity or Azure CLI)".into());

@@ -21,6 +21,7 @@ pub mod sas;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -50,8 +51,10 @@ const BLOCK_SIZE: usize = 4 * 1024 * 1024;
 const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 /// Lifetime of the SAS used by the handler's own calls in key mode.
 const CALL_SAS_TTL: Duration = Duration::from_secs(15 * 60);
-/// Name probed at startup and by `/health`: its absence is the normal answer.
+/// Name probed at startup, by `/health` and by the health watch: its absence is the normal answer.
 const PROBE_BLOB: &str = ".nx-cache-probe";
+/// How often the health watch probes storage.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// How the handler signs its calls and its download URLs.
 enum Access {
@@ -69,6 +72,9 @@ pub struct AzureStore {
     access: Access,
     /// Shared by every client, so connections are pooled across requests.
     client_options: ClientOptions,
+    /// Whether storage answered lately. While it does not, GETs are misses instead of redirects:
+    /// a client sent to an unreachable store would abort the whole build.
+    healthy: AtomicBool,
 }
 
 impl AzureStore {
@@ -77,7 +83,6 @@ impl AzureStore {
         let client_options = ClientOptions {
             transport: Some(Transport::new(new_http_client(Some(HttpClientOptions {
                 automatic_decompression: false,
-                ..Default::default()
             })))),
             ..Default::default()
         };
@@ -90,7 +95,7 @@ impl AzureStore {
                     client_id.as_deref(),
                     |name| std::env::var(name).ok(),
                 )?);
-                let url = Url::parse(&format!("{}/", config.endpoint))
+                let url = Url::parse(&config.endpoint)
                     .map_err(|e| format!("invalid blob endpoint '{}': {e}", config.endpoint))?;
                 let service = Arc::new(
                     BlobServiceClient::new(
@@ -111,14 +116,48 @@ impl AzureStore {
             config,
             access,
             client_options,
+            healthy: AtomicBool::new(true),
         })
     }
 
-    /// Starts the background renewal of the user delegation key (token mode only).
-    pub fn start_background_tasks(&self) {
+    /// Starts the background work: renewal of the user delegation key (token mode) and the
+    /// health watch, which probes storage every few seconds so that an outage turns GETs into
+    /// misses without a storage round trip on each GET.
+    pub fn start_background_tasks(self: &Arc<Self>) {
         if let Access::Token { keys, .. } = &self.access {
             keys.clone().spawn_renewal();
         }
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                let Some(store) = store.upgrade() else { return };
+                let result = store.check().await;
+                store.record_health(result.as_ref().err());
+            }
+        });
+    }
+
+    /// Records the outcome of a storage call; logs only the transitions.
+    fn record_health(&self, failure: Option<&StoreError>) {
+        let healthy = failure.is_none();
+        let was = self.healthy.swap(healthy, Ordering::Relaxed);
+        match (was, failure) {
+            (true, Some(e)) => tracing::warn!(error = %e,
+                "storage unavailable: GETs answer misses and uploads are not stored until it recovers"),
+            (false, None) => tracing::info!("storage available again"),
+            _ => {}
+        }
+    }
+
+    /// Passes a storage result through, marking storage unhealthy when it failed.
+    fn observe<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &result
+            && !e.is_client_fault()
+        {
+            self.record_health(Some(e));
+        }
+        result
     }
 
     fn blob_name(&self, key: &CacheKey) -> String {
@@ -330,7 +369,7 @@ impl AzureStore {
                 "{where_} refused the handler's credentials ({code}); check the account key or the identity's role assignments"
             ),
             (None, _) => format!("cannot reach {where_} at {}: {error}", self.config.endpoint),
-            (Some(status), _) => format!("{where_} answered {status} ({code}) to a probe"),
+            (Some(status), _) => format!("{where_} answered {status} ({code}) to a probe: {error}"),
         };
         Err(StoreError::Backend(problem))
     }
@@ -396,10 +435,42 @@ impl Store for AzureStore {
     async fn get(&self, key: &CacheKey) -> Result<Option<Fetched>, StoreError> {
         let name = self.blob_name(key);
         if self.config.download == Download::Redirect {
+            if !self.healthy.load(Ordering::Relaxed) {
+                return Err(StoreError::Backend(
+                    "storage is unavailable (health watch)".into(),
+                ));
+            }
             // No storage round trip: a missing blob is Azure's 404, which Nx takes as a miss.
             return Ok(Some(Fetched::Redirect(self.download_url(&name)?)));
         }
-        let client = self.blob_client(&name, "r")?;
+        self.observe(self.proxy_download(&name).await)
+    }
+
+    async fn exists(&self, key: &CacheKey) -> Result<bool, StoreError> {
+        let client = self.blob_client(&self.blob_name(key), "r")?;
+        self.observe(self.blob_exists(&client).await)
+    }
+
+    async fn put_if_absent(
+        &self,
+        key: &CacheKey,
+        len: u64,
+        body: ByteStream,
+    ) -> Result<Stored, StoreError> {
+        self.observe(self.upload(key, len, body).await)
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let result = self.check().await;
+        // Quietly: the caller (startup, `/health`) reports the outcome itself.
+        self.healthy.store(result.is_ok(), Ordering::Relaxed);
+        result
+    }
+}
+
+impl AzureStore {
+    async fn proxy_download(&self, name: &str) -> Result<Option<Fetched>, StoreError> {
+        let client = self.blob_client(name, "r")?;
         let options = BlobClientDownloadOptions {
             parallel: Some(std::num::NonZero::new(2).expect("2 is not zero")),
             partition_size: Some(std::num::NonZero::new(BLOCK_SIZE).expect("not zero")),
@@ -424,12 +495,7 @@ impl Store for AzureStore {
         }))
     }
 
-    async fn exists(&self, key: &CacheKey) -> Result<bool, StoreError> {
-        let client = self.blob_client(&self.blob_name(key), "r")?;
-        self.blob_exists(&client).await
-    }
-
-    async fn put_if_absent(
+    async fn upload(
         &self,
         key: &CacheKey,
         len: u64,
@@ -458,10 +524,6 @@ impl Store for AzureStore {
             });
         }
         self.upload_single(&client, first).await
-    }
-
-    async fn ready(&self) -> Result<(), StoreError> {
-        self.check().await
     }
 }
 

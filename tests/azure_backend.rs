@@ -1,0 +1,458 @@
+//! The Azure Blob backend against Azurite over real loopback HTTP: the connection-string path
+//! (plain http, account key, service SAS) and the managed-identity path (https, `--oauth basic`,
+//! the real `azure_identity` managed-identity credential, user delegation key, user-delegation
+//! SAS), redirects a real client follows, uploads, and storage outages.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::azurite::{Azurite, IdentityEndpoint, Tls};
+use common::{Handler, issue_token};
+use reqwest::StatusCode;
+
+const CONTAINER: &str = "nx-cache";
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn key_mode_env(azurite: &Azurite) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "AZURE_STORAGE_CONNECTION_STRING",
+            azurite.connection_string(),
+        ),
+        ("AZURE_STORAGE_CONTAINER", CONTAINER.to_string()),
+    ]
+}
+
+fn start_handler(env: &[(&'static str, String)], extra: &[(&str, &str)]) -> Handler {
+    let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    vars.extend_from_slice(extra);
+    Handler::start(&vars)
+}
+
+async fn put(base: &str, path: &str, token: &str, body: Vec<u8>) -> StatusCode {
+    no_redirects()
+        .put(format!("{base}{path}"))
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// GET through the handler, expecting a redirect; returns the Location.
+async fn redirect_location(base: &str, path: &str, token: &str) -> String {
+    let response = no_redirects()
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::TEMPORARY_REDIRECT,
+        "GET {path}"
+    );
+    response.headers()["location"].to_str().unwrap().to_owned()
+}
+
+fn query_param(url: &str, name: &str) -> Option<String> {
+    let url = reqwest::Url::parse(url).unwrap();
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn sas_lifetime(url: &str) -> (time::OffsetDateTime, time::OffsetDateTime) {
+    use time::format_description::well_known::Rfc3339;
+    let start = time::OffsetDateTime::parse(&query_param(url, "st").unwrap(), &Rfc3339).unwrap();
+    let expiry = time::OffsetDateTime::parse(&query_param(url, "se").unwrap(), &Rfc3339).unwrap();
+    (start, expiry)
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 11) as u8)
+        .collect()
+}
+
+#[tokio::test]
+async fn connection_string_mode_stores_blobs_and_redirects_to_read_only_single_blob_sas() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER, None).await;
+    let handler = start_handler(&key_mode_env(&azurite), &[("NX_CACHE_SAS_TTL", "2m")]);
+    let org = issue_token(&["--org"]);
+    let web = issue_token(&["--team", "web"]);
+    let base = &handler.base_url;
+
+    let small = pattern(1000, 1);
+    let large = pattern(10 * 1024 * 1024 + 123, 2); // several staged blocks
+    assert_eq!(
+        put(base, "/v1/cache/111", &org, small.clone()).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        put(base, "/teams/web/v1/cache/222", &web, large.clone()).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        put(base, "/v1/cache/111", &org, b"poison".to_vec()).await,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        put(base, "/teams/web/v1/cache/222", &web, pattern(5 << 20, 9)).await,
+        StatusCode::CONFLICT
+    );
+    let mut blobs = azurite.list_blobs(CONTAINER, None).await;
+    blobs.sort();
+    assert_eq!(blobs, vec!["org/111", "teams/web/222"]);
+
+    for (path, expected) in [
+        ("/v1/cache/111", &small),
+        ("/teams/web/v1/cache/222", &large),
+    ] {
+        let token = if path.starts_with("/teams") {
+            &web
+        } else {
+            &org
+        };
+        let location = redirect_location(base, path, token).await;
+        assert_eq!(
+            query_param(&location, "sp").as_deref(),
+            Some("r"),
+            "read permission only"
+        );
+        assert_eq!(
+            query_param(&location, "sr").as_deref(),
+            Some("b"),
+            "one blob only"
+        );
+        let (start, expiry) = sas_lifetime(&location);
+        let now = time::OffsetDateTime::now_utc();
+        assert!(
+            start < now - Duration::from_secs(60),
+            "start is backdated for clock skew"
+        );
+        assert!(
+            expiry > now && expiry <= now + Duration::from_secs(121),
+            "expiry follows NX_CACHE_SAS_TTL"
+        );
+        // A real client follows the redirect and gets the bytes straight from storage.
+        let bytes = reqwest::get(&location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(
+            bytes.as_ref() == expected.as_slice(),
+            "{path}: bytes differ"
+        );
+        // The URL cannot be bent to another blob, nor used to write.
+        let other = location.replacen("/org/111", "/org/112", 1).replacen(
+            "/teams/web/222",
+            "/teams/web/223",
+            1,
+        );
+        assert_eq!(
+            reqwest::get(&other).await.unwrap().status(),
+            StatusCode::FORBIDDEN
+        );
+        let write = reqwest::Client::new()
+            .put(&location)
+            .header("x-ms-blob-type", "BlockBlob")
+            .body("overwrite")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(write.status(), StatusCode::FORBIDDEN);
+    }
+    // A miss: the redirect leads to Azure's 404, which Nx takes as a miss.
+    let location = redirect_location(base, "/v1/cache/404404", &org).await;
+    assert_eq!(
+        reqwest::get(&location).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    // No redirect ever leaks another team's blob.
+    let denied = no_redirects()
+        .get(format!("{base}/teams/web/v1/cache/222"))
+        .bearer_auth(&org)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), StatusCode::NOT_FOUND);
+    assert!(denied.headers().get("location").is_none());
+}
+
+#[tokio::test]
+async fn proxy_mode_streams_blobs_through_the_handler() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER, None).await;
+    let handler = start_handler(&key_mode_env(&azurite), &[("NX_CACHE_DOWNLOAD", "proxy")]);
+    let token = issue_token(&["--org"]);
+    let body = pattern(9 * 1024 * 1024, 3);
+    assert_eq!(
+        put(&handler.base_url, "/v1/cache/5", &token, body.clone()).await,
+        StatusCode::OK
+    );
+    let response = no_redirects()
+        .get(format!("{}/v1/cache/5", handler.base_url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.content_length(), Some(body.len() as u64));
+    assert!(response.bytes().await.unwrap().as_ref() == body.as_slice());
+    let miss = no_redirects()
+        .get(format!("{}/v1/cache/6", handler.base_url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(miss.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_upload_cut_off_midway_leaves_no_blob_and_a_retry_succeeds() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER, None).await;
+    let handler = start_handler(&key_mode_env(&azurite), &[]);
+    let token = issue_token(&["--org"]);
+    let addr = handler.base_url.trim_start_matches("http://").to_owned();
+    let declared = 12 * 1024 * 1024;
+    let sent = pattern(6 * 1024 * 1024, 4);
+    let header = format!(
+        "PUT /v1/cache/31 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: {declared}\r\n\r\n"
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.write_all(header.as_bytes()).unwrap();
+        stream.write_all(&sent).unwrap();
+        // Dropping the socket cuts the upload off halfway.
+    })
+    .await
+    .unwrap();
+    let line = handler.wait_for_log(Duration::from_secs(30), |l| {
+        l.contains("upload did not complete")
+    });
+    assert!(line.is_some(), "the handler notices the cut-off upload");
+    assert!(
+        azurite.list_blobs(CONTAINER, None).await.is_empty(),
+        "nothing visible"
+    );
+    let full = pattern(declared, 5);
+    assert_eq!(
+        put(&handler.base_url, "/v1/cache/31", &token, full).await,
+        StatusCode::OK
+    );
+    assert_eq!(azurite.list_blobs(CONTAINER, None).await, vec!["org/31"]);
+}
+
+#[tokio::test]
+async fn a_missing_container_is_one_clear_line_and_health_says_why() {
+    let azurite = Azurite::start();
+    let env = key_mode_env(&azurite);
+    let handler = start_handler(&env, &[]);
+    let line = handler
+        .wait_for_log(Duration::from_secs(30), |l| l.contains("storage not ready"))
+        .expect("a startup error line");
+    assert!(
+        line.contains("container 'nx-cache' in storage account 'devstoreaccount1' does not exist"),
+        "{line}"
+    );
+    let health = reqwest::get(format!("{}/health", handler.base_url))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(health.text().await.unwrap().contains("does not exist"));
+    // Builds go on: uploads are "not stored", and nothing is created.
+    let token = issue_token(&["--org"]);
+    assert_eq!(
+        put(&handler.base_url, "/v1/cache/1", &token, b"x".to_vec()).await,
+        StatusCode::FORBIDDEN
+    );
+
+    // Strict mode refuses to start instead.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_handler"))
+        .args(["--port", "0"])
+        .env_clear()
+        .env("NX_CACHE_JWT_SECRET", common::TEST_SECRET)
+        .env(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            azurite.connection_string(),
+        )
+        .env("AZURE_STORAGE_CONTAINER", CONTAINER)
+        .env("NX_CACHE_STRICT_STORAGE", "true")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("handler: storage not ready: "),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .contains("container 'nx-cache' in storage account 'devstoreaccount1' does not exist"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[tokio::test]
+async fn storage_outages_degrade_to_misses_and_not_stored_then_recover() {
+    let mut azurite = Azurite::start();
+    azurite.create_container(CONTAINER, None).await;
+    let handler = start_handler(
+        &key_mode_env(&azurite),
+        &[
+            ("NX_CACHE_DOWNLOAD", "proxy"),
+            ("NX_CACHE_STORAGE_TIMEOUT", "2s"),
+        ],
+    );
+    let token = issue_token(&["--org"]);
+    let base = handler.base_url.clone();
+    assert_eq!(
+        put(&base, "/v1/cache/1", &token, b"kept".to_vec()).await,
+        StatusCode::OK
+    );
+    let get = |hash: &'static str| {
+        let (base, token) = (base.clone(), token.clone());
+        async move {
+            let started = std::time::Instant::now();
+            let response = no_redirects()
+                .get(format!("{base}/v1/cache/{hash}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            (response.status(), started.elapsed())
+        }
+    };
+
+    // Frozen storage: answers stay bounded by the storage timeout and degrade.
+    azurite.pause();
+    let (status, took) = get("1").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a frozen store is a miss, never an error"
+    );
+    assert!(took < Duration::from_secs(20), "bounded: {took:?}");
+    assert_eq!(
+        put(&base, "/v1/cache/2", &token, b"x".to_vec()).await,
+        StatusCode::FORBIDDEN
+    );
+    azurite.resume();
+    assert_eq!(get("1").await.0, StatusCode::OK, "recovers by itself");
+
+    // Storage gone: the same, and it recovers when storage comes back.
+    azurite.kill();
+    assert_eq!(get("1").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        put(&base, "/v1/cache/3", &token, b"x".to_vec()).await,
+        StatusCode::FORBIDDEN
+    );
+    azurite.restart();
+    azurite.create_container(CONTAINER, None).await;
+    assert_eq!(
+        put(&base, "/v1/cache/4", &token, b"back".to_vec()).await,
+        StatusCode::OK
+    );
+    assert_eq!(get("4").await.0, StatusCode::OK);
+    assert!(
+        handler.logs().iter().any(|l| l.contains("storage-error")),
+        "failures are logged"
+    );
+}
+
+// Multi-threaded: the identity endpoint runs on this runtime while the test blocks on logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_identity_path_uses_a_user_delegation_sas() {
+    let tls = Tls::generate();
+    let azurite = Azurite::start_oauth(&tls);
+    azurite.create_container(CONTAINER, Some(&tls)).await;
+    let identity = IdentityEndpoint::start().await;
+    let ca = tls.ca_file().display().to_string();
+    let env: Vec<(&'static str, String)> = vec![
+        ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1".into()),
+        ("AZURE_STORAGE_BLOB_ENDPOINT", azurite.endpoint()),
+        ("AZURE_STORAGE_CONTAINER", CONTAINER.into()),
+        ("IDENTITY_ENDPOINT", identity.url.clone()),
+        ("IDENTITY_HEADER", identity.secret.clone()),
+        ("SSL_CERT_FILE", ca),
+    ];
+    let handler = start_handler(&env, &[]);
+    let ready = handler.wait_for_log(Duration::from_secs(30), |l| {
+        l.contains("storage ready") || l.contains("storage not ready")
+    });
+    assert!(
+        ready
+            .as_deref()
+            .is_some_and(|l| l.contains("storage ready")),
+        "{ready:?}\n{}\nidentity requests: {}",
+        handler.logs().join("\n"),
+        identity.requests.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    let token = issue_token(&["--org"]);
+    let body = pattern(5 * 1024 * 1024, 6);
+    assert_eq!(
+        put(&handler.base_url, "/v1/cache/77", &token, body.clone()).await,
+        StatusCode::OK
+    );
+
+    let trusting = reqwest::Client::builder()
+        .tls_certs_merge([reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    for _ in 0..20 {
+        let location = redirect_location(&handler.base_url, "/v1/cache/77", &token).await;
+        assert!(location.starts_with("https://"), "{location}");
+        assert_eq!(
+            query_param(&location, "spr").as_deref(),
+            Some("https"),
+            "HTTPS only"
+        );
+        assert_eq!(query_param(&location, "sp").as_deref(), Some("r"));
+        assert!(
+            query_param(&location, "skoid").is_some(),
+            "a user-delegation SAS names the key's object id"
+        );
+        let bytes = trusting
+            .get(&location)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(bytes.as_ref() == body.as_slice());
+    }
+    // The delegation key and the Entra token are cached, not fetched per request.
+    let key_requests = azurite.requests_matching("comp=userdelegationkey");
+    assert!(
+        (1..=2).contains(&key_requests),
+        "user delegation key fetched {key_requests} times"
+    );
+    let token_requests = identity.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&token_requests),
+        "Entra token fetched {token_requests} times"
+    );
+    assert!(
+        handler
+            .logs()
+            .iter()
+            .any(|l| l.contains("managed identity")),
+        "the credential used is logged"
+    );
+}

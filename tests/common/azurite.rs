@@ -1,0 +1,365 @@
+//! Azurite, the Azure Storage emulator (npm `azurite`, pinned in tests/e2e), one process per
+//! test on an ephemeral port: plain http with the well-known account key, or https with
+//! `--oauth basic` for the managed-identity path. Also a stand-in for the App Service managed
+//! identity endpoint (`IDENTITY_ENDPOINT`), which the real `azure_identity` credential calls.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use nx_azure_cache::storage::azure::connection_string::{DEV_ACCOUNT, DEV_ACCOUNT_KEY};
+use nx_azure_cache::storage::azure::sas::{iso8601, sign};
+
+use super::{e2e_dir, ensure_npm_tools};
+
+/// A CA and a leaf certificate for 127.0.0.1, written to a temporary directory.
+pub struct Tls {
+    pub dir: tempfile::TempDir,
+    pub ca_pem: String,
+}
+
+impl Tls {
+    pub fn generate() -> Tls {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf_params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("leaf.pem"), leaf.pem()).unwrap();
+        std::fs::write(dir.path().join("leaf.key"), leaf_key.serialize_pem()).unwrap();
+        Tls {
+            ca_pem: ca.pem(),
+            dir,
+        }
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+/// A running Azurite blob service; killed when dropped.
+pub struct Azurite {
+    child: Child,
+    pub port: u16,
+    scheme: &'static str,
+    /// Azurite's access log (one line per request it served).
+    access_log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Azurite {
+    /// Plain http, account-key authentication.
+    pub fn start() -> Azurite {
+        Self::launch(None, 0)
+    }
+
+    /// https with `--oauth basic`: accepts bearer tokens for https://storage.azure.com.
+    pub fn start_oauth(tls: &Tls) -> Azurite {
+        Self::launch(Some(tls), 0)
+    }
+
+    /// Starts again on the same port (after [`Azurite::kill`]); the data is gone (in memory).
+    pub fn restart(&mut self) {
+        let port = self.port;
+        let scheme = self.scheme;
+        assert_eq!(scheme, "http", "restart is only used on plain http");
+        *self = Self::launch(None, port);
+    }
+
+    fn launch(tls: Option<&Tls>, port: u16) -> Azurite {
+        ensure_npm_tools();
+        let mut command = Command::new(e2e_dir().join("node_modules/.bin/azurite-blob"));
+        command.args([
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            &port.to_string(),
+            "--inMemoryPersistence",
+            "--loose",
+            "--skipApiVersionCheck",
+            "--disableTelemetry",
+        ]);
+        if let Ok(path) = std::env::var("AZURITE_DEBUG_LOG") {
+            command.args(["--debug", &path]);
+        }
+        if let Some(tls) = tls {
+            let dir = tls.dir.path();
+            command
+                .arg("--cert")
+                .arg(dir.join("leaf.pem"))
+                .arg("--key")
+                .arg(dir.join("leaf.key"))
+                .args(["--oauth", "basic"]);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start azurite");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let access_log = Arc::new(Mutex::new(Vec::new()));
+        let log = access_log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(port) = line.split("successfully listens on ").nth(1) {
+                    let port = port
+                        .trim()
+                        .rsplit(':')
+                        .next()
+                        .unwrap()
+                        .trim_end_matches('/')
+                        .parse::<u16>();
+                    if let (Some(sender), Ok(port)) = (tx.take(), port) {
+                        let _ = sender.send(port);
+                    }
+                } else {
+                    log.lock().unwrap().push(line);
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("azurite did not start");
+        Azurite {
+            child,
+            port,
+            scheme: if tls.is_some() { "https" } else { "http" },
+            access_log,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("{}://127.0.0.1:{}/{DEV_ACCOUNT}", self.scheme, self.port)
+    }
+
+    pub fn connection_string(&self) -> String {
+        format!(
+            "DefaultEndpointsProtocol={};AccountName={DEV_ACCOUNT};AccountKey={DEV_ACCOUNT_KEY};BlobEndpoint={};",
+            self.scheme,
+            self.endpoint()
+        )
+    }
+
+    /// An account SAS (all blob permissions) for the test's own setup and inspection calls.
+    pub fn account_sas(&self) -> String {
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(DEV_ACCOUNT_KEY)
+            .unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let (start, expiry) = (
+            iso8601(now - Duration::from_secs(300)),
+            iso8601(now + Duration::from_secs(3600)),
+        );
+        let (version, permissions) = ("2025-01-05", "rwdlac");
+        let string_to_sign = format!(
+            "{DEV_ACCOUNT}\n{permissions}\nb\nsco\n{start}\n{expiry}\n\nhttps,http\n{version}\n\n"
+        );
+        let signature = sign(&key, &string_to_sign);
+        let encode = |v: &str| {
+            percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        format!(
+            "sv={version}&ss=b&srt=sco&sp={permissions}&st={}&se={}&spr={}&sig={}",
+            encode(&start),
+            encode(&expiry),
+            encode("https,http"),
+            encode(&signature)
+        )
+    }
+
+    fn client(&self, tls: Option<&Tls>) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder();
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_certs_merge([reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).unwrap()]);
+        }
+        builder.build().unwrap()
+    }
+
+    /// Creates a container (the handler itself never does).
+    pub async fn create_container(&self, name: &str, tls: Option<&Tls>) {
+        let url = format!(
+            "{}/{name}?restype=container&{}",
+            self.endpoint(),
+            self.account_sas()
+        );
+        let response = self
+            .client(tls)
+            .put(url)
+            .header("content-length", "0")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            201,
+            "create container: {}",
+            response.text().await.unwrap()
+        );
+    }
+
+    /// Blob names in a container.
+    pub async fn list_blobs(&self, container: &str, tls: Option<&Tls>) -> Vec<String> {
+        let url = format!(
+            "{}/{container}?restype=container&comp=list&{}",
+            self.endpoint(),
+            self.account_sas()
+        );
+        let body = self
+            .client(tls)
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        body.split("<Name>")
+            .skip(1)
+            .map(|s| s.split("</Name>").next().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Access-log lines (requests Azurite served) that contain `needle`.
+    pub fn requests_matching(&self, needle: &str) -> usize {
+        self.access_log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Freezes the process (SIGSTOP): connections are accepted by the kernel, never answered.
+    pub fn pause(&self) {
+        signal(&self.child, "-STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(&self.child, "-CONT");
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(child: &Child, which: &str) {
+    let status = Command::new("kill")
+        .args([which, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        signal_quietly(&self.child);
+        self.kill();
+    }
+}
+
+fn signal_quietly(child: &Child) {
+    let _ = Command::new("kill")
+        .args(["-CONT", &child.id().to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A stand-in for the App Service managed-identity endpoint: answers token requests with an
+/// (unsigned) Entra-shaped JWT that Azurite's `--oauth basic` accepts.
+pub struct IdentityEndpoint {
+    pub url: String,
+    pub secret: String,
+    pub requests: Arc<std::sync::atomic::AtomicUsize>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl IdentityEndpoint {
+    pub async fn start() -> IdentityEndpoint {
+        use axum::extract::{Query, State};
+        use axum::http::{HeaderMap, StatusCode};
+        use std::collections::HashMap;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let secret = "identity-header-secret".to_string();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let state = (secret.clone(), requests.clone());
+        let app = axum::Router::new()
+            .route(
+                "/msi/token",
+                axum::routing::get(
+                    |State((secret, requests)): State<(String, Arc<AtomicUsize>)>,
+                     headers: HeaderMap,
+                     Query(query): Query<HashMap<String, String>>| async move {
+                        requests.fetch_add(1, Ordering::SeqCst);
+                        let header_ok = headers
+                            .get("x-identity-header")
+                            .and_then(|v| v.to_str().ok())
+                            == Some(secret.as_str());
+                        if !header_ok
+                            || query.get("resource").map(String::as_str)
+                                != Some("https://storage.azure.com")
+                        {
+                            return (StatusCode::BAD_REQUEST, String::new());
+                        }
+                        (StatusCode::OK, token_response())
+                    },
+                ),
+            )
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/msi/token", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        IdentityEndpoint {
+            url,
+            secret,
+            requests,
+            _server: server,
+        }
+    }
+}
+
+fn token_response() -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    let claims = serde_json::json!({
+        "aud": "https://storage.azure.com",
+        "iss": format!("https://sts.windows.net/{tenant}/"),
+        "iat": now - 60, "nbf": now - 60, "exp": now + 3600,
+        "oid": "0b5f2e9c-6d8a-4c1e-9f3b-2a7d4e6c8b10",
+        "tid": tenant,
+        "appid": "e2e-managed-identity",
+    });
+    let token = format!(
+        "{}.{}.{}",
+        b64.encode(r#"{"alg":"RS256","typ":"JWT"}"#),
+        b64.encode(claims.to_string()),
+        b64.encode("not-checked-by-azurite")
+    );
+    serde_json::json!({
+        "access_token": token,
+        "expires_on": (now + 3600).to_string(),
+        "resource": "https://storage.azure.com",
+        "token_type": "Bearer",
+    })
+    .to_string()
+}
