@@ -36,13 +36,29 @@ pub struct AppState {
     pub strict_storage: bool,
 }
 
+/// The org-wide cache.
+pub const ORG_ROUTE: &str = "/v1/cache/{hash}";
+/// A team's cache: Nx appends `/v1/cache/{hash}` to `https://host/teams/{team}`.
+pub const TEAM_ROUTE: &str = "/teams/{team}/v1/cache/{hash}";
+/// Readiness.
+pub const HEALTH_ROUTE: &str = "/health";
+
+/// Every route with its methods, apart from `GET /` (liveness), which the Functions host calls
+/// on the handler directly. `function-configs/*/function.json` must declare exactly these; the
+/// packaging test checks that the two agree.
+pub const ROUTES: [(&str, &[&str]); 3] = [
+    (ORG_ROUTE, &["GET", "PUT"]),
+    (TEAM_ROUTE, &["GET", "PUT"]),
+    (HEALTH_ROUTE, &["GET"]),
+];
+
 /// The router: org-wide cache, per-team caches, liveness and readiness.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(alive))
-        .route("/health", get(health))
-        .route("/v1/cache/{hash}", get(get_org).put(put_org))
-        .route("/teams/{team}/v1/cache/{hash}", get(get_team).put(put_team))
+        .route(HEALTH_ROUTE, get(health))
+        .route(ORG_ROUTE, get(get_org).put(put_org))
+        .route(TEAM_ROUTE, get(get_team).put(put_team))
         // Bodies are streamed to storage with our own size check, never buffered by axum.
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(telemetry::log_request))

@@ -61,9 +61,25 @@ impl Handler {
     /// Starts `handler` with the given data directory. The port is chosen by the OS (`--port 0`)
     /// and read back from the JSON "listening" log line: no fixed ports, no sleeps.
     pub fn start_in(data_dir: &Path, extra: &[(&str, &str)]) -> Handler {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_handler"));
+        Self::launch(
+            Path::new(env!("CARGO_BIN_EXE_handler")),
+            &["--port", "0"],
+            data_dir,
+            extra,
+        )
+    }
+
+    /// Starts a given `handler` executable with `args`, as the Functions host does (no args,
+    /// `FUNCTIONS_CUSTOMHANDLER_PORT` in `extra`).
+    pub fn launch(
+        binary: &Path,
+        args: &[&str],
+        data_dir: &Path,
+        extra: &[(&str, &str)],
+    ) -> Handler {
+        let mut command = Command::new(binary);
         command
-            .args(["--port", "0"])
+            .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("NX_CACHE_DIR", data_dir)

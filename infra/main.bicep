@@ -1,0 +1,448 @@
+// nx-azure-cache: the Nx remote cache as an Azure Functions custom handler on Flex Consumption.
+//
+// Creates, in the resource group it is deployed to:
+//   - a Flex Consumption plan (FC1) and a Linux function app that runs the `handler` executable
+//     (runtime 'custom'; the code arrives later, with `az functionapp deployment source config-zip`)
+//   - a small storage account of its own for the Functions host and the deployment package,
+//     with shared keys disabled
+//   - a Log Analytics workspace and a workspace-based Application Insights
+//   - optionally a user-assigned managed identity
+//
+// Only references, never creates: the cache storage account and its blob container, which hold
+// the cache entries (`org/{hash}`, `teams/{team}/{hash}`). They may live in another resource group
+// of the same subscription (cacheStorageResourceGroup); modules/cache-access.bicep is deployed
+// into that group to grant the app's identity its two roles there.
+//
+// Storage is reached by managed identity only: this template holds no storage key and no
+// connection string, and the storage account it creates refuses shared-key requests.
+//
+// Offline checks: tests/infra (run scripts/check-infra). Keep ternary conditions parenthesized
+// unless they are a bare name: the parser the checks use gets `!a ? b : c` and `a > b ? c : d`
+// wrong without the parentheses.
+
+targetScope = 'resourceGroup'
+
+// ---------------------------------------------------------------------------------------------
+// Parameters
+// ---------------------------------------------------------------------------------------------
+
+@description('Region of every resource this template creates. Defaults to the resource group\'s region.')
+param location string = resourceGroup().location
+
+@description('Name of the function app, globally unique; the cache URL is the app\'s default host name (see the cacheUrl output).')
+@minLength(2)
+@maxLength(60)
+param appName string
+
+@description('Name of the EXISTING storage account that holds the cache. The template never creates it.')
+@minLength(3)
+@maxLength(24)
+param cacheStorageAccountName string
+
+@description('Name of the EXISTING blob container in that account. Neither the template nor the handler creates it.')
+@minLength(3)
+@maxLength(63)
+param cacheContainerName string
+
+@description('Resource group of the cache storage account, when it is not the group this template is deployed to (same subscription).')
+param cacheStorageResourceGroup string = resourceGroup().name
+
+@description('Token signing secret (at least 32 bytes, e.g. `openssl rand -base64 48`), as a secure parameter. Set this OR tokenSecretKeyVaultUri, not both.')
+@secure()
+param tokenSecret string = ''
+
+@description('URI of a Key Vault secret holding the token signing secret, e.g. https://VAULT.vault.azure.net/secrets/nx-cache-jwt-secret (without a version, the app follows new versions). Set this OR tokenSecret, not both.')
+param tokenSecretKeyVaultUri string = ''
+
+@description('Resource group of that Key Vault (same subscription), for the role assignment below.')
+param tokenSecretKeyVaultResourceGroup string = resourceGroup().name
+
+@description('Grant the app\'s identity "Key Vault Secrets User" on that one secret. Needs a vault that uses Azure RBAC; set false when the vault uses access policies or its access is managed elsewhere.')
+param grantKeyVaultSecretAccess bool = true
+
+@description('NX_CACHE_MODE: read-write, read-only (every upload refused) or no-cache (every read a miss, every upload refused).')
+@allowed([
+  'read-write'
+  'read-only'
+  'no-cache'
+])
+param mode string = 'read-write'
+
+@description('Largest artifact stored, in MiB. Sets both the handler\'s NX_CACHE_MAX_ARTIFACT_SIZE and the Functions host\'s FUNCTIONS_REQUEST_BODY_SIZE_LIMIT.')
+@minValue(1)
+@maxValue(10240)
+param maxArtifactSizeMiB int = 1024
+
+@description('NX_CACHE_DOWNLOAD: redirect (a 307 to a short-lived read-only SAS URL; bytes go straight from storage) or proxy (the handler streams the blob).')
+@allowed([
+  'redirect'
+  'proxy'
+])
+param downloadMode string = 'redirect'
+
+@description('NX_CACHE_SAS_TTL: lifetime of a download URL, between 30s and 1h (e.g. 5m).')
+param sasTtl string = '5m'
+
+@description('NX_CACHE_REVOKED_TOKENS: ids (jti) of tokens refused before they expire.')
+param revokedTokenIds array = []
+
+@description('RUST_LOG: log level and filters of the handler.')
+param logLevel string = 'info'
+
+@description('Delete cache entries this many days after they were written (or last read, see retentionBasis); 0 turns retention off. CAUTION: writes the cache account\'s lifecycle management policy, which REPLACES any policy that account already has.')
+@minValue(0)
+param retentionDays int = 0
+
+@description('What retentionDays counts from: modification (the upload; always available) or lastAccess (the last read; needs last-access time tracking enabled on the cache account, which this template does not own).')
+@allowed([
+  'modification'
+  'lastAccess'
+])
+param retentionBasis string = 'modification'
+
+@description('Resource id of an EXISTING user-assigned managed identity for the app (any resource group of the subscription). Empty: the system-assigned identity, unless createUserAssignedIdentity.')
+param userAssignedIdentityResourceId string = ''
+
+@description('Create a user-assigned identity named APPNAME-id and run the app as it. Ignored when userAssignedIdentityResourceId is set.')
+param createUserAssignedIdentity bool = false
+
+@description('Memory of one instance, in MB (Flex Consumption sizes). The handler streams bodies, so the smallest size is enough.')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 512
+
+@description('Upper bound on the number of instances the app scales out to.')
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+
+@description('Name of the storage account created for the Functions host and the deployment package (3-24 lowercase letters and digits, globally unique).')
+@minLength(3)
+@maxLength(24)
+param deploymentStorageAccountName string = 'stnx${uniqueString(resourceGroup().id, appName)}'
+
+@description('Tags put on every resource this template creates.')
+param tags object = {}
+
+// ---------------------------------------------------------------------------------------------
+// Derived values
+// ---------------------------------------------------------------------------------------------
+
+var useUserAssignedIdentity = createUserAssignedIdentity || (!empty(userAssignedIdentityResourceId))
+var createIdentity = createUserAssignedIdentity && empty(userAssignedIdentityResourceId)
+var useKeyVaultSecret = !empty(tokenSecretKeyVaultUri)
+
+// The user-assigned identity's resource id, client id and principal id, whichever way it came.
+var identityResourceId = createIdentity ? createdIdentity.id : userAssignedIdentityResourceId
+var identityClientId = createIdentity ? createdIdentity.properties.clientId : existingIdentity.properties.clientId
+var identityPrincipalId = createIdentity ? createdIdentity.properties.principalId : existingIdentity.properties.principalId
+
+// The principal that gets the role assignments: the user-assigned identity, or the app's own.
+var appPrincipalId = useUserAssignedIdentity ? identityPrincipalId : functionApp.identity.principalId
+
+// Exactly one source for the signing secret, and a parameter secret of at least 32 bytes (the
+// handler refuses shorter ones at startup). ARM has no "fail" function; int() of a sentence stops
+// the deployment with an error that quotes the sentence. ARM evaluates only the branch of a
+// condition that is taken, so this fires only when the sentence is not empty.
+var secretSourceProblem = (empty(tokenSecret) == empty(tokenSecretKeyVaultUri)) ? 'Set exactly one of the parameters tokenSecret and tokenSecretKeyVaultUri.' : ((length(tokenSecret) > 0) && (length(tokenSecret) < 32) ? 'The parameter tokenSecret must be at least 32 bytes long.' : '')
+
+// NX_CACHE_JWT_SECRET: a Key Vault reference (resolved by the platform with the app's identity; the
+// secret never appears in the deployment) or the secure parameter. Never a literal.
+var keyVaultSecretReference = '@Microsoft.KeyVault(SecretUri=${tokenSecretKeyVaultUri})'
+var tokenSecretSetting = (!empty(secretSourceProblem)) ? string(int(secretSourceProblem)) : (useKeyVaultSecret ? keyVaultSecretReference : tokenSecret)
+
+// https://VAULT.vault.azure.net/secrets/NAME[/VERSION] -> VAULT and NAME.
+var keyVaultName = useKeyVaultSecret ? first(split(split(tokenSecretKeyVaultUri, '/')[2], '.')) : ''
+var keyVaultSecretName = useKeyVaultSecret ? split(tokenSecretKeyVaultUri, '/')[4] : ''
+
+// One number sets both size limits. The handler stores at most maxArtifactSizeMiB and answers a
+// larger upload with 403 (Nx then skips it quietly). The host's request body limit is set to
+// twice that, so the handler (not the host, with a bare 413) is the one that refuses the
+// uploads just over the limit. The handler refuses on Content-Length before reading the body,
+// so the larger host limit costs nothing.
+var maxArtifactBytes = maxArtifactSizeMiB * 1048576
+var requestBodyLimitBytes = maxArtifactBytes * 2
+
+// The deployment package lives in this container of the deployment storage account.
+var deploymentContainerName = 'app-package'
+
+// ---------------------------------------------------------------------------------------------
+// Identity
+// ---------------------------------------------------------------------------------------------
+
+resource createdIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = if (createIdentity) {
+  name: '${appName}-id'
+  location: location
+  tags: tags
+}
+
+resource existingIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' existing = if (!empty(userAssignedIdentityResourceId)) {
+  name: last(split(userAssignedIdentityResourceId, '/'))
+  scope: resourceGroup(split(userAssignedIdentityResourceId, '/')[2], split(userAssignedIdentityResourceId, '/')[4])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Monitoring: the handler logs one JSON line per request to stdout, which the host forwards.
+// ---------------------------------------------------------------------------------------------
+
+resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
+  name: '${appName}-logs'
+  location: location
+  tags: tags
+  properties: {
+    sku: {
+      name: 'PerGB2018'
+    }
+    retentionInDays: 30
+  }
+}
+
+resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
+  name: '${appName}-insights'
+  location: location
+  tags: tags
+  kind: 'web'
+  properties: {
+    Application_Type: 'web'
+    WorkspaceResourceId: logAnalytics.id
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage for the Functions host and the deployment package (not the cache).
+// ---------------------------------------------------------------------------------------------
+
+resource deploymentStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: deploymentStorageAccountName
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: 'Standard_LRS'
+  }
+  properties: {
+    // Entra ID (managed identity) only: requests signed with an account key, and service or
+    // account SAS, are refused.
+    allowSharedKeyAccess: false
+    defaultToOAuthAuthentication: true
+    allowBlobPublicAccess: false
+    supportsHttpsTrafficOnly: true
+    minimumTlsVersion: 'TLS1_2'
+    accessTier: 'Hot'
+  }
+
+  resource blobServices 'blobServices' = {
+    name: 'default'
+
+    resource packageContainer 'containers' = {
+      name: deploymentContainerName
+      properties: {
+        publicAccess: 'None'
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The function app
+// ---------------------------------------------------------------------------------------------
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: '${appName}-plan'
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    name: 'FC1'
+    tier: 'FlexConsumption'
+  }
+  properties: {
+    // Linux.
+    reserved: true
+  }
+}
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  name: appName
+  location: location
+  tags: tags
+  kind: 'functionapp,linux'
+  identity: useUserAssignedIdentity ? {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityResourceId}': {}
+    }
+  } : {
+    type: 'SystemAssigned'
+  }
+  properties: {
+    serverFarmId: plan.id
+    // Tokens travel in the Authorization header: never over plain http.
+    httpsOnly: true
+    clientAffinityEnabled: false
+    // The identity that resolves the Key Vault reference of NX_CACHE_JWT_SECRET.
+    keyVaultReferenceIdentity: useUserAssignedIdentity ? identityResourceId : 'SystemAssigned'
+    siteConfig: {
+      minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
+      // No FTP(S): code is deployed with config-zip (Entra ID authenticated), never over FTP.
+      ftpsState: 'Disabled'
+      http20Enabled: true
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${deploymentStorage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          // The platform fetches the package with the app's identity (no key, no SAS).
+          authentication: useUserAssignedIdentity ? {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityResourceId
+          } : {
+            type: 'SystemAssignedIdentity'
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        instanceMemoryMB: instanceMemoryMB
+        maximumInstanceCount: maximumInstanceCount
+      }
+      // A custom handler: host.json in the package names the `handler` executable. Flex
+      // Consumption takes the runtime from here, so FUNCTIONS_WORKER_RUNTIME is not set.
+      runtime: {
+        name: 'custom'
+        version: '1.0'
+      }
+    }
+  }
+}
+
+// No basic-auth (publishing profile) deployments: config-zip authenticates with Entra ID.
+resource ftpPublishingCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2023-12-01' = {
+  parent: functionApp
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+resource scmPublishingCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2023-12-01' = {
+  parent: functionApp
+  name: 'scm'
+  properties: {
+    allow: false
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Role assignments (in modules: their names are derived from the principal id, which is known
+// only once the app exists, and the cache account may be in another resource group).
+// ---------------------------------------------------------------------------------------------
+
+// The cache: Storage Blob Data Contributor on the container, Storage Blob Delegator on the
+// account; optional retention policy. See the module for why each role.
+module cacheAccess 'modules/cache-access.bicep' = {
+  name: take('${appName}-cache-access', 64)
+  scope: resourceGroup(cacheStorageResourceGroup)
+  params: {
+    storageAccountName: cacheStorageAccountName
+    containerName: cacheContainerName
+    principalId: appPrincipalId
+    retentionDays: retentionDays
+    retentionBasis: retentionBasis
+  }
+}
+
+// The Functions host and Flex Consumption deployments: Storage Blob Data Owner on the
+// deployment storage account.
+module hostStorageAccess 'modules/host-storage-access.bicep' = {
+  name: take('${appName}-host-storage-access', 64)
+  params: {
+    storageAccountName: deploymentStorage.name
+    principalId: appPrincipalId
+  }
+}
+
+// The signing secret: Key Vault Secrets User on that one secret.
+module keyVaultAccess 'modules/keyvault-access.bicep' = if (useKeyVaultSecret && grantKeyVaultSecretAccess) {
+  name: take('${appName}-keyvault-access', 64)
+  scope: resourceGroup(tokenSecretKeyVaultResourceGroup)
+  params: {
+    keyVaultName: keyVaultName
+    secretName: keyVaultSecretName
+    principalId: appPrincipalId
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// App settings: what the handler and the host read. Written after the role assignments (they
+// depend on cacheAccess's output and on keyVaultAccess), so that the Key Vault reference can be
+// resolved when the settings are applied. This resource owns ALL the app's settings: a setting
+// added by hand (portal, CLI) is removed by the next deployment.
+// ---------------------------------------------------------------------------------------------
+
+// Only with a user-assigned identity: which identity the handler (AZURE_CLIENT_ID) and the
+// host's storage client (AzureWebJobsStorage__clientId) use.
+var userAssignedIdentitySettings = useUserAssignedIdentity ? {
+  AZURE_CLIENT_ID: identityClientId
+  AzureWebJobsStorage__credential: 'managedidentity'
+  AzureWebJobsStorage__clientId: identityClientId
+} : {}
+
+resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
+  parent: functionApp
+  name: 'appsettings'
+  properties: union({
+    // The host's own storage, by identity: an account name, not a connection string.
+    AzureWebJobsStorage__accountName: deploymentStorage.name
+    // Not a storage credential: the ingestion endpoint and instrumentation key of App Insights.
+    APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
+
+    // The cache: an existing account and container, reached with the app's managed identity.
+    AZURE_STORAGE_ACCOUNT: cacheStorageAccountName
+    AZURE_STORAGE_CONTAINER: cacheContainerName
+    // The account's own blob endpoint (right in every cloud, and with DNS-zone endpoints).
+    AZURE_STORAGE_BLOB_ENDPOINT: cacheAccess.outputs.blobEndpoint
+
+    // Tokens: the signing secret (Key Vault reference or secure parameter) and revocations.
+    NX_CACHE_JWT_SECRET: tokenSecretSetting
+    NX_CACHE_REVOKED_TOKENS: join(revokedTokenIds, ',')
+
+    // Behaviour.
+    NX_CACHE_MODE: mode
+    NX_CACHE_MAX_ARTIFACT_SIZE: '${maxArtifactSizeMiB}M'
+    FUNCTIONS_REQUEST_BODY_SIZE_LIMIT: string(requestBodyLimitBytes)
+    NX_CACHE_DOWNLOAD: downloadMode
+    NX_CACHE_SAS_TTL: sasTtl
+
+    // Logs: one JSON line per request, which Application Insights stores as traces.
+    NX_CACHE_LOG_FORMAT: 'json'
+    RUST_LOG: logLevel
+  }, userAssignedIdentitySettings)
+  dependsOn: [
+    hostStorageAccess
+    keyVaultAccess
+  ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outputs
+// ---------------------------------------------------------------------------------------------
+
+@description('Name of the function app (for `az functionapp deployment source config-zip -n`).')
+output functionAppName string = functionApp.name
+
+@description('The org-wide cache: NX_SELF_HOSTED_REMOTE_CACHE_SERVER.')
+output cacheUrl string = 'https://${functionApp.properties.defaultHostName}'
+
+@description('A team\'s private cache: replace <team> with the team name.')
+output teamCacheUrl string = 'https://${functionApp.properties.defaultHostName}/teams/<team>'
+
+@description('Object id of the identity that holds the role assignments.')
+output principalId string = appPrincipalId
+
+@description('Name of the storage account created for the host and the deployment package.')
+output deploymentStorageAccountName string = deploymentStorage.name
