@@ -17,12 +17,12 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 
 use crate::auth::{Grant, TokenAuthority};
 use crate::config::Mode;
 use crate::key::{CacheKey, Namespace};
-use crate::storage::{Fetched, Store, StoreError, Stored};
+use crate::storage::{ByteStream, Fetched, Store, StoreError, Stored};
 use crate::telemetry::{self, Outcome};
 
 /// Shared state of every handler: one cheap `Clone`.
@@ -34,6 +34,8 @@ pub struct AppState {
     pub max_artifact_bytes: u64,
     /// Storage failures answer 503 instead of a miss / not stored (`NX_CACHE_STRICT_STORAGE`).
     pub strict_storage: bool,
+    /// An upload that sends nothing for this long is cut off (slow or stuck clients).
+    pub body_idle_timeout: std::time::Duration,
 }
 
 /// The org-wide cache.
@@ -224,8 +226,8 @@ async fn write_entry(
         Ok(false) => {}
         Err(e) => return not_stored_storage_error(&state, &key, e),
     }
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
-    match state.store.put_if_absent(&key, len, Box::pin(stream)).await {
+    let stream = idle_limited(body, state.body_idle_timeout);
+    match state.store.put_if_absent(&key, len, stream).await {
         Ok(Stored::Created) => {
             text(StatusCode::OK, "stored".into()).with(Outcome::Stored { bytes: len })
         }
@@ -237,6 +239,27 @@ async fn write_entry(
         }
         Err(e) => not_stored_storage_error(&state, &key, e),
     }
+}
+
+/// The request body as a stream that fails when no bytes arrive for `limit`, so a client that
+/// trickles or stalls cannot hold a connection (and a storage upload) open forever.
+fn idle_limited(body: Body, limit: std::time::Duration) -> ByteStream {
+    let chunks = body.into_data_stream().map_err(std::io::Error::other);
+    let limited = futures_util::stream::unfold(Some(chunks), move |state| async move {
+        let mut chunks = state?;
+        match tokio::time::timeout(limit, chunks.next()).await {
+            Ok(Some(item)) => Some((item, Some(chunks))),
+            Ok(None) => None,
+            Err(_) => {
+                let stalled = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no body bytes for {limit:?}"),
+                );
+                Some((Err(stalled), None))
+            }
+        }
+    });
+    Box::pin(limited)
 }
 
 /// Server mode, then the token's write right on this namespace.

@@ -157,6 +157,12 @@ pub struct Config {
     pub under_functions: bool,
     pub mode: Mode,
     pub max_artifact_bytes: u64,
+    /// Connections served at once; more wait in the accept backlog.
+    pub max_connections: usize,
+    /// Time allowed for a request's headers to arrive (`NX_CACHE_HEADER_TIMEOUT`).
+    pub header_timeout: Duration,
+    /// Longest pause allowed between two pieces of an upload's body (`NX_CACHE_BODY_TIMEOUT`).
+    pub body_idle_timeout: Duration,
     pub data_dir: PathBuf,
     pub backend: Backend,
     pub tokens: TokenConfig,
@@ -198,6 +204,24 @@ impl Config {
             })
             .transpose()?
             .unwrap_or(DEFAULT_MAX_ARTIFACT_BYTES);
+
+        let max_connections = match get("NX_CACHE_MAX_CONNECTIONS") {
+            None => 512,
+            Some(raw) => match raw.trim().parse::<usize>() {
+                Ok(n) if (1..=100_000).contains(&n) => n,
+                _ => {
+                    return Err(ConfigError::new(
+                        "NX_CACHE_MAX_CONNECTIONS",
+                        format!("expected a number from 1 to 100000, got '{raw}'"),
+                    ));
+                }
+            },
+        };
+
+        let header_timeout =
+            duration_setting(&get, "NX_CACHE_HEADER_TIMEOUT", Duration::from_secs(30))?;
+        let body_idle_timeout =
+            duration_setting(&get, "NX_CACHE_BODY_TIMEOUT", Duration::from_secs(30))?;
 
         let data_dir = get("NX_CACHE_DIR")
             .map(PathBuf::from)
@@ -260,6 +284,9 @@ impl Config {
             under_functions,
             mode,
             max_artifact_bytes,
+            max_connections,
+            header_timeout,
+            body_idle_timeout,
             data_dir,
             backend,
             tokens,
@@ -568,6 +595,9 @@ mod tests {
             ("NX_CACHE_JWT_SECRET", "short"),
             ("NX_CACHE_JWT_ALGORITHM", "none"),
             ("NX_CACHE_LOG_FORMAT", "xml"),
+            ("NX_CACHE_MAX_CONNECTIONS", "0"),
+            ("NX_CACHE_HEADER_TIMEOUT", "soon"),
+            ("NX_CACHE_BODY_TIMEOUT", "-1s"),
         ];
         for (name, value) in cases {
             let err = load(&[(name, value)], Flags::default()).unwrap_err();

@@ -6,7 +6,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::api::{self, AppState};
 use crate::auth::{Access, Secret, TokenAuthority, TokenRequest};
@@ -69,6 +76,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
         mode: config.mode,
         max_artifact_bytes: config.max_artifact_bytes,
         strict_storage: strict,
+        body_idle_timeout: config.body_idle_timeout,
     };
     Ok(Prepared { state, dev_secret })
 }
@@ -120,7 +128,7 @@ pub fn nx_exports(state: &AppState, listener_addr: SocketAddr) -> Result<String,
         org: true,
         teams: vec![],
         access: Access::ReadWrite,
-        expires_in: std::time::Duration::from_secs(30 * 24 * 3600),
+        expires_in: Duration::from_secs(30 * 24 * 3600),
         subject: "local-development".into(),
     })?;
     Ok(format!(
@@ -128,11 +136,79 @@ pub fn nx_exports(state: &AppState, listener_addr: SocketAddr) -> Result<String,
     ))
 }
 
-/// Serves until SIGTERM or Ctrl-C, then lets in-flight requests finish.
-pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
+/// Connection-level limits. Bounded in every direction: a client that trickles its headers is
+/// cut off, and at most `max_connections` are served at once; more wait in the kernel's accept
+/// backlog (backpressure) instead of an unbounded queue in the process.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// Time allowed for a request's headers to arrive.
+    pub header_timeout: Duration,
+    /// Largest request head (request line and headers) read.
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may run after SIGTERM.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            header_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            drain_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Serves until SIGTERM or Ctrl-C, then stops accepting and lets in-flight requests finish
+/// (the Functions host recycles workers with SIGTERM).
+pub async fn serve(listener: TcpListener, state: AppState, limits: Limits) -> std::io::Result<()> {
+    let app = api::router(state);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        // HTTP/1.1 only: the Nx client and the Functions host's proxy both speak it.
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_header_size(limits.max_header_bytes);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: finishing in-flight requests");
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
         .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?limits.drain_timeout, "in-flight requests still running at the drain deadline");
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -154,5 +230,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
-    tracing::info!("shutting down: finishing in-flight requests");
 }

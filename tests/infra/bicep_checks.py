@@ -1,0 +1,761 @@
+"""Offline checks of the Bicep templates in infra/.
+
+No Bicep compiler and no Azure here: every `.bicep` file is parsed with pycep-parser, and the
+checks below read the parsed trees (pycep's JSON form). Each check is a plain function
+`xxx_problems(infra_dir) -> list[str]`; an empty list means the check passes. `problems()` runs
+them all. The mutation tests in test_bicep.py break a copy of the templates on purpose and call
+these functions directly, to prove each check can fail.
+
+Limits of pycep's tree, which the checks work around:
+- A quoted literal and a bare name both come out as a Python str ('x' and x are alike), so a str
+  is taken as a name when it names a parameter, variable, resource or module of its file.
+- Operator precedence is not Bicep's: `!a ? b : c` parses as `!(a ? b : c)` and `a > b ? c : d`
+  as `a > (b ? c : d)`. The templates parenthesize such conditions; the checks only read
+  conditions that are bare names.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from pycep import BicepParser
+
+# Settings the handler reads, which must be set whatever the parameters are.
+REQUIRED_APP_SETTINGS = (
+    "AZURE_STORAGE_ACCOUNT",
+    "AZURE_STORAGE_CONTAINER",
+    "NX_CACHE_JWT_SECRET",
+    "NX_CACHE_MODE",
+    "NX_CACHE_MAX_ARTIFACT_SIZE",
+    "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT",
+    "NX_CACHE_LOG_FORMAT",
+)
+# Flex Consumption takes the runtime from functionAppConfig.runtime and rejects these settings.
+FORBIDDEN_APP_SETTINGS = ("FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION")
+
+# Built-in role definition ids.
+STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+STORAGE_BLOB_DELEGATOR = "db58b8e5-c6ad-4a2a-8342-4190687cbf4a"
+STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
+ROLE_NAMES = {
+    STORAGE_BLOB_DATA_CONTRIBUTOR: "Storage Blob Data Contributor",
+    STORAGE_BLOB_DELEGATOR: "Storage Blob Delegator",
+    STORAGE_BLOB_DATA_OWNER: "Storage Blob Data Owner",
+}
+
+# main.bicep's parameters naming the existing cache storage.
+CACHE_ACCOUNT_PARAM = "cacheStorageAccountName"
+CACHE_CONTAINER_PARAM = "cacheContainerName"
+CACHE_RESOURCE_GROUP_PARAM = "cacheStorageResourceGroup"
+
+# Anything that is, or makes, a storage key or a key-based connection string.
+FORBIDDEN_WORDS = (
+    "listkeys",
+    "accountkey",
+    "azure_storage_connection_string",
+    "defaultendpointsprotocol",
+)
+
+ACCOUNT_TYPE = "Microsoft.Storage/storageAccounts"
+CONTAINER_TYPE = "Microsoft.Storage/storageAccounts/blobServices/containers"
+ROLE_ASSIGNMENT_TYPE = "Microsoft.Authorization/roleAssignments"
+SITE_TYPE = "Microsoft.Web/sites"
+SITE_CONFIG_TYPE = "Microsoft.Web/sites/config"
+POLICY_TYPE = "Microsoft.Storage/storageAccounts/managementPolicies"
+
+GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> BicepParser:
+    return BicepParser()
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_text(digest: str, text: str) -> dict[str, Any]:
+    del digest  # part of the cache key only
+    return _parser().parse(text=text)
+
+
+def parse(path: Path) -> dict[str, Any]:
+    """pycep's JSON tree of one file; raises when the file does not parse."""
+    text = path.read_text(encoding="utf-8")
+    return _parse_text(hashlib.sha256(text.encode()).hexdigest(), text)
+
+
+def bicep_files(infra_dir: Path) -> list[Path]:
+    return sorted(Path(infra_dir).rglob("*.bicep"))
+
+
+class Template:
+    """One parsed file, with name resolution within it."""
+
+    def __init__(self, infra_dir: Path, path: Path, tree: dict[str, Any]):
+        self.path = path
+        self.rel = path.relative_to(infra_dir).as_posix()
+        self.tree = tree
+        self.params: dict[str, Any] = tree.get("parameters") or {}
+        self.vars: dict[str, Any] = tree.get("variables") or {}
+        self.resources: dict[str, Any] = tree.get("resources") or {}
+        self.modules: dict[str, Any] = tree.get("modules") or {}
+
+    def is_symbol(self, value: Any) -> bool:
+        return (
+            isinstance(value, str)
+            and IDENTIFIER.match(value) is not None
+            and (
+                value in self.params
+                or value in self.vars
+                or value in self.resources
+                or value in self.modules
+            )
+        )
+
+    def resolve(self, expr: Any, depth: int = 0) -> Any:
+        """Replaces a bare variable name by the variable's value, repeatedly."""
+        while isinstance(expr, str) and expr in self.vars and depth < 50:
+            expr = self.vars[expr].get("value")
+            depth += 1
+        return expr
+
+    def param_is_secure(self, name: str) -> bool:
+        decorators = self.params.get(name, {}).get("decorators") or []
+        return any(d.get("type") == "secure" for d in decorators)
+
+    def param_decorator(self, name: str, kind: str) -> Any:
+        for decorator in self.params.get(name, {}).get("decorators") or []:
+            if decorator.get("type") == kind:
+                return decorator.get("argument")
+        return None
+
+    def resource_list(self) -> Iterator[tuple[str, dict[str, Any], dict[str, Any], Any]]:
+        """(symbol, resource, config, condition) for every resource; condition is None when the
+        resource is unconditional."""
+        for name, resource in self.resources.items():
+            config, condition = unwrap(resource.get("config"))
+            yield name, resource, config, condition
+
+    def scope_symbol(self, scope: Any) -> str | None:
+        """The resource symbol a `scope:` names: `x`, or `a::b` (flattened to `a__b` by pycep)."""
+        if isinstance(scope, str) and scope in self.resources:
+            return scope
+        operator = operator_of(scope)
+        if operator and operator["type"] == "nested_resource_accessor":
+            operands = operator["operands"]
+            left = self.scope_symbol(operands["operand_1"]) or operands["operand_1"]
+            right = operands["operand_2"]
+            joined = f"{left}__{right}"
+            return joined if joined in self.resources else None
+        return None
+
+    def parent_symbol(self, symbol: str) -> str | None:
+        """The parent resource of a resource: `parent:`, or the nesting that pycep flattened."""
+        config, _ = unwrap(self.resources[symbol].get("config"))
+        parent = config.get("parent")
+        if parent is not None:
+            return self.scope_symbol(parent)
+        if "__" in symbol:
+            return symbol.rsplit("__", 1)[0]
+        return None
+
+
+def unwrap(config: Any) -> tuple[dict[str, Any], Any]:
+    """pycep puts a conditional resource's body under config.config, next to config.condition."""
+    if isinstance(config, dict) and "condition" in config and isinstance(config.get("config"), dict):
+        return config["config"], config["condition"]
+    return (config if isinstance(config, dict) else {}), None
+
+
+def operator_of(expr: Any) -> dict[str, Any] | None:
+    if isinstance(expr, dict) and set(expr) == {"operator"} and isinstance(expr["operator"], dict):
+        return expr["operator"]
+    return None
+
+
+def function_of(expr: Any) -> dict[str, Any] | None:
+    if isinstance(expr, dict) and set(expr) == {"function"} and isinstance(expr["function"], dict):
+        return expr["function"]
+    return None
+
+
+def walk(node: Any) -> Iterator[Any]:
+    """Every key and value in a tree, depth first."""
+    yield node
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            yield from walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from walk(item)
+
+
+def get_path(config: dict[str, Any], *keys: str) -> Any:
+    node: Any = config
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def load(infra_dir: Path) -> list[Template]:
+    """Every file that parses (the ones that do not are syntax_problems' business)."""
+    infra_dir = Path(infra_dir)
+    templates = []
+    for path in bicep_files(infra_dir):
+        try:
+            templates.append(Template(infra_dir, path, parse(path)))
+        except Exception:  # noqa: BLE001 - reported by syntax_problems
+            continue
+    return templates
+
+
+def main_template(templates: list[Template]) -> Template | None:
+    return next((t for t in templates if t.rel == "main.bicep"), None)
+
+
+def module_call(main: Template, module: Template) -> dict[str, Any] | None:
+    """main.bicep's `module x 'modules/y.bicep' = {...}` body that deploys `module`."""
+    for declaration in main.modules.values():
+        target = (declaration.get("detail") or {}).get("path")
+        if target and (main.path.parent / target).resolve() == module.path.resolve():
+            config, _ = unwrap(declaration.get("config"))
+            return config
+    return None
+
+
+def trace(templates: list[Template], template: Template, expr: Any) -> tuple[Template, Any]:
+    """Follows variables, and a module's parameters to what main.bicep passes them."""
+    expr = template.resolve(expr)
+    main = main_template(templates)
+    if main is not None and template is not main and isinstance(expr, str) and expr in template.params:
+        call = module_call(main, template)
+        params = (call or {}).get("params") or {}
+        if expr in params:
+            return trace(templates, main, params[expr])
+    return template, expr
+
+
+def property_chain(expr: Any) -> list[Any]:
+    """`a.b.c` -> ['a', 'b', 'c'] (pycep nests property accessors to the right)."""
+    operator = operator_of(expr)
+    if operator and operator["type"] == "property_accessor":
+        operands = operator["operands"]
+        return [operands["operand_1"], *property_chain(operands["operand_2"])]
+    return [expr]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------------
+
+
+def syntax_problems(infra_dir: Path) -> list[str]:
+    """Every .bicep file under infra/ parses (and there is a main.bicep)."""
+    infra_dir = Path(infra_dir)
+    found = []
+    files = bicep_files(infra_dir)
+    if not (infra_dir / "main.bicep").is_file():
+        found.append("infra/main.bicep is missing")
+    for path in files:
+        try:
+            parse(path)
+        except Exception as error:  # noqa: BLE001 - any parser error is the finding
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            found.append(f"{path.relative_to(infra_dir)}: does not parse: {first_line}")
+    return found
+
+
+def app_settings(template: Template) -> dict[str, tuple[Any, bool]]:
+    """name -> (value expression, set only under a condition), from every `sites/config
+    appsettings` resource and every site's siteConfig.appSettings array in the file."""
+    settings: dict[str, tuple[Any, bool]] = {}
+
+    def collect(expr: Any, conditional: bool, depth: int = 0) -> None:
+        if depth > 20:
+            return
+        expr = template.resolve(expr)
+        function = function_of(expr)
+        operator = operator_of(expr)
+        if function is not None:
+            if function["type"] in ("union", "shallowMerge", "shallow_merge"):
+                for argument in (function.get("parameters") or {}).values():
+                    collect(argument, conditional, depth + 1)
+        elif operator is not None:
+            if operator["type"] == "conditional":
+                operands = operator["operands"]
+                collect(operands["true_value"], True, depth + 1)
+                collect(operands["false_value"], True, depth + 1)
+        elif isinstance(expr, dict):
+            for name, value in expr.items():
+                if name not in settings or settings[name][1]:
+                    settings[name] = (value, conditional)
+        elif isinstance(expr, list):
+            # siteConfig.appSettings: [{name: ..., value: ...}]
+            for item in expr:
+                item = template.resolve(item)
+                if isinstance(item, dict) and isinstance(item.get("name"), str):
+                    settings.setdefault(item["name"], (item.get("value"), conditional))
+
+    for _, resource, config, condition in template.resource_list():
+        if resource.get("existing"):
+            continue
+        if resource.get("type") == SITE_CONFIG_TYPE and config.get("name") == "appsettings":
+            collect(config.get("properties"), condition is not None)
+        if resource.get("type") == SITE_TYPE:
+            collect(get_path(config, "properties", "siteConfig", "appSettings"), condition is not None)
+    return settings
+
+
+def all_app_settings(templates: list[Template]) -> dict[str, tuple[Template, Any, bool]]:
+    merged: dict[str, tuple[Template, Any, bool]] = {}
+    for template in templates:
+        for name, (value, conditional) in app_settings(template).items():
+            if name not in merged or merged[name][2]:
+                merged[name] = (template, value, conditional)
+    return merged
+
+
+def app_setting_problems(infra_dir: Path) -> list[str]:
+    """Every setting the handler requires is set unconditionally; none Flex Consumption rejects;
+    AZURE_CLIENT_ID is set when the app can run as a user-assigned identity."""
+    templates = load(infra_dir)
+    settings = all_app_settings(templates)
+    found = []
+    if not settings:
+        return ["no app settings found (no Microsoft.Web/sites/config 'appsettings' resource)"]
+    for name in REQUIRED_APP_SETTINGS:
+        if name not in settings:
+            found.append(f"app setting {name} is not set")
+        elif settings[name][2]:
+            found.append(f"app setting {name} is set only under a condition; the handler always needs it")
+    for name in FORBIDDEN_APP_SETTINGS:
+        if name in settings:
+            found.append(f"app setting {name} must not be set on Flex Consumption (runtime comes from functionAppConfig)")
+    can_use_user_assigned = any(
+        value == "UserAssigned"
+        for template in templates
+        for _, resource, config, _ in template.resource_list()
+        if resource.get("type") == SITE_TYPE
+        for value in walk(config.get("identity"))
+    )
+    if can_use_user_assigned and "AZURE_CLIENT_ID" not in settings:
+        found.append("the app can run as a user-assigned identity but AZURE_CLIENT_ID is never set")
+    return found
+
+
+def _role_id(template: Template, expr: Any) -> str | None:
+    """The role definition GUID in a roleDefinitionId expression, following variables."""
+    expr = template.resolve(expr)
+    for node in walk(expr):
+        if isinstance(node, str):
+            value = template.resolve(node)
+            if isinstance(value, str):
+                match = GUID.search(value)
+                if match:
+                    return match.group(0).lower()
+            elif value is not node:
+                found = _role_id(template, value)
+                if found:
+                    return found
+    return None
+
+
+def _traces_to_param(templates: list[Template], template: Template, expr: Any, param: str) -> bool:
+    owner, final = trace(templates, template, expr)
+    return owner is main_template(templates) and final == param
+
+
+def role_assignments(templates: list[Template]) -> Iterator[tuple[Template, str, str | None, str | None]]:
+    """(template, symbol, role GUID, scope resource symbol or None for the deployment's scope)."""
+    for template in templates:
+        for symbol, resource, config, _ in template.resource_list():
+            if resource.get("type") != ROLE_ASSIGNMENT_TYPE or resource.get("existing"):
+                continue
+            role = _role_id(template, get_path(config, "properties", "roleDefinitionId"))
+            scope = config.get("scope")
+            yield template, symbol, role, (template.scope_symbol(scope) if scope is not None else None)
+
+
+def role_problems(infra_dir: Path) -> list[str]:
+    """Storage Blob Data Contributor on the cache CONTAINER only; Storage Blob Delegator on the
+    cache ACCOUNT only; Storage Blob Data Owner never on the cache; the cache roles deployed into
+    cacheStorageResourceGroup."""
+    templates = load(infra_dir)
+    found = []
+    granted = set()
+    for template, symbol, role, scope in role_assignments(templates):
+        where = f"{template.rel}: role assignment '{symbol}'"
+        if role not in ROLE_NAMES:
+            continue
+        name = ROLE_NAMES[role]
+        if scope is None:
+            found.append(f"{where} ({name}) has no scope: it would apply to the whole resource group")
+            continue
+        scope_resource = template.resources[scope]
+        scope_type = scope_resource.get("type")
+        scope_config, _ = unwrap(scope_resource.get("config"))
+        scope_name = scope_config.get("name")
+        if role == STORAGE_BLOB_DATA_CONTRIBUTOR:
+            parent = template.parent_symbol(scope)
+            grandparent = template.parent_symbol(parent) if parent else None
+            account_name = (
+                unwrap(template.resources[grandparent].get("config"))[0].get("name")
+                if grandparent in template.resources
+                else None
+            )
+            if scope_type != CONTAINER_TYPE:
+                found.append(f"{where}: {name} must be scoped to the cache container, not to a {scope_type}")
+            elif not scope_resource.get("existing"):
+                found.append(f"{where}: {name} is scoped to a container the template creates; it must be the existing cache container")
+            elif not _traces_to_param(templates, template, scope_name, CACHE_CONTAINER_PARAM):
+                found.append(f"{where}: {name} is scoped to a container that is not {CACHE_CONTAINER_PARAM}")
+            elif not _traces_to_param(templates, template, account_name, CACHE_ACCOUNT_PARAM):
+                found.append(f"{where}: {name} is scoped to a container outside the account {CACHE_ACCOUNT_PARAM}")
+            else:
+                granted.add(role)
+        elif role == STORAGE_BLOB_DELEGATOR:
+            if scope_type != ACCOUNT_TYPE:
+                found.append(f"{where}: {name} must be scoped to the cache storage account (Get User Delegation Key is account-level), not to a {scope_type}")
+            elif not _traces_to_param(templates, template, scope_name, CACHE_ACCOUNT_PARAM):
+                found.append(f"{where}: {name} is scoped to an account that is not {CACHE_ACCOUNT_PARAM}")
+            else:
+                granted.add(role)
+        elif role == STORAGE_BLOB_DATA_OWNER:
+            if scope_type not in (ACCOUNT_TYPE, CONTAINER_TYPE):
+                found.append(f"{where}: {name} must be scoped to the deployment storage, not to a {scope_type}")
+            elif _traces_to_param(templates, template, scope_name, CACHE_ACCOUNT_PARAM) or _traces_to_param(
+                templates, template, scope_name, CACHE_CONTAINER_PARAM
+            ):
+                found.append(f"{where}: {name} must never be granted on the cache storage")
+        if role in (STORAGE_BLOB_DATA_CONTRIBUTOR, STORAGE_BLOB_DELEGATOR):
+            main = main_template(templates)
+            if main is not None and template is not main:
+                call = module_call(main, template) or {}
+                scope_function = function_of(call.get("scope"))
+                rg = (scope_function or {}).get("parameters", {}).get("resource_group_name")
+                if scope_function is None or scope_function.get("type") != "resource_group" or main.resolve(rg) != CACHE_RESOURCE_GROUP_PARAM:
+                    found.append(f"{where}: {template.rel} must be deployed with scope resourceGroup({CACHE_RESOURCE_GROUP_PARAM})")
+    for role in (STORAGE_BLOB_DATA_CONTRIBUTOR, STORAGE_BLOB_DELEGATOR):
+        if role not in granted:
+            found.append(f"no valid {ROLE_NAMES[role]} ({role}) assignment on the cache storage")
+    return found
+
+
+def function_app_problems(infra_dir: Path) -> list[str]:
+    """The function app: HTTPS only, TLS 1.2, no FTP, Flex Consumption custom handler."""
+    found = []
+    sites = 0
+    for template in load(infra_dir):
+        for symbol, resource, config, _ in template.resource_list():
+            if resource.get("type") != SITE_TYPE or resource.get("existing"):
+                continue
+            sites += 1
+            where = f"{template.rel}: function app '{symbol}'"
+            properties = config.get("properties") or {}
+            if properties.get("httpsOnly") is not True:
+                found.append(f"{where}: httpsOnly must be true")
+            if get_path(properties, "siteConfig", "minTlsVersion") != "1.2":
+                found.append(f"{where}: siteConfig.minTlsVersion must be '1.2'")
+            if get_path(properties, "siteConfig", "ftpsState") != "Disabled":
+                found.append(f"{where}: siteConfig.ftpsState must be 'Disabled'")
+            if get_path(properties, "functionAppConfig", "runtime", "name") != "custom":
+                found.append(f"{where}: functionAppConfig.runtime.name must be 'custom' (a custom handler)")
+            if "linux" not in str(config.get("kind", "")):
+                found.append(f"{where}: kind must be 'functionapp,linux'")
+    if sites == 0:
+        found.append("no Microsoft.Web/sites resource")
+    return found
+
+
+def storage_account_problems(infra_dir: Path) -> list[str]:
+    """Every storage account the template creates refuses shared keys."""
+    found = []
+    for template in load(infra_dir):
+        for symbol, resource, config, _ in template.resource_list():
+            if resource.get("type") != ACCOUNT_TYPE or resource.get("existing"):
+                continue
+            if get_path(config, "properties", "allowSharedKeyAccess") is not False:
+                found.append(f"{template.rel}: storage account '{symbol}' must set allowSharedKeyAccess: false")
+    return found
+
+
+def key_material_problems(infra_dir: Path) -> list[str]:
+    """No storage key, no key-based connection string, no list*() call, anywhere: in the parsed
+    trees, and in the raw text of every file under infra/ (comments included)."""
+    infra_dir = Path(infra_dir)
+    found = []
+    for template in load(infra_dir):
+        for node in walk(template.tree):
+            function = function_of(node)
+            operator = operator_of(node)
+            if function is not None and function.get("type") == "list_func":
+                found.append(f"{template.rel}: calls {function['parameters'].get('func_name')}(); list functions return keys or SAS tokens")
+            if operator is not None and operator.get("type") == "function_accessor":
+                found.append(f"{template.rel}: calls .{operator['operands'].get('func_name')}(); list functions return keys or SAS tokens")
+            if isinstance(node, str):
+                lowered = node.lower()
+                for word in FORBIDDEN_WORDS:
+                    if word in lowered:
+                        found.append(f"{template.rel}: '{word}' in the template: storage is reached by managed identity only")
+    for path in sorted(p for p in infra_dir.rglob("*") if p.is_file()):
+        lowered = path.read_text(encoding="utf-8", errors="replace").lower()
+        for word in FORBIDDEN_WORDS:
+            if word in lowered:
+                found.append(f"{path.relative_to(infra_dir)}: contains '{word}'")
+    return sorted(set(found))
+
+
+def _is_deployment_failure(expr: Any) -> bool:
+    """`int('sentence')` or `string(int(...))`: the idiom that stops a deployment with a message."""
+    function = function_of(expr)
+    if function is None:
+        return False
+    if function.get("type") == "int":
+        return True
+    if function.get("type") == "string":
+        return _is_deployment_failure((function.get("parameters") or {}).get("value_to_convert"))
+    return False
+
+
+def jwt_secret_problems(infra_dir: Path) -> list[str]:
+    """NX_CACHE_JWT_SECRET is, on every branch, a Key Vault reference or a @secure() parameter:
+    never a literal, never a plain parameter."""
+    templates = load(infra_dir)
+    settings = all_app_settings(templates)
+    if "NX_CACHE_JWT_SECRET" not in settings:
+        return ["app setting NX_CACHE_JWT_SECRET is not set"]
+    template, value, _ = settings["NX_CACHE_JWT_SECRET"]
+    found: list[str] = []
+
+    def check(expr: Any, depth: int = 0) -> None:
+        if depth > 20:
+            found.append("NX_CACHE_JWT_SECRET: expression too deep to check")
+            return
+        if isinstance(expr, str) and expr in template.vars:
+            check(template.resolve(expr), depth + 1)
+            return
+        operator = operator_of(expr)
+        if operator is not None and operator.get("type") == "conditional":
+            check(operator["operands"]["true_value"], depth + 1)
+            check(operator["operands"]["false_value"], depth + 1)
+            return
+        if _is_deployment_failure(expr):
+            return
+        if isinstance(expr, str) and expr in template.params:
+            if not template.param_is_secure(expr):
+                found.append(f"NX_CACHE_JWT_SECRET comes from parameter '{expr}', which is not @secure()")
+            return
+        if isinstance(expr, str) and expr.startswith("@Microsoft.KeyVault("):
+            return
+        if isinstance(expr, str):
+            found.append(f"NX_CACHE_JWT_SECRET can be the literal '{expr[:12]}...'; use a Key Vault reference or a @secure() parameter")
+            return
+        found.append(f"NX_CACHE_JWT_SECRET can be {json.dumps(expr)[:80]}; use a Key Vault reference or a @secure() parameter")
+
+    check(value)
+    # Nothing derived from a secure parameter may leave the deployment as an output.
+    for t in templates:
+        secure = {name for name in t.params if t.param_is_secure(name)}
+        for output_name, output in (t.tree.get("outputs") or {}).items():
+            mentioned = {n for n in walk(output.get("value")) if isinstance(n, str)}
+            text = " ".join(mentioned)
+            if secure & mentioned or any(f"${{{name}}}" in text for name in secure):
+                found.append(f"{t.rel}: output '{output_name}' exposes a @secure() parameter")
+    return found
+
+
+def _parse_size(raw: str) -> int:
+    """The handler's parse_size: bytes, or K/M/G (binary multiples)."""
+    match = re.fullmatch(r"(\d+)\s*(B|K|KB|KiB|M|MB|MiB|G|GB|GiB)?", raw.strip())
+    if not match:
+        raise ValueError(f"not a size: {raw!r}")
+    unit = (match.group(2) or "B")[0]
+    return int(match.group(1)) * {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[unit]
+
+
+class _NotEvaluable(Exception):
+    pass
+
+
+def _evaluate(template: Template, expr: Any, env: dict[str, int], used: set[str], depth: int = 0) -> Any:
+    """Evaluates the little arithmetic the size settings use, with parameters from `env`."""
+    if depth > 30:
+        raise _NotEvaluable("too deep")
+    if isinstance(expr, bool):
+        raise _NotEvaluable("bool")
+    if isinstance(expr, int):
+        return expr
+    if isinstance(expr, str):
+        if expr in template.params:
+            if expr not in env:
+                raise _NotEvaluable(f"parameter {expr} is not numeric")
+            used.add(expr)
+            return env[expr]
+        if expr in template.vars:
+            return _evaluate(template, template.resolve(expr), env, used, depth + 1)
+        if template.is_symbol(expr):
+            raise _NotEvaluable(f"{expr} is not a constant")
+        return INTERPOLATION.sub(
+            lambda m: str(_evaluate(template, m.group(1).strip(), env, used, depth + 1)), expr
+        )
+    operator = operator_of(expr)
+    if operator is not None:
+        operands = operator.get("operands") or {}
+        kind = operator.get("type")
+        if kind in ("multiply", "add", "substract", "divide") and set(operands) == {"operand_1", "operand_2"}:
+            a = _evaluate(template, operands["operand_1"], env, used, depth + 1)
+            b = _evaluate(template, operands["operand_2"], env, used, depth + 1)
+            if not isinstance(a, int) or not isinstance(b, int):
+                raise _NotEvaluable("arithmetic on a string")
+            return {"multiply": a * b, "add": a + b, "substract": a - b, "divide": a // b if b else 0}[kind]
+    function = function_of(expr)
+    if function is not None:
+        arguments = list((function.get("parameters") or {}).values())
+        if function.get("type") == "string" and len(arguments) == 1:
+            return str(_evaluate(template, arguments[0], env, used, depth + 1))
+        if function.get("type") == "int" and len(arguments) == 1:
+            return int(_evaluate(template, arguments[0], env, used, depth + 1))
+    raise _NotEvaluable(json.dumps(expr)[:80])
+
+
+def size_limit_problems(infra_dir: Path) -> list[str]:
+    """FUNCTIONS_REQUEST_BODY_SIZE_LIMIT and NX_CACHE_MAX_ARTIFACT_SIZE come from the same single
+    parameter, and the host's limit is never below the handler's, over the parameter's range."""
+    templates = load(infra_dir)
+    settings = all_app_settings(templates)
+    names = ("NX_CACHE_MAX_ARTIFACT_SIZE", "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT")
+    missing = [n for n in names if n not in settings]
+    if missing:
+        return [f"app setting {n} is not set" for n in missing]
+    (template, artifact_expr, _), (_, body_expr, _) = settings[names[0]], settings[names[1]]
+    numeric = [n for n, p in template.params.items() if p.get("type") == "int"]
+    found: list[str] = []
+
+    def candidates(param: str) -> list[int]:
+        low = template.param_decorator(param, "min_value")
+        high = template.param_decorator(param, "max_value")
+        default = template.params[param].get("default")
+        values = {v for v in (low, high, default, 1, 1024) if isinstance(v, int) and not isinstance(v, bool)}
+        return sorted(v for v in values if (low is None or v >= low) and (high is None or v <= high))
+
+    base_env = {
+        n: template.params[n].get("default") if isinstance(template.params[n].get("default"), int) else 1
+        for n in numeric
+    }
+    try:
+        used_artifact: set[str] = set()
+        used_body: set[str] = set()
+        _evaluate(template, artifact_expr, base_env, used_artifact)
+        _evaluate(template, body_expr, base_env, used_body)
+    except (_NotEvaluable, ValueError) as error:
+        return [f"cannot evaluate the size settings from parameters: {error}"]
+    if len(used_artifact) != 1 or used_artifact != used_body:
+        found.append(
+            "NX_CACHE_MAX_ARTIFACT_SIZE and FUNCTIONS_REQUEST_BODY_SIZE_LIMIT must both derive from one "
+            f"parameter (they use {sorted(used_artifact) or 'none'} and {sorted(used_body) or 'none'})"
+        )
+        return found
+    (param,) = used_artifact
+    for value in candidates(param):
+        env = dict(base_env, **{param: value})
+        try:
+            artifact = _parse_size(str(_evaluate(template, artifact_expr, env, set())))
+            body = int(str(_evaluate(template, body_expr, env, set())))
+        except (_NotEvaluable, ValueError) as error:
+            found.append(f"with {param}={value}: {error}")
+            continue
+        if body < artifact:
+            found.append(
+                f"with {param}={value}: FUNCTIONS_REQUEST_BODY_SIZE_LIMIT ({body}) is below NX_CACHE_MAX_ARTIFACT_SIZE ({artifact} bytes)"
+            )
+    return found
+
+
+def container_problems(infra_dir: Path) -> list[str]:
+    """The cache container is referenced, never created: the only containers the template creates
+    are in storage accounts it creates. The lifecycle policy (one per account, replaces any
+    existing one) is opt-in."""
+    found = []
+    for template in load(infra_dir):
+        for symbol, resource, config, condition in template.resource_list():
+            if resource.get("type") == CONTAINER_TYPE and not resource.get("existing"):
+                account = template.parent_symbol(template.parent_symbol(symbol) or "")
+                account_resource = template.resources.get(account or "")
+                if account_resource is None or account_resource.get("existing"):
+                    found.append(f"{template.rel}: creates container '{symbol}' in an existing storage account; the cache container must only be referenced")
+            if resource.get("type") == POLICY_TYPE and not resource.get("existing") and condition is None:
+                found.append(f"{template.rel}: management policy '{symbol}' is unconditional; it replaces the account's policy and must be opt-in")
+    return found
+
+
+def parameters_file_problems(infra_dir: Path) -> list[str]:
+    """main.parameters.json names only main.bicep's parameters, gives every required one, keeps
+    to @allowed/@minValue/@maxValue, and holds no secret value."""
+    infra_dir = Path(infra_dir)
+    path = infra_dir / "main.parameters.json"
+    if not path.is_file():
+        return ["infra/main.parameters.json is missing"]
+    main = main_template(load(infra_dir))
+    if main is None:
+        return ["infra/main.bicep does not parse"]
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        return [f"main.parameters.json: not JSON: {error}"]
+    given = document.get("parameters") or {}
+    found = []
+    for name, entry in given.items():
+        if name not in main.params:
+            found.append(f"main.parameters.json: '{name}' is not a parameter of main.bicep")
+            continue
+        if main.param_is_secure(name) and "value" in entry:
+            found.append(f"main.parameters.json: secure parameter '{name}' has a value in the file; pass it on the command line or as a Key Vault reference")
+        if "value" not in entry:
+            continue
+        value = entry["value"]
+        allowed = main.param_decorator(name, "allowed")
+        if isinstance(allowed, list) and value not in allowed:
+            found.append(f"main.parameters.json: '{name}' = {value!r} is not one of {allowed}")
+        low = main.param_decorator(name, "min_value")
+        high = main.param_decorator(name, "max_value")
+        if isinstance(value, int) and isinstance(low, int) and value < low:
+            found.append(f"main.parameters.json: '{name}' = {value} is below {low}")
+        if isinstance(value, int) and isinstance(high, int) and value > high:
+            found.append(f"main.parameters.json: '{name}' = {value} is above {high}")
+    for name, param in main.params.items():
+        if param.get("default") is None and name not in given:
+            found.append(f"main.parameters.json: required parameter '{name}' is missing")
+    return found
+
+
+CHECKS: tuple[Callable[[Path], list[str]], ...] = (
+    syntax_problems,
+    app_setting_problems,
+    role_problems,
+    function_app_problems,
+    storage_account_problems,
+    key_material_problems,
+    jwt_secret_problems,
+    size_limit_problems,
+    container_problems,
+    parameters_file_problems,
+)
+
+
+def problems(infra_dir: Path) -> list[str]:
+    """Every check's findings."""
+    return [problem for check in CHECKS for problem in check(Path(infra_dir))]

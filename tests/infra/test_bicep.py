@@ -1,0 +1,336 @@
+"""Offline tests of infra/: the templates parse, pass every structural check, and every check
+fails on a copy of the templates broken on purpose (mutation tests).
+
+Run with scripts/check-infra (it makes the venv with the pinned pycep-parser and pytest).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+import bicep_checks as checks
+
+INFRA = Path(__file__).resolve().parents[2] / "infra"
+BICEP_FILES = checks.bicep_files(INFRA)
+
+
+# ---------------------------------------------------------------------------------------------
+# The real templates
+# ---------------------------------------------------------------------------------------------
+
+
+def test_there_are_templates():
+    names = {p.relative_to(INFRA).as_posix() for p in BICEP_FILES}
+    assert {"main.bicep", "modules/cache-access.bicep"} <= names
+
+
+@pytest.mark.parametrize("path", BICEP_FILES, ids=lambda p: p.relative_to(INFRA).as_posix())
+def test_template_parses(path: Path):
+    tree = checks.parse(path)
+    assert tree.get("resources") or tree.get("modules"), f"{path} declares nothing"
+
+
+@pytest.mark.parametrize("check", checks.CHECKS, ids=lambda c: c.__name__)
+def test_check_passes_on_the_templates(check):
+    assert check(INFRA) == []
+
+
+def test_every_required_app_setting_is_set():
+    settings = checks.all_app_settings(checks.load(INFRA))
+    for name in checks.REQUIRED_APP_SETTINGS:
+        assert name in settings and not settings[name][2], name
+    # Optional ones the handler reads are there too.
+    for name in ("AZURE_STORAGE_BLOB_ENDPOINT", "AZURE_CLIENT_ID", "NX_CACHE_DOWNLOAD", "NX_CACHE_SAS_TTL", "NX_CACHE_REVOKED_TOKENS"):
+        assert name in settings, name
+
+
+def test_cache_roles_are_where_they_belong():
+    templates = checks.load(INFRA)
+    scopes = {
+        role: templates_scope
+        for template, _, role, scope in checks.role_assignments(templates)
+        for templates_scope in [template.resources[scope]["type"] if scope else None]
+    }
+    assert scopes[checks.STORAGE_BLOB_DATA_CONTRIBUTOR] == checks.CONTAINER_TYPE
+    assert scopes[checks.STORAGE_BLOB_DELEGATOR] == checks.ACCOUNT_TYPE
+    assert scopes[checks.STORAGE_BLOB_DATA_OWNER] == checks.ACCOUNT_TYPE
+
+
+def test_size_limits_follow_one_parameter():
+    """The evaluator the size check relies on computes what ARM would: 1024 MiB -> '1024M' and
+    twice as many bytes for the host."""
+    templates = checks.load(INFRA)
+    settings = checks.all_app_settings(templates)
+    template, artifact, _ = settings["NX_CACHE_MAX_ARTIFACT_SIZE"]
+    _, body, _ = settings["FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"]
+    env = {"maxArtifactSizeMiB": 1024, "instanceMemoryMB": 512, "maximumInstanceCount": 40, "retentionDays": 0}
+    assert checks._evaluate(template, artifact, env, set()) == "1024M"
+    assert checks._evaluate(template, body, env, set()) == str(2 * 1024 * 1048576)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mutation tests: each check must catch a template broken on purpose.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def infra(tmp_path: Path) -> Path:
+    copy = tmp_path / "infra"
+    shutil.copytree(INFRA, copy)
+    return copy
+
+
+def edit(infra: Path, relative: str, old: str, new: str, count: int = 1) -> None:
+    """Replaces `old` (which must occur exactly `count` times, so that a change to the templates
+    cannot silently turn a mutation into a no-op) by `new`."""
+    path = infra / relative
+    text = path.read_text()
+    assert text.count(old) == count, f"{old!r} occurs {text.count(old)} times in {relative}, expected {count}"
+    path.write_text(text.replace(old, new))
+
+
+def drop_line(infra: Path, relative: str, pattern: str) -> None:
+    path = infra / relative
+    text = path.read_text()
+    new, n = re.subn(rf"(?m)^[ \t]*{pattern}.*\n", "", text)
+    assert n == 1, f"{pattern!r} matched {n} lines in {relative}"
+    path.write_text(new)
+
+
+def assert_found(found: list[str], *needles: str) -> None:
+    assert found, "the check found nothing"
+    for needle in needles:
+        assert any(needle in problem for problem in found), f"no problem mentions {needle!r}: {found}"
+
+
+@pytest.mark.parametrize("setting", checks.REQUIRED_APP_SETTINGS)
+def test_dropping_an_app_setting_is_caught(infra: Path, setting: str):
+    drop_line(infra, "main.bicep", rf"{setting}:")
+    assert_found(checks.app_setting_problems(infra), setting)
+    assert_found(checks.problems(infra), setting)
+
+
+def test_app_setting_only_under_a_condition_is_caught(infra: Path):
+    drop_line(infra, "main.bicep", "NX_CACHE_MODE:")
+    edit(infra, "main.bicep", "  AZURE_CLIENT_ID: identityClientId\n", "  AZURE_CLIENT_ID: identityClientId\n  NX_CACHE_MODE: mode\n")
+    assert_found(checks.app_setting_problems(infra), "NX_CACHE_MODE", "condition")
+
+
+def test_dropping_azure_client_id_is_caught(infra: Path):
+    drop_line(infra, "main.bicep", "AZURE_CLIENT_ID:")
+    assert_found(checks.app_setting_problems(infra), "AZURE_CLIENT_ID")
+
+
+def test_functions_worker_runtime_is_caught(infra: Path):
+    edit(infra, "main.bicep", "    NX_CACHE_LOG_FORMAT: 'json'\n", "    NX_CACHE_LOG_FORMAT: 'json'\n    FUNCTIONS_WORKER_RUNTIME: 'custom'\n")
+    assert_found(checks.app_setting_problems(infra), "FUNCTIONS_WORKER_RUNTIME")
+
+
+def test_swapping_the_role_scopes_is_caught(infra: Path):
+    module = "modules/cache-access.bicep"
+    edit(infra, module, "  scope: container\n", "  scope: SWAP\n")
+    edit(infra, module, "  scope: account\n", "  scope: container\n")
+    edit(infra, module, "  scope: SWAP\n", "  scope: account\n")
+    found = checks.role_problems(infra)
+    assert_found(found, "Storage Blob Data Contributor must be scoped to the cache container", "Storage Blob Delegator must be scoped to the cache storage account")
+    assert_found(checks.problems(infra), "Storage Blob Data Contributor")
+
+
+def test_data_contributor_on_the_account_is_caught(infra: Path):
+    edit(infra, "modules/cache-access.bicep", "  scope: container\n", "  scope: account\n")
+    assert_found(checks.role_problems(infra), "Storage Blob Data Contributor must be scoped to the cache container, not to a Microsoft.Storage/storageAccounts")
+
+
+def test_data_contributor_on_the_resource_group_is_caught(infra: Path):
+    drop_line(infra, "modules/cache-access.bicep", "scope: container")
+    assert_found(checks.role_problems(infra), "Storage Blob Data Contributor) has no scope")
+
+
+def test_delegator_on_the_container_is_caught(infra: Path):
+    edit(infra, "modules/cache-access.bicep", "  scope: account\n", "  scope: container\n")
+    assert_found(checks.role_problems(infra), "Storage Blob Delegator must be scoped to the cache storage account")
+
+
+def test_data_contributor_on_the_deployment_storage_is_caught(infra: Path):
+    """The right kind of scope, the wrong account: the module is handed the deployment storage."""
+    edit(infra, "main.bicep", "    storageAccountName: cacheStorageAccountName\n", "    storageAccountName: deploymentStorage.name\n")
+    assert_found(checks.role_problems(infra), "outside the account cacheStorageAccountName", "not cacheStorageAccountName")
+
+
+def test_data_owner_on_the_cache_is_caught(infra: Path):
+    edit(infra, "main.bicep", "    storageAccountName: deploymentStorage.name\n", "    storageAccountName: cacheStorageAccountName\n")
+    assert_found(checks.role_problems(infra), "Storage Blob Data Owner must never be granted on the cache storage")
+
+
+def test_wrong_role_id_is_caught(infra: Path):
+    edit(infra, "modules/cache-access.bicep", checks.STORAGE_BLOB_DELEGATOR, "00000000-0000-0000-0000-000000000000")
+    assert_found(checks.role_problems(infra), "no valid Storage Blob Delegator")
+
+
+def test_cache_access_in_the_wrong_resource_group_is_caught(infra: Path):
+    drop_line(infra, "main.bicep", "scope: resourceGroup\\(cacheStorageResourceGroup\\)")
+    assert_found(checks.role_problems(infra), "must be deployed with scope resourceGroup(cacheStorageResourceGroup)")
+
+
+def test_list_keys_is_caught(infra: Path):
+    with (infra / "main.bicep").open("a") as f:
+        f.write("\nvar leaked = listKeys(deploymentStorage.id, '2023-05-01').keys[0].value\n")
+    assert_found(checks.key_material_problems(infra), "listKeys()", "listkeys")
+    assert_found(checks.problems(infra), "listKeys")
+
+
+def test_list_keys_accessor_is_caught(infra: Path):
+    with (infra / "modules/cache-access.bicep").open("a") as f:
+        f.write("\noutput leaked string = account.listKeys().keys[0].value\n")
+    assert_found(checks.key_material_problems(infra), ".listKeys()")
+
+
+def test_connection_string_setting_is_caught(infra: Path):
+    edit(
+        infra,
+        "main.bicep",
+        "    AZURE_STORAGE_ACCOUNT: cacheStorageAccountName\n",
+        "    AZURE_STORAGE_ACCOUNT: cacheStorageAccountName\n"
+        "    AZURE_STORAGE_" + "CONNECTION_STRING: 'Default" + "EndpointsProtocol=https;AccountName=x;Account" + "Key=${appName}'\n",
+    )
+    assert_found(checks.key_material_problems(infra), "azure_storage_connection_string", "defaultendpointsprotocol", "accountkey")
+
+
+def test_account_key_in_the_parameters_file_is_caught(infra: Path):
+    edit(infra, "main.parameters.json", '"value": "5m"', '"value": "5m", "note": "Account' + 'Key=abc"')
+    assert_found(checks.key_material_problems(infra), "main.parameters.json: contains 'accountkey'")
+
+
+def test_https_only_false_is_caught(infra: Path):
+    edit(infra, "main.bicep", "    httpsOnly: true\n", "    httpsOnly: false\n")
+    assert_found(checks.function_app_problems(infra), "httpsOnly must be true")
+    assert_found(checks.problems(infra), "httpsOnly")
+
+
+def test_missing_https_only_is_caught(infra: Path):
+    drop_line(infra, "main.bicep", "httpsOnly:")
+    assert_found(checks.function_app_problems(infra), "httpsOnly must be true")
+
+
+def test_old_tls_is_caught(infra: Path):
+    edit(infra, "main.bicep", "      minTlsVersion: '1.2'\n", "      minTlsVersion: '1.0'\n")
+    assert_found(checks.function_app_problems(infra), "minTlsVersion")
+
+
+def test_ftp_is_caught(infra: Path):
+    edit(infra, "main.bicep", "ftpsState: 'Disabled'", "ftpsState: 'AllAllowed'")
+    assert_found(checks.function_app_problems(infra), "ftpsState")
+
+
+def test_non_custom_runtime_is_caught(infra: Path):
+    edit(infra, "main.bicep", "        name: 'custom'\n", "        name: 'node'\n")
+    assert_found(checks.function_app_problems(infra), "runtime.name must be 'custom'")
+
+
+def test_shared_key_access_is_caught(infra: Path):
+    edit(infra, "main.bicep", "    allowSharedKeyAccess: false\n", "    allowSharedKeyAccess: true\n")
+    assert_found(checks.storage_account_problems(infra), "allowSharedKeyAccess: false")
+    assert_found(checks.problems(infra), "allowSharedKeyAccess")
+
+
+def test_missing_shared_key_setting_is_caught(infra: Path):
+    drop_line(infra, "main.bicep", "allowSharedKeyAccess:")
+    assert_found(checks.storage_account_problems(infra), "deploymentStorage")
+
+
+def test_new_storage_account_without_the_setting_is_caught(infra: Path):
+    with (infra / "modules/host-storage-access.bicep").open("a") as f:
+        f.write("\nresource extra 'Microsoft.Storage/storageAccounts@2023-05-01' = {\n  name: 'extra${uniqueString(resourceGroup().id)}'\n  location: resourceGroup().location\n  kind: 'StorageV2'\n  sku: {\n    name: 'Standard_LRS'\n  }\n}\n")
+    assert_found(checks.storage_account_problems(infra), "modules/host-storage-access.bicep: storage account 'extra'")
+
+
+def test_literal_secret_is_caught(infra: Path):
+    edit(infra, "main.bicep", "    NX_CACHE_JWT_SECRET: tokenSecretSetting\n", "    NX_CACHE_JWT_SECRET: 'correct-horse-battery-staple-0123456789abcdef'\n")
+    assert_found(checks.jwt_secret_problems(infra), "literal")
+    assert_found(checks.problems(infra), "NX_CACHE_JWT_SECRET")
+
+
+def test_literal_secret_on_one_branch_is_caught(infra: Path):
+    edit(infra, "main.bicep", "(useKeyVaultSecret ? keyVaultSecretReference : tokenSecret)", "(useKeyVaultSecret ? keyVaultSecretReference : 'correct-horse-battery-staple-0123456789abcdef')")
+    assert_found(checks.jwt_secret_problems(infra), "literal")
+
+
+def test_secret_from_a_plain_parameter_is_caught(infra: Path):
+    drop_line(infra, "main.bicep", "@secure\\(\\)")
+    assert_found(checks.jwt_secret_problems(infra), "not @secure()")
+
+
+def test_secret_in_an_output_is_caught(infra: Path):
+    with (infra / "main.bicep").open("a") as f:
+        f.write("\noutput oops string = tokenSecret\n")
+    assert_found(checks.jwt_secret_problems(infra), "exposes a @secure() parameter")
+
+
+def test_small_request_body_limit_is_caught(infra: Path):
+    edit(infra, "main.bicep", "var requestBodyLimitBytes = maxArtifactBytes * 2\n", "var requestBodyLimitBytes = maxArtifactBytes / 2\n")
+    assert_found(checks.size_limit_problems(infra), "is below NX_CACHE_MAX_ARTIFACT_SIZE")
+
+
+def test_fixed_request_body_limit_is_caught(infra: Path):
+    edit(infra, "main.bicep", "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT: string(requestBodyLimitBytes)", "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT: '104857600'")
+    assert_found(checks.size_limit_problems(infra), "must both derive from one parameter")
+
+
+def test_creating_the_cache_container_is_caught(infra: Path):
+    edit(infra, "modules/cache-access.bicep", "containers@2023-05-01' existing = {", "containers@2023-05-01' = {")
+    assert_found(checks.container_problems(infra), "creates container 'container' in an existing storage account")
+    assert_found(checks.role_problems(infra), "container the template creates")
+
+
+def test_unconditional_management_policy_is_caught(infra: Path):
+    edit(infra, "modules/cache-access.bicep", "= if (retentionDays > 0) {", "= {")
+    assert_found(checks.container_problems(infra), "must be opt-in")
+
+
+def test_unknown_parameter_in_the_parameters_file_is_caught(infra: Path):
+    edit(infra, "main.parameters.json", '"sasTtl"', '"sasTTL"')
+    assert_found(checks.parameters_file_problems(infra), "'sasTTL' is not a parameter")
+
+
+def test_secret_in_the_parameters_file_is_caught(infra: Path):
+    edit(infra, "main.parameters.json", '"tokenSecretKeyVaultUri"', '"tokenSecret"')
+    assert_found(checks.parameters_file_problems(infra), "secure parameter 'tokenSecret'")
+
+
+def test_bad_value_in_the_parameters_file_is_caught(infra: Path):
+    edit(infra, "main.parameters.json", '"value": "read-write"', '"value": "rw"')
+    edit(infra, "main.parameters.json", '"value": 512', '"value": 1024')
+    assert_found(checks.parameters_file_problems(infra), "'mode' = 'rw'", "'instanceMemoryMB' = 1024")
+
+
+def test_missing_required_parameter_is_caught(infra: Path):
+    edit(infra, "main.parameters.json", '"appName"', '"appNameX"')
+    assert_found(checks.parameters_file_problems(infra), "required parameter 'appName' is missing")
+
+
+SYNTAX_BREAKS = {
+    # an unclosed object
+    "main.bicep": ("  properties: {\n    allow: false\n  }\n}\n\nresource scmPublishingCredentials", "  properties: {\n    allow: false\n  }\n\nresource scmPublishingCredentials"),
+    # a half-written expression
+    "modules/cache-access.bicep": ("name: guid(container.id, principalId, storageBlobDataContributorRoleId)", "name: guid(container.id, principalId,"),
+    # a stray token
+    "modules/host-storage-access.bicep": ("  scope: account\n", "  scope: account account\n"),
+    # an unterminated string
+    "modules/keyvault-access.bicep": ("name: keyVaultName\n", "name: 'keyVaultName\n"),
+}
+
+
+@pytest.mark.parametrize("relative", sorted(SYNTAX_BREAKS))
+def test_broken_syntax_is_caught(infra: Path, relative: str):
+    old, new = SYNTAX_BREAKS[relative]
+    edit(infra, relative, old, new)
+    assert_found(checks.syntax_problems(infra), f"{relative}: does not parse")
+    assert_found(checks.problems(infra), "does not parse")
+
+
+def test_every_bicep_file_has_a_syntax_mutation():
+    assert sorted(SYNTAX_BREAKS) == sorted(p.relative_to(INFRA).as_posix() for p in BICEP_FILES)
