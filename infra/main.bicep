@@ -147,7 +147,7 @@ var appPrincipalId = useUserAssignedIdentity ? identityPrincipalId : functionApp
 // handler refuses shorter ones at startup). ARM has no "fail" function; int() of a sentence stops
 // the deployment with an error that quotes the sentence. ARM evaluates only the branch of a
 // condition that is taken, so this fires only when the sentence is not empty.
-var secretSourceProblem = (empty(tokenSecret) == empty(tokenSecretKeyVaultUri)) ? 'Set exactly one of the parameters tokenSecret and tokenSecretKeyVaultUri.' : ((length(tokenSecret) > 0) && (length(tokenSecret) < 32) ? 'The parameter tokenSecret must be at least 32 bytes long.' : '')
+var secretSourceProblem = (empty(tokenSecret) == empty(tokenSecretKeyVaultUri)) ? 'Set exactly one of the parameters tokenSecret and tokenSecretKeyVaultUri.' : (((length(tokenSecret) > 0) && (length(tokenSecret) < 32)) ? 'The parameter tokenSecret must be at least 32 bytes long.' : '')
 
 // NX_CACHE_JWT_SECRET: a Key Vault reference (resolved by the platform with the app's identity; the
 // secret never appears in the deployment) or the secure parameter. Never a literal.
@@ -179,9 +179,14 @@ resource createdIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-
   tags: tags
 }
 
+// /subscriptions/SUB/resourceGroups/RG/providers/Microsoft.ManagedIdentity/userAssignedIdentities/NAME,
+// split on '/'. A placeholder id when none is given keeps the indexes valid: the resource below is
+// then not used.
+var existingIdentityIdSegments = split(empty(userAssignedIdentityResourceId) ? '/subscriptions/${subscription().subscriptionId}/resourceGroups/${resourceGroup().name}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/none' : userAssignedIdentityResourceId, '/')
+
 resource existingIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' existing = if (!empty(userAssignedIdentityResourceId)) {
-  name: last(split(userAssignedIdentityResourceId, '/'))
-  scope: resourceGroup(split(userAssignedIdentityResourceId, '/')[2], split(userAssignedIdentityResourceId, '/')[4])
+  name: existingIdentityIdSegments[8]
+  scope: resourceGroup(existingIdentityIdSegments[2], existingIdentityIdSegments[4])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -290,7 +295,6 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       scmMinTlsVersion: '1.2'
       // No FTP(S): code is deployed with config-zip (Entra ID authenticated), never over FTP.
       ftpsState: 'Disabled'
-      http20Enabled: true
     }
     functionAppConfig: {
       deployment: {
@@ -318,6 +322,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       }
     }
   }
+  dependsOn: [
+    // Flex Consumption expects the package container to exist when the app is created.
+    deploymentStorage::blobServices::packageContainer
+  ]
 }
 
 // No basic-auth (publishing profile) deployments: config-zip authenticates with Entra ID.

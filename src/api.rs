@@ -22,6 +22,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use crate::auth::{Grant, TokenAuthority};
 use crate::config::Mode;
 use crate::key::{CacheKey, Namespace};
+use crate::metrics::Metrics;
 use crate::storage::{ByteStream, Fetched, Store, StoreError, Stored};
 use crate::telemetry::{self, Outcome};
 
@@ -36,6 +37,9 @@ pub struct AppState {
     pub strict_storage: bool,
     /// An upload that sends nothing for this long is cut off (slow or stuck clients).
     pub body_idle_timeout: std::time::Duration,
+    pub metrics: Arc<Metrics>,
+    /// The bearer token `/metrics` requires; `None`: the endpoint answers 404.
+    pub metrics_token: Option<Arc<str>>,
 }
 
 /// The org-wide cache.
@@ -44,14 +48,17 @@ pub const ORG_ROUTE: &str = "/v1/cache/{hash}";
 pub const TEAM_ROUTE: &str = "/teams/{team}/v1/cache/{hash}";
 /// Readiness.
 pub const HEALTH_ROUTE: &str = "/health";
+/// Counters in Prometheus text format (off unless `NX_CACHE_METRICS_TOKEN` is set).
+pub const METRICS_ROUTE: &str = "/metrics";
 
 /// Every route with its methods, apart from `GET /` (liveness), which the Functions host calls
 /// on the handler directly. `function-configs/*/function.json` must declare exactly these; the
 /// packaging test checks that the two agree.
-pub const ROUTES: [(&str, &[&str]); 3] = [
+pub const ROUTES: [(&str, &[&str]); 4] = [
     (ORG_ROUTE, &["GET", "PUT"]),
     (TEAM_ROUTE, &["GET", "PUT"]),
     (HEALTH_ROUTE, &["GET"]),
+    (METRICS_ROUTE, &["GET"]),
 ];
 
 /// The router: org-wide cache, per-team caches, liveness and readiness.
@@ -59,11 +66,15 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(alive))
         .route(HEALTH_ROUTE, get(health))
+        .route(METRICS_ROUTE, get(metrics))
         .route(ORG_ROUTE, get(get_org).put(put_org))
         .route(TEAM_ROUTE, get(get_team).put(put_team))
         // Bodies are streamed to storage with our own size check, never buffered by axum.
         .layer(DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn(telemetry::log_request))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            telemetry::log_request,
+        ))
         .with_state(state)
 }
 
@@ -78,6 +89,33 @@ async fn health(State(state): State<AppState>) -> Response {
         Ok(()) => text(StatusCode::OK, "ok".into()),
         Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")),
     }
+}
+
+/// `GET /metrics`: the counters, for the holder of `NX_CACHE_METRICS_TOKEN` only.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(expected) = &state.metrics_token else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "metrics are off (set NX_CACHE_METRICS_TOKEN)".into(),
+        );
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !crate::metrics::token_matches(presented, expected) {
+        return text(
+            StatusCode::UNAUTHORIZED,
+            "the metrics token is missing or wrong".into(),
+        );
+    }
+    let mut response = state.metrics.prometheus().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
 }
 
 async fn get_org(state: State<AppState>, Path(hash): Path<String>, headers: HeaderMap) -> Response {
@@ -195,37 +233,16 @@ async fn write_entry(
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    let (key, grant) = match admit(&state, team, hash, headers) {
-        Ok(admitted) => admitted,
-        Err(refusal) => return refusal.into_response(),
-    };
-    if let Err(refusal) = may_write(&state, &key, &grant) {
-        return refusal.into_response();
-    }
-    let len = match declared_length(headers) {
-        Some(len) => len,
-        None => {
-            return text(
-                StatusCode::LENGTH_REQUIRED,
-                "a Content-Length header is required".into(),
-            )
-            .with(Outcome::BadRequest);
+    let (key, len) = match check_upload(&state, team, hash, headers).await {
+        Ok(accepted) => accepted,
+        Err(refusal) => {
+            // Answer now, and read the body away in the background: closing a socket with
+            // unread data makes the kernel reset it, and a client that sees a reset before it
+            // reads the answer retries (Nx: 6 times, then the task fails).
+            tokio::spawn(drain(body, state.body_idle_timeout));
+            return refusal;
         }
     };
-    if len > state.max_artifact_bytes {
-        tracing::warn!(namespace = %key.namespace, hash = key.hash.as_str(), bytes = len,
-            limit = state.max_artifact_bytes, "artifact over the size limit; not stored");
-        let message = format!(
-            "not stored: the artifact is {len} bytes, over this cache's limit of {} bytes (NX_CACHE_MAX_ARTIFACT_SIZE)",
-            state.max_artifact_bytes
-        );
-        return text(StatusCode::FORBIDDEN, message).with(Outcome::TooLarge);
-    }
-    match state.store.exists(&key).await {
-        Ok(true) => return conflict(),
-        Ok(false) => {}
-        Err(e) => return not_stored_storage_error(&state, &key, e),
-    }
     let stream = idle_limited(body, state.body_idle_timeout);
     match state.store.put_if_absent(&key, len, stream).await {
         Ok(Stored::Created) => {
@@ -259,7 +276,43 @@ fn idle_limited(body: Body, limit: std::time::Duration) -> ByteStream {
             }
         }
     });
-    Box::pin(limited)
+    // Fused: backends may poll once more after the end.
+    Box::pin(limited.fuse())
+}
+
+/// Every check an upload must pass before its body is read; the error is the finished answer.
+async fn check_upload(
+    state: &AppState,
+    team: Option<&str>,
+    hash: &str,
+    headers: &HeaderMap,
+) -> Result<(CacheKey, u64), Response> {
+    let (key, grant) = admit(state, team, hash, headers).map_err(IntoResponse::into_response)?;
+    may_write(state, &key, &grant).map_err(IntoResponse::into_response)?;
+    let Some(len) = declared_length(headers) else {
+        let message = "a Content-Length header is required".to_string();
+        return Err(text(StatusCode::LENGTH_REQUIRED, message).with(Outcome::BadRequest));
+    };
+    if len > state.max_artifact_bytes {
+        tracing::warn!(namespace = %key.namespace, hash = key.hash.as_str(), bytes = len,
+            limit = state.max_artifact_bytes, "artifact over the size limit; not stored");
+        let message = format!(
+            "not stored: the artifact is {len} bytes, over this cache's limit of {} bytes (NX_CACHE_MAX_ARTIFACT_SIZE)",
+            state.max_artifact_bytes
+        );
+        return Err(text(StatusCode::FORBIDDEN, message).with(Outcome::TooLarge));
+    }
+    match state.store.exists(&key).await {
+        Ok(true) => Err(conflict()),
+        Ok(false) => Ok((key, len)),
+        Err(e) => Err(not_stored_storage_error(state, &key, e)),
+    }
+}
+
+/// Reads a refused upload's body to its end (or until it stalls) and drops the bytes.
+async fn drain(body: Body, idle: std::time::Duration) {
+    let mut chunks = idle_limited(body, idle);
+    while let Some(Ok(_)) = chunks.next().await {}
 }
 
 /// Server mode, then the token's write right on this namespace.

@@ -163,6 +163,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Longest pause allowed between two pieces of an upload's body (`NX_CACHE_BODY_TIMEOUT`).
     pub body_idle_timeout: Duration,
+    /// Bearer token that `/metrics` requires; `None` turns the endpoint off.
+    pub metrics_token: Option<String>,
     pub data_dir: PathBuf,
     pub backend: Backend,
     pub tokens: TokenConfig,
@@ -223,11 +225,27 @@ impl Config {
         let body_idle_timeout =
             duration_setting(&get, "NX_CACHE_BODY_TIMEOUT", Duration::from_secs(30))?;
 
+        let metrics_token = get("NX_CACHE_METRICS_TOKEN").map(|t| t.trim().to_owned());
+        if metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError::new(
+                "NX_CACHE_METRICS_TOKEN",
+                "too short; use at least 16 random characters",
+            ));
+        }
+
         let data_dir = get("NX_CACHE_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
 
         let secret = match get("NX_CACHE_JWT_SECRET") {
+            // An unresolved Key Vault reference reaches the app as its literal text, which is
+            // long enough to pass as a secret; every token would then fail verification.
+            Some(value) if value.trim_start().starts_with("@Microsoft.KeyVault(") => {
+                return Err(ConfigError::new(
+                    "NX_CACHE_JWT_SECRET",
+                    "is an unresolved Key Vault reference; grant the app's identity 'Key Vault Secrets User' on the secret and check the reference's SecretUri",
+                ));
+            }
             Some(value) => SecretSource::Env(
                 Secret::new(value.into_bytes())
                     .map_err(|e| ConfigError::new("NX_CACHE_JWT_SECRET", e))?,
@@ -287,6 +305,7 @@ impl Config {
             max_connections,
             header_timeout,
             body_idle_timeout,
+            metrics_token,
             data_dir,
             backend,
             tokens,
@@ -598,6 +617,11 @@ mod tests {
             ("NX_CACHE_MAX_CONNECTIONS", "0"),
             ("NX_CACHE_HEADER_TIMEOUT", "soon"),
             ("NX_CACHE_BODY_TIMEOUT", "-1s"),
+            ("NX_CACHE_METRICS_TOKEN", "short"),
+            (
+                "NX_CACHE_JWT_SECRET",
+                "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/nx/)",
+            ),
         ];
         for (name, value) in cases {
             let err = load(&[(name, value)], Flags::default()).unwrap_err();

@@ -14,11 +14,13 @@
 //! - [`config`]: environment and flags turned into one typed [`config::Config`]; every error
 //!   names the setting that is wrong.
 //! - [`telemetry`]: log setup and the per-request log line.
+//! - [`metrics`]: request counters, at `/metrics` and in the logs.
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod key;
+pub mod metrics;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

@@ -17,7 +17,8 @@ use tokio::sync::Semaphore;
 
 use crate::api::{self, AppState};
 use crate::auth::{Access, Secret, TokenAuthority, TokenRequest};
-use crate::config::{Backend, Config, SecretSource, load_or_create_dev_secret};
+use crate::config::{AzureAuth, Backend, Config, SecretSource, load_or_create_dev_secret};
+use crate::metrics::Metrics;
 use crate::storage::Store;
 use crate::storage::azure::AzureStore;
 use crate::storage::local::LocalStore;
@@ -77,7 +78,10 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
         max_artifact_bytes: config.max_artifact_bytes,
         strict_storage: strict,
         body_idle_timeout: config.body_idle_timeout,
+        metrics: Arc::new(Metrics::default()),
+        metrics_token: config.metrics_token.as_deref().map(Arc::from),
     };
+    state.metrics.clone().spawn_logger();
     Ok(Prepared { state, dev_secret })
 }
 
@@ -101,6 +105,76 @@ fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
             Ok(store)
         }
     }
+}
+
+/// One line of `handler doctor`: what was checked, and what was found.
+pub struct Check {
+    pub what: &'static str,
+    pub result: Result<String, String>,
+}
+
+/// Checks the configuration, the secret, the store, and for Azure the credential, the user
+/// delegation key and the container, in words an operator can act on.
+pub async fn doctor(config: &Config) -> Vec<Check> {
+    let mut checks = vec![Check {
+        what: "configuration",
+        result: Ok(format!(
+            "mode {:?}, artifacts up to {} bytes, port {}",
+            config.mode, config.max_artifact_bytes, config.port
+        )),
+    }];
+    checks.push(Check {
+        what: "token secret",
+        result: resolve_secret(config).map(|(_, dev)| match dev {
+            true => {
+                "development secret from NX_CACHE_DIR (set NX_CACHE_JWT_SECRET for a deployment)"
+                    .into()
+            }
+            false => "NX_CACHE_JWT_SECRET".into(),
+        }),
+    });
+    match &config.backend {
+        Backend::Local => {
+            let result = match open_store(config) {
+                Ok(store) => match store.ready().await {
+                    Ok(()) => Ok(store.describe()),
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e),
+            };
+            checks.push(Check {
+                what: "storage",
+                result,
+            });
+        }
+        Backend::Azure(azure) => match AzureStore::new((**azure).clone()) {
+            Err(e) => checks.push(Check {
+                what: "Azure credential",
+                result: Err(e),
+            }),
+            Ok(store) => {
+                let ready = store.ready().await;
+                if let AzureAuth::Token { .. } = azure.auth {
+                    checks.push(Check {
+                        what: "Azure credential",
+                        result: match store.credential_source() {
+                            Some(source) => Ok(format!("{source} got a token")),
+                            None => Err(ready
+                                .as_ref()
+                                .err()
+                                .map(|e| e.to_string())
+                                .unwrap_or_else(|| "no credential got a token".into())),
+                        },
+                    });
+                }
+                checks.push(Check {
+                    what: "storage",
+                    result: ready.map(|()| store.describe()).map_err(|e| e.to_string()),
+                });
+            }
+        },
+    }
+    checks
 }
 
 /// Binds the configured address.

@@ -6,7 +6,9 @@
 
 use std::time::Instant;
 
-use axum::extract::Request;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -14,6 +16,7 @@ use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+use crate::metrics::Metrics;
 
 /// Header the Azure Functions host adds to every forwarded request.
 pub const INVOCATION_ID: &str = "x-azure-functions-invocationid";
@@ -66,7 +69,9 @@ impl Outcome {
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default level (`info`).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The Azure SDK logs every failed storage call at info; the handler logs what matters itself.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,typespec_client_core=warn,azure_core=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -80,7 +85,11 @@ pub fn init(format: LogFormat) {
 }
 
 /// Middleware: gives each request an id and logs one line when its answer is ready.
-pub async fn log_request(request: Request, next: Next) -> Response {
+pub async fn log_request(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let request_id = request
         .headers()
         .get(INVOCATION_ID)
@@ -94,6 +103,9 @@ pub async fn log_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let outcome = response.extensions().get::<Outcome>().copied();
+    if let Some(outcome) = outcome {
+        metrics.record(outcome);
+    }
     span.in_scope(|| {
         tracing::info!(
             %method,

@@ -456,3 +456,66 @@ async fn managed_identity_path_uses_a_user_delegation_sas() {
         "the credential used is logged"
     );
 }
+
+fn doctor(env: &[(&str, String)]) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_handler"))
+        .arg("doctor")
+        .env_clear()
+        .env("NX_CACHE_JWT_SECRET", common::TEST_SECRET)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_tells_the_operator_what_to_fix() {
+    let azurite = Azurite::start();
+    let env = key_mode_env(&azurite);
+    let (ok, text) = doctor(&env);
+    assert!(!ok, "{text}");
+    assert!(text.contains("PROBLEM  storage: container 'nx-cache' in storage account 'devstoreaccount1' does not exist; create it"), "{text}");
+
+    azurite.create_container(CONTAINER, None).await;
+    let (ok, text) = doctor(&env);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("ok       storage: Azure Blob container 'nx-cache'"),
+        "{text}"
+    );
+    assert!(text.contains("All checks passed."), "{text}");
+
+    // Managed identity with an identity endpoint that refuses: the credential is the problem.
+    let tls = Tls::generate();
+    let oauth = Azurite::start_oauth(&tls);
+    oauth.create_container(CONTAINER, Some(&tls)).await;
+    let identity = IdentityEndpoint::start().await;
+    let mut mi_env: Vec<(&str, String)> = vec![
+        ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1".into()),
+        ("AZURE_STORAGE_BLOB_ENDPOINT", oauth.endpoint()),
+        ("AZURE_STORAGE_CONTAINER", CONTAINER.into()),
+        ("IDENTITY_ENDPOINT", identity.url.clone()),
+        ("IDENTITY_HEADER", "wrong-secret".into()),
+        ("SSL_CERT_FILE", tls.ca_file().display().to_string()),
+        ("NX_CACHE_STORAGE_TIMEOUT", "5s".into()),
+    ];
+    let (ok, text) = doctor(&mi_env);
+    assert!(!ok, "{text}");
+    assert!(text.contains("PROBLEM  Azure credential:"), "{text}");
+    assert!(
+        text.contains("Storage Blob Delegator"),
+        "the fix is named: {text}"
+    );
+    mi_env[4].1 = identity.secret.clone();
+    let (ok, text) = doctor(&mi_env);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("ok       Azure credential: managed identity (system-assigned) got a token"),
+        "{text}"
+    );
+}

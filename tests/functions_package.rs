@@ -13,6 +13,8 @@ use std::time::Duration;
 use common::{Handler, issue_token};
 use reqwest::StatusCode;
 
+const METRICS_TOKEN: &str = "metrics-token-0123456789";
+
 fn package() -> PathBuf {
     let path = std::env::var_os("NX_CACHE_PACKAGE")
         .map(PathBuf::from)
@@ -147,6 +149,7 @@ async fn the_package_serves_exactly_what_its_functions_declare() {
         &[
             ("FUNCTIONS_CUSTOMHANDLER_PORT", "0"),
             ("NX_CACHE_LOG_FORMAT", ""),
+            ("NX_CACHE_METRICS_TOKEN", METRICS_TOKEN),
         ],
     );
     let client = reqwest::Client::new();
@@ -167,10 +170,15 @@ async fn the_package_serves_exactly_what_its_functions_declare() {
     calls.sort_by_key(|(_, method)| method != "PUT");
     for (route, method) in calls {
         let url = format!("{}{}", handler.base_url, concrete(route));
+        let token = if route == "/metrics" {
+            METRICS_TOKEN
+        } else {
+            token.as_str()
+        };
         let status = match method.as_str() {
             "PUT" => client
                 .put(&url)
-                .bearer_auth(&token)
+                .bearer_auth(token)
                 .body("artifact")
                 .send()
                 .await
@@ -178,7 +186,7 @@ async fn the_package_serves_exactly_what_its_functions_declare() {
                 .status(),
             "GET" => client
                 .get(&url)
-                .bearer_auth(&token)
+                .bearer_auth(token)
                 .send()
                 .await
                 .unwrap()
@@ -187,12 +195,7 @@ async fn the_package_serves_exactly_what_its_functions_declare() {
         };
         assert!(status.is_success(), "{method} {route}: {status}");
         // A method no function declares is not served either.
-        let delete = client
-            .delete(&url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let delete = client.delete(&url).bearer_auth(token).send().await.unwrap();
         assert_eq!(
             delete.status(),
             StatusCode::METHOD_NOT_ALLOWED,

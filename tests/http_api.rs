@@ -541,3 +541,114 @@ async fn concurrent_puts_of_one_hash_store_exactly_one_intact_entry() {
         "the entry must be one whole body"
     );
 }
+
+#[tokio::test]
+async fn metrics_are_off_by_default_and_protected_when_on() {
+    let off = Handler::start(&[]);
+    assert_eq!(
+        get(&off.base_url, "/metrics", None).await.status(),
+        StatusCode::NOT_FOUND
+    );
+
+    let metrics_token = "metrics-token-0123456789";
+    let server = Handler::start(&[("NX_CACHE_METRICS_TOKEN", metrics_token)]);
+    let base = &server.base_url;
+    let token = issue_token(&["--org"]);
+    put(base, "/v1/cache/1", Some(&token), b"12345".to_vec()).await;
+    get(base, "/v1/cache/1", Some(&token))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    get(base, "/v1/cache/2", Some(&token)).await;
+    put(base, "/v1/cache/1", Some(&token), b"x".to_vec()).await;
+    get(base, "/v1/cache/1", None).await;
+
+    assert_eq!(
+        get(base, "/metrics", None).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(base, "/metrics", Some(&token)).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "a cache token is not the metrics token"
+    );
+    let response = get(base, "/metrics", Some(metrics_token)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    for line in [
+        "nx_cache_stores_total 1",
+        "nx_cache_hits_total 1",
+        "nx_cache_misses_total 1",
+        "nx_cache_conflicts_total 1",
+        "nx_cache_unauthorized_total 1",
+        "nx_cache_bytes_served_total 5",
+        "nx_cache_bytes_stored_total 5",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
+}
+
+/// A refused upload is answered at once, and its body is read away, so the client never sees a
+/// connection reset (which Nx would retry, then count as a failed task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_refused_uploads_get_clean_answers_never_resets() {
+    let server = Handler::start(&[("NX_CACHE_MAX_ARTIFACT_SIZE", "4M")]);
+    let reader = issue_token(&["--org", "--read-only"]);
+    let writer = issue_token(&["--org"]);
+    put(
+        &server.base_url,
+        "/v1/cache/1",
+        Some(&writer),
+        vec![1u8; 1000],
+    )
+    .await;
+    let cases = [
+        (
+            Some(reader.clone()),
+            "/v1/cache/2",
+            8 << 20,
+            StatusCode::FORBIDDEN,
+        ),
+        (None, "/v1/cache/3", 8 << 20, StatusCode::UNAUTHORIZED),
+        (
+            Some(writer.clone()),
+            "/v1/cache/1",
+            3 << 20,
+            StatusCode::CONFLICT,
+        ),
+        (
+            Some(writer.clone()),
+            "/v1/cache/4",
+            6 << 20,
+            StatusCode::FORBIDDEN,
+        ),
+    ];
+    let mut tasks = Vec::new();
+    for round in 0..5 {
+        for (token, path, len, expected) in cases.clone() {
+            let base = server.base_url.clone();
+            tasks.push(tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut request = client
+                    .put(format!("{base}{path}"))
+                    .body(vec![round as u8; len]);
+                if let Some(token) = token {
+                    request = request.bearer_auth(token);
+                }
+                let response = request.send().await.map_err(|e| format!("{path}: {e:?}"))?;
+                if response.status() != expected {
+                    return Err(format!(
+                        "{path}: {} instead of {expected}",
+                        response.status()
+                    ));
+                }
+                Ok(())
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(server.entries("org"), 1);
+}

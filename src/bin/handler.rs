@@ -36,6 +36,9 @@ enum Command {
     /// Manage access tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Check the configuration, the credential, the container and the permissions, and say
+    /// what to fix.
+    Doctor,
 }
 
 #[derive(Subcommand)]
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => run_server(config),
         Command::Token(TokenCommand::Issue(args)) => issue_token(&config, args),
+        Command::Doctor => run_doctor(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,6 +124,31 @@ fn run_server(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("server failed: {e}"))
     })
+}
+
+fn run_doctor(config: &Config) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let checks = runtime.block_on(server::doctor(config));
+    let mut problems = 0;
+    for check in &checks {
+        match &check.result {
+            Ok(found) => println!("ok       {}: {found}", check.what),
+            Err(problem) => {
+                problems += 1;
+                println!("PROBLEM  {}: {problem}", check.what);
+            }
+        }
+    }
+    match problems {
+        0 => {
+            println!("All checks passed.");
+            Ok(())
+        }
+        n => Err(format!("{n} problem(s) found; see above")),
+    }
 }
 
 fn issue_token(config: &Config, args: IssueArgs) -> Result<(), String> {

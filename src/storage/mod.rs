@@ -44,7 +44,7 @@ pub enum StoreError {
     #[error("reading the upload failed: {0}; nothing stored")]
     Body(io::Error),
     /// The backend itself failed.
-    #[error("storage error: {0}")]
+    #[error("{0}")]
     Backend(String),
 }
 

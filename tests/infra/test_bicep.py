@@ -50,11 +50,9 @@ def test_every_required_app_setting_is_set():
 
 def test_cache_roles_are_where_they_belong():
     templates = checks.load(INFRA)
-    scopes = {
-        role: templates_scope
-        for template, _, role, scope in checks.role_assignments(templates)
-        for templates_scope in [template.resources[scope]["type"] if scope else None]
-    }
+    scopes = {}
+    for template, _, role, scope in checks.role_assignments(templates):
+        scopes[role] = template.resources[scope]["type"] if scope else None
     assert scopes[checks.STORAGE_BLOB_DATA_CONTRIBUTOR] == checks.CONTAINER_TYPE
     assert scopes[checks.STORAGE_BLOB_DELEGATOR] == checks.ACCOUNT_TYPE
     assert scopes[checks.STORAGE_BLOB_DATA_OWNER] == checks.ACCOUNT_TYPE
@@ -195,13 +193,13 @@ def test_connection_string_setting_is_caught(infra: Path):
         "main.bicep",
         "    AZURE_STORAGE_ACCOUNT: cacheStorageAccountName\n",
         "    AZURE_STORAGE_ACCOUNT: cacheStorageAccountName\n"
-        "    AZURE_STORAGE_" + "CONNECTION_STRING: 'Default" + "EndpointsProtocol=https;AccountName=x;Account" + "Key=${appName}'\n",
+        "    AZURE_STORAGE_CONNECTION_STRING: 'DefaultEndpointsProtocol=https;AccountName=x;AccountKey=${appName}'\n",
     )
     assert_found(checks.key_material_problems(infra), "azure_storage_connection_string", "defaultendpointsprotocol", "accountkey")
 
 
 def test_account_key_in_the_parameters_file_is_caught(infra: Path):
-    edit(infra, "main.parameters.json", '"value": "5m"', '"value": "5m", "note": "Account' + 'Key=abc"')
+    edit(infra, "main.parameters.json", '"value": "5m"', '"value": "5m", "note": "AccountKey=abc"')
     assert_found(checks.key_material_problems(infra), "main.parameters.json: contains 'accountkey'")
 
 

@@ -64,6 +64,7 @@ enum Access {
     Token {
         service: Arc<BlobServiceClient>,
         keys: Arc<DelegationKeys>,
+        credential: Arc<credential::CredentialChain>,
     },
 }
 
@@ -100,7 +101,7 @@ impl AzureStore {
                 let service = Arc::new(
                     BlobServiceClient::new(
                         url,
-                        Some(credential),
+                        Some(credential.clone()),
                         Some(BlobServiceClientOptions {
                             client_options: client_options.clone(),
                             ..Default::default()
@@ -109,7 +110,11 @@ impl AzureStore {
                     .map_err(|e| format!("cannot create the blob client: {e}"))?,
                 );
                 let keys = Arc::new(DelegationKeys::new(service.clone(), config.timeout));
-                Access::Token { service, keys }
+                Access::Token {
+                    service,
+                    keys,
+                    credential,
+                }
             }
         };
         Ok(Self {
@@ -118,6 +123,14 @@ impl AzureStore {
             client_options,
             healthy: AtomicBool::new(true),
         })
+    }
+
+    /// The credential source that produced a token, in token mode, once one has.
+    pub fn credential_source(&self) -> Option<&'static str> {
+        match &self.access {
+            Access::Token { credential, .. } => credential.chosen(),
+            Access::Key { .. } => None,
+        }
     }
 
     /// Starts the background work: renewal of the user delegation key (token mode) and the

@@ -1,0 +1,205 @@
+//! Counters of what the cache did, for operators: exposed in Prometheus text format at
+//! `/metrics` (off unless `NX_CACHE_METRICS_TOKEN` is set, and then only for that bearer token)
+//! and written to the log once a minute while they change, where Application Insights picks them up.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::telemetry::Outcome;
+
+/// How often the counters are logged (when they changed).
+pub const LOG_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    hits: AtomicU64,
+    redirects: AtomicU64,
+    misses: AtomicU64,
+    stores: AtomicU64,
+    conflicts: AtomicU64,
+    denials: AtomicU64,
+    unauthorized: AtomicU64,
+    too_large: AtomicU64,
+    bad_requests: AtomicU64,
+    storage_errors: AtomicU64,
+    bytes_served: AtomicU64,
+    bytes_stored: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts one finished request.
+    pub fn record(&self, outcome: Outcome) {
+        let counter = match outcome {
+            Outcome::Hit { bytes } => {
+                self.bytes_served.fetch_add(bytes, Ordering::Relaxed);
+                &self.hits
+            }
+            Outcome::Redirect => &self.redirects,
+            Outcome::Miss => &self.misses,
+            Outcome::Stored { bytes } => {
+                self.bytes_stored.fetch_add(bytes, Ordering::Relaxed);
+                &self.stores
+            }
+            Outcome::Conflict => &self.conflicts,
+            Outcome::Denied => &self.denials,
+            Outcome::Unauthorized => &self.unauthorized,
+            Outcome::TooLarge => &self.too_large,
+            Outcome::BadRequest => &self.bad_requests,
+            Outcome::StorageError => &self.storage_errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn values(&self) -> [(&'static str, &'static str, u64); 12] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            (
+                "nx_cache_hits_total",
+                "GETs answered with the entry's bytes",
+                get(&self.hits),
+            ),
+            (
+                "nx_cache_redirects_total",
+                "GETs answered with a redirect to storage",
+                get(&self.redirects),
+            ),
+            (
+                "nx_cache_misses_total",
+                "GETs answered 404",
+                get(&self.misses),
+            ),
+            ("nx_cache_stores_total", "entries stored", get(&self.stores)),
+            (
+                "nx_cache_conflicts_total",
+                "uploads refused because the entry exists",
+                get(&self.conflicts),
+            ),
+            (
+                "nx_cache_denials_total",
+                "requests refused by token scope or server mode",
+                get(&self.denials),
+            ),
+            (
+                "nx_cache_unauthorized_total",
+                "requests without a valid token",
+                get(&self.unauthorized),
+            ),
+            (
+                "nx_cache_too_large_total",
+                "uploads over the size limit",
+                get(&self.too_large),
+            ),
+            (
+                "nx_cache_bad_requests_total",
+                "malformed requests and broken uploads",
+                get(&self.bad_requests),
+            ),
+            (
+                "nx_cache_storage_errors_total",
+                "requests degraded by a storage failure",
+                get(&self.storage_errors),
+            ),
+            (
+                "nx_cache_bytes_served_total",
+                "bytes streamed to clients",
+                get(&self.bytes_served),
+            ),
+            (
+                "nx_cache_bytes_stored_total",
+                "bytes of stored entries",
+                get(&self.bytes_stored),
+            ),
+        ]
+    }
+
+    /// The counters in Prometheus text exposition format.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        for (name, help, value) in self.values() {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        out
+    }
+
+    /// Sum of all request counters, to tell whether anything happened since the last log line.
+    fn requests(&self) -> u64 {
+        self.values().iter().take(10).map(|(_, _, v)| v).sum()
+    }
+
+    /// Logs the counters every [`LOG_EVERY`] while requests come in.
+    pub fn spawn_logger(self: std::sync::Arc<Self>) {
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(LOG_EVERY).await;
+                let now = self.requests();
+                if now != last {
+                    last = now;
+                    let v = self.values();
+                    tracing::info!(
+                        hits = v[0].2,
+                        redirects = v[1].2,
+                        misses = v[2].2,
+                        stores = v[3].2,
+                        conflicts = v[4].2,
+                        denials = v[5].2,
+                        unauthorized = v[6].2,
+                        too_large = v[7].2,
+                        bad_requests = v[8].2,
+                        storage_errors = v[9].2,
+                        bytes_served = v[10].2,
+                        bytes_stored = v[11].2,
+                        "metrics"
+                    );
+                }
+            }
+        });
+    }
+}
+
+/// Compares a presented bearer token with the configured one in constant time.
+pub fn token_matches(presented: &str, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    // Lengths may differ; ct_eq on slices returns false without short-circuiting on content.
+    presented.as_bytes().ct_eq(expected.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_land_in_their_counters() {
+        let metrics = Metrics::default();
+        metrics.record(Outcome::Hit { bytes: 10 });
+        metrics.record(Outcome::Hit { bytes: 5 });
+        metrics.record(Outcome::Stored { bytes: 7 });
+        metrics.record(Outcome::Miss);
+        metrics.record(Outcome::StorageError);
+        let text = metrics.prometheus();
+        for line in [
+            "nx_cache_hits_total 2",
+            "nx_cache_bytes_served_total 15",
+            "nx_cache_stores_total 1",
+            "nx_cache_bytes_stored_total 7",
+            "nx_cache_misses_total 1",
+            "nx_cache_storage_errors_total 1",
+            "nx_cache_conflicts_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        assert_eq!(metrics.requests(), 5);
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(token_matches("abc", "abc"));
+        assert!(!token_matches("abd", "abc"));
+        assert!(!token_matches("ab", "abc"));
+        assert!(!token_matches("", "abc"));
+    }
+}
