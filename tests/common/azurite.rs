@@ -286,6 +286,8 @@ pub struct IdentityEndpoint {
     pub url: String,
     pub secret: String,
     pub requests: Arc<std::sync::atomic::AtomicUsize>,
+    /// Every access token handed out, so tests can look for them where they must not be.
+    pub issued: Arc<Mutex<Vec<String>>>,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -298,12 +300,17 @@ impl IdentityEndpoint {
 
         let secret = "identity-header-secret".to_string();
         let requests = Arc::new(AtomicUsize::new(0));
-        let state = (secret.clone(), requests.clone());
+        let issued = Arc::new(Mutex::new(Vec::new()));
+        let state = (secret.clone(), requests.clone(), issued.clone());
         let app = axum::Router::new()
             .route(
                 "/msi/token",
                 axum::routing::get(
-                    |State((secret, requests)): State<(String, Arc<AtomicUsize>)>,
+                    |State((secret, requests, issued)): State<(
+                        String,
+                        Arc<AtomicUsize>,
+                        Arc<Mutex<Vec<String>>>,
+                    )>,
                      headers: HeaderMap,
                      Query(query): Query<HashMap<String, String>>| async move {
                         requests.fetch_add(1, Ordering::SeqCst);
@@ -317,7 +324,9 @@ impl IdentityEndpoint {
                         {
                             return (StatusCode::BAD_REQUEST, String::new());
                         }
-                        (StatusCode::OK, token_response())
+                        let (token, body) = token_response();
+                        issued.lock().unwrap().push(token);
+                        (StatusCode::OK, body)
                     },
                 ),
             )
@@ -331,12 +340,14 @@ impl IdentityEndpoint {
             url,
             secret,
             requests,
+            issued,
             _server: server,
         }
     }
 }
 
-fn token_response() -> String {
+/// An access token and the JSON answer that carries it.
+fn token_response() -> (String, String) {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -355,11 +366,12 @@ fn token_response() -> String {
         b64.encode(claims.to_string()),
         b64.encode("not-checked-by-azurite")
     );
-    serde_json::json!({
+    let body = serde_json::json!({
         "access_token": token,
         "expires_on": (now + 3600).to_string(),
         "resource": "https://storage.azure.com",
         "token_type": "Bearer",
     })
-    .to_string()
+    .to_string();
+    (token, body)
 }
