@@ -19,7 +19,9 @@ impl Secrets {
         assert!(value.len() >= 8, "{name} is too short to search for");
         self.0.push((name.to_owned(), value.to_owned()));
         // Also the URL-encoded form, as it would appear in a logged URL.
-        let encoded = percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let encoded =
+            percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
         if encoded != value {
             self.0.push((format!("{name} (URL-encoded)"), encoded));
         }
@@ -27,19 +29,28 @@ impl Secrets {
 
     fn assert_absent(&self, what: &str, text: &str) {
         for (name, value) in &self.0 {
-            assert!(!text.contains(value.as_str()), "{name} appears in {what}:\n{text}");
+            assert!(
+                !text.contains(value.as_str()),
+                "{name} appears in {what}:\n{text}"
+            );
         }
     }
 }
 
 fn sig_of(location: &str) -> String {
     let url = reqwest::Url::parse(location).unwrap();
-    url.query_pairs().find(|(k, _)| k == "sig").map(|(_, v)| v.into_owned()).expect("a signed URL")
+    url.query_pairs()
+        .find(|(k, _)| k == "sig")
+        .map(|(_, v)| v.into_owned())
+        .expect("a signed URL")
 }
 
 /// Drives every kind of request and returns (log text, error bodies, signatures handed out).
 async fn exercise(handler: &Handler, secrets: &mut Secrets) -> Vec<String> {
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let base = &handler.base_url;
     let writer = issue_token(&["--org", "--team", "web"]);
     let reader = issue_token(&["--org", "--read-only"]);
@@ -56,30 +67,63 @@ async fn exercise(handler: &Handler, secrets: &mut Secrets) -> Vec<String> {
         (&reader, "/v1/cache/3"),
         (&tampered, "/v1/cache/4"),
     ] {
-        let response = client.put(format!("{base}{path}")).bearer_auth(token).body(vec![5u8; 3000]).send().await.unwrap();
+        let response = client
+            .put(format!("{base}{path}"))
+            .bearer_auth(token)
+            .body(vec![5u8; 3000])
+            .send()
+            .await
+            .unwrap();
         bodies.push(response.text().await.unwrap());
     }
     for token in [&writer, &reader, &tampered] {
-        let response = client.get(format!("{base}/v1/cache/1")).bearer_auth(token).send().await.unwrap();
+        let response = client
+            .get(format!("{base}/v1/cache/1"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
         if let Some(location) = response.headers().get("location") {
             secrets.add("SAS signature", &sig_of(location.to_str().unwrap()));
         }
         bodies.push(response.text().await.unwrap());
     }
-    let no_scheme = client.get(format!("{base}/v1/cache/1")).header("authorization", writer.as_str()).send().await.unwrap();
+    let no_scheme = client
+        .get(format!("{base}/v1/cache/1"))
+        .header("authorization", writer.as_str())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(no_scheme.status(), StatusCode::UNAUTHORIZED);
     bodies.push(no_scheme.text().await.unwrap());
     for token in [METRICS_TOKEN, "wrong-metrics-token-000"] {
-        let response = client.get(format!("{base}/metrics")).bearer_auth(token).send().await.unwrap();
+        let response = client
+            .get(format!("{base}/metrics"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
         bodies.push(response.text().await.unwrap());
     }
-    bodies.push(client.get(format!("{base}/health")).send().await.unwrap().text().await.unwrap());
+    bodies.push(
+        client
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
     bodies
 }
 
 fn check(handler: &Handler, bodies: &[String], secrets: &Secrets) {
     let logs = handler.logs().join("\n");
-    assert!(logs.lines().count() > 10, "the run must have logged something:\n{logs}");
+    assert!(
+        logs.lines().count() > 10,
+        "the run must have logged something:\n{logs}"
+    );
     secrets.assert_absent("the logs", &logs);
     for body in bodies {
         secrets.assert_absent("an answer body", body);
@@ -95,7 +139,10 @@ fn base_secrets() -> Secrets {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_logs_with_the_local_store() {
-    let handler = Handler::start(&[("RUST_LOG", "debug"), ("NX_CACHE_METRICS_TOKEN", METRICS_TOKEN)]);
+    let handler = Handler::start(&[
+        ("RUST_LOG", "debug"),
+        ("NX_CACHE_METRICS_TOKEN", METRICS_TOKEN),
+    ]);
     let mut secrets = base_secrets();
     let bodies = exercise(&handler, &mut secrets).await;
     check(&handler, &bodies, &secrets);
@@ -115,7 +162,10 @@ async fn no_secret_reaches_the_logs_with_an_account_key() {
     let mut secrets = base_secrets();
     secrets.add("account key", DEV_ACCOUNT_KEY);
     let bodies = exercise(&handler, &mut secrets).await;
-    assert!(secrets.0.iter().any(|(name, _)| name == "SAS signature"), "redirects were signed");
+    assert!(
+        secrets.0.iter().any(|(name, _)| name == "SAS signature"),
+        "redirects were signed"
+    );
     check(&handler, &bodies, &secrets);
 }
 
@@ -145,6 +195,9 @@ async fn no_secret_reaches_the_logs_with_managed_identity() {
         // The signature part alone is enough to recognise the token.
         secrets.add("Entra access token", token);
     }
-    assert!(secrets.0.iter().any(|(name, _)| name == "SAS signature"), "redirects were signed");
+    assert!(
+        secrets.0.iter().any(|(name, _)| name == "SAS signature"),
+        "redirects were signed"
+    );
     check(&handler, &bodies, &secrets);
 }
