@@ -280,6 +280,13 @@ fn signal_quietly(child: &Child) {
         .status();
 }
 
+/// The identity endpoint's state: its header secret, request count, tokens handed out.
+type IdentityState = (
+    String,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<Mutex<Vec<String>>>,
+);
+
 /// A stand-in for the App Service managed-identity endpoint: answers token requests with an
 /// (unsigned) Entra-shaped JWT that Azurite's `--oauth basic` accepts.
 pub struct IdentityEndpoint {
@@ -306,11 +313,7 @@ impl IdentityEndpoint {
             .route(
                 "/msi/token",
                 axum::routing::get(
-                    |State((secret, requests, issued)): State<(
-                        String,
-                        Arc<AtomicUsize>,
-                        Arc<Mutex<Vec<String>>>,
-                    )>,
+                    |State((secret, requests, issued)): State<IdentityState>,
                      headers: HeaderMap,
                      Query(query): Query<HashMap<String, String>>| async move {
                         requests.fetch_add(1, Ordering::SeqCst);
