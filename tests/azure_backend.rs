@@ -356,14 +356,23 @@ async fn storage_outages_degrade_to_misses_and_not_stored_then_recover() {
     assert_eq!(get("1").await.0, StatusCode::OK, "recovers by itself");
 
     // Storage gone: the same, and it recovers when storage comes back.
-    azurite.kill();
+    azurite.stop();
     assert_eq!(get("1").await.0, StatusCode::NOT_FOUND);
     assert_eq!(
         put(&base, "/v1/cache/3", &token, b"x".to_vec()).await,
         StatusCode::FORBIDDEN
     );
     azurite.restart();
-    azurite.create_container(CONTAINER, None).await;
+    handler
+        .wait_for_log(Duration::from_secs(60), |l| {
+            l.contains("storage available again")
+        })
+        .unwrap_or_else(|| panic!("recovery not noticed:\n{}", handler.logs().join("\n")));
+    assert_eq!(
+        get("1").await.0,
+        StatusCode::OK,
+        "nothing already stored was lost"
+    );
     assert_eq!(
         put(&base, "/v1/cache/4", &token, b"back".to_vec()).await,
         StatusCode::OK
@@ -518,4 +527,52 @@ async fn doctor_tells_the_operator_what_to_fix() {
         text.contains("ok       Azure credential: managed identity (system-assigned) got a token"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uploads_of_one_hash_store_exactly_one_whole_body() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER, None).await;
+    let handler = start_handler(&key_mode_env(&azurite), &[("NX_CACHE_DOWNLOAD", "proxy")]);
+    let token = issue_token(&["--org"]);
+    // Small bodies race on Put Blob, large ones on Put Block List.
+    for (hash, len) in [("600", 200 * 1024), ("601", 9 * 1024 * 1024)] {
+        let bodies: Vec<Vec<u8>> = (0..6u32).map(|i| pattern(len, i * 7 + 1)).collect();
+        let tasks: Vec<_> = bodies
+            .iter()
+            .cloned()
+            .map(|body| {
+                let (base, token) = (handler.base_url.clone(), token.clone());
+                let path = format!("/v1/cache/{hash}");
+                tokio::spawn(async move { put(&base, &path, &token, body).await })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for task in tasks {
+            statuses.push(task.await.unwrap());
+        }
+        let stored = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+        assert_eq!(stored, 1, "{hash}: {statuses:?}");
+        assert!(
+            statuses
+                .iter()
+                .all(|s| *s == StatusCode::OK || *s == StatusCode::CONFLICT),
+            "{statuses:?}"
+        );
+        for _ in 0..3 {
+            let got = no_redirects()
+                .get(format!("{}/v1/cache/{hash}", handler.base_url))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert!(
+                bodies.iter().any(|b| b.as_slice() == got.as_ref()),
+                "{hash}: one whole body"
+            );
+        }
+    }
 }

@@ -48,11 +48,13 @@ impl Tls {
     }
 }
 
-/// A running Azurite blob service; killed when dropped.
+/// A running Azurite blob service; killed when dropped. Its data lives in a temporary directory,
+/// so a restart on the same port keeps what was stored.
 pub struct Azurite {
     child: Child,
     pub port: u16,
     scheme: &'static str,
+    location: std::sync::Arc<tempfile::TempDir>,
     /// Azurite's access log (one line per request it served).
     access_log: Arc<Mutex<Vec<String>>>,
 }
@@ -60,38 +62,41 @@ pub struct Azurite {
 impl Azurite {
     /// Plain http, account-key authentication.
     pub fn start() -> Azurite {
-        Self::launch(None, 0)
+        Self::launch(None, 0, std::sync::Arc::new(tempfile::tempdir().unwrap()))
     }
 
     /// https with `--oauth basic`: accepts bearer tokens for https://storage.azure.com.
     pub fn start_oauth(tls: &Tls) -> Azurite {
-        Self::launch(Some(tls), 0)
+        Self::launch(
+            Some(tls),
+            0,
+            std::sync::Arc::new(tempfile::tempdir().unwrap()),
+        )
     }
 
-    /// Starts again on the same port (after [`Azurite::kill`]); the data is gone (in memory).
+    /// Starts again on the same port and data directory (after [`Azurite::kill`]).
     pub fn restart(&mut self) {
-        let port = self.port;
-        let scheme = self.scheme;
-        assert_eq!(scheme, "http", "restart is only used on plain http");
-        *self = Self::launch(None, port);
+        assert_eq!(self.scheme, "http", "restart is only used on plain http");
+        *self = Self::launch(None, self.port, self.location.clone());
     }
 
-    fn launch(tls: Option<&Tls>, port: u16) -> Azurite {
+    fn launch(
+        tls: Option<&Tls>,
+        port: u16,
+        location: std::sync::Arc<tempfile::TempDir>,
+    ) -> Azurite {
         ensure_npm_tools();
         let mut command = Command::new(e2e_dir().join("node_modules/.bin/azurite-blob"));
-        command.args([
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            &port.to_string(),
-            "--inMemoryPersistence",
-            "--loose",
-            "--skipApiVersionCheck",
-            "--disableTelemetry",
-        ]);
-        if let Ok(path) = std::env::var("AZURITE_DEBUG_LOG") {
-            command.args(["--debug", &path]);
-        }
+        command
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &port.to_string(),
+                "--location",
+            ])
+            .arg(location.path())
+            .args(["--loose", "--skipApiVersionCheck", "--disableTelemetry"]);
         if let Some(tls) = tls {
             let dir = tls.dir.path();
             command
@@ -136,6 +141,7 @@ impl Azurite {
             child,
             port,
             scheme: if tls.is_some() { "https" } else { "http" },
+            location,
             access_log,
         }
     }
@@ -250,6 +256,13 @@ impl Azurite {
 
     pub fn resume(&self) {
         signal(&self.child, "-CONT");
+    }
+
+    /// Stops the process (SIGTERM) and waits for it: Azurite saves its metadata on the way out,
+    /// so a [`Azurite::restart`] finds what was stored (SIGKILL would lose it, an emulator quirk).
+    pub fn stop(&mut self) {
+        signal(&self.child, "-TERM");
+        let _ = self.child.wait();
     }
 
     pub fn kill(&mut self) {

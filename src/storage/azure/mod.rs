@@ -146,6 +146,7 @@ impl AzureStore {
                 tokio::time::sleep(PROBE_EVERY).await;
                 let Some(store) = store.upgrade() else { return };
                 let result = store.check().await;
+                tracing::debug!(ok = result.is_ok(), error = ?result.as_ref().err(), "storage probe");
                 store.record_health(result.as_ref().err());
             }
         });
