@@ -106,10 +106,13 @@ pub async fn log_request(
     if let Some(outcome) = outcome {
         metrics.record(outcome);
     }
+    let (namespace, hash) = cache_key_of(&path);
     span.in_scope(|| {
         tracing::info!(
             %method,
             path = %path,
+            namespace,
+            hash,
             status = response.status().as_u16(),
             outcome = outcome.map(|o| o.name()).unwrap_or("-"),
             bytes = outcome.map(|o| o.bytes()).unwrap_or(0),
@@ -121,4 +124,28 @@ pub async fn log_request(
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
+}
+
+/// The namespace and hash a cache path names, for the log line (`-` when it names none). The
+/// values are logged as they came; the handler validates them separately.
+fn cache_key_of(path: &str) -> (&str, &str) {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["v1", "cache", hash] => ("org", hash),
+        ["teams", team, "v1", "cache", hash] => (team, hash),
+        _ => ("-", "-"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cache_key_of;
+
+    #[test]
+    fn log_lines_name_the_namespace_and_hash() {
+        assert_eq!(cache_key_of("/v1/cache/42"), ("org", "42"));
+        assert_eq!(cache_key_of("/teams/web/v1/cache/42"), ("web", "42"));
+        assert_eq!(cache_key_of("/health"), ("-", "-"));
+        assert_eq!(cache_key_of("/teams/web/v1/cache/42/x"), ("-", "-"));
+    }
 }
