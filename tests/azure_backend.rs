@@ -576,3 +576,34 @@ async fn concurrent_uploads_of_one_hash_store_exactly_one_whole_body() {
         }
     }
 }
+
+#[tokio::test]
+async fn strict_mode_answers_503_when_storage_fails() {
+    let mut azurite = Azurite::start();
+    azurite.create_container(CONTAINER, None).await;
+    let handler = start_handler(
+        &key_mode_env(&azurite),
+        &[
+            ("NX_CACHE_STRICT_STORAGE", "true"),
+            ("NX_CACHE_DOWNLOAD", "proxy"),
+            ("NX_CACHE_STORAGE_TIMEOUT", "2s"),
+        ],
+    );
+    let token = issue_token(&["--org"]);
+    assert_eq!(
+        put(&handler.base_url, "/v1/cache/1", &token, b"x".to_vec()).await,
+        StatusCode::OK
+    );
+    azurite.stop();
+    let got = no_redirects()
+        .get(format!("{}/v1/cache/1", handler.base_url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        put(&handler.base_url, "/v1/cache/2", &token, b"x".to_vec()).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
