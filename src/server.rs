@@ -167,10 +167,21 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
                         },
                     });
                 }
+                let ready_ok = ready.is_ok();
                 checks.push(Check {
                     what: "storage",
                     result: ready.map(|()| store.describe()).map_err(|e| e.to_string()),
                 });
+                if ready_ok {
+                    checks.push(Check {
+                        what: "write permission",
+                        result: store
+                            .check_write()
+                            .await
+                            .map(|()| "a probe blob was written and deleted".into())
+                            .map_err(|e| e.to_string()),
+                    });
+                }
             }
         },
     }

@@ -498,6 +498,14 @@ async fn doctor_tells_the_operator_what_to_fix() {
         "{text}"
     );
     assert!(text.contains("All checks passed."), "{text}");
+    assert!(
+        text.contains("ok       write permission: a probe blob was written and deleted"),
+        "{text}"
+    );
+    assert!(
+        azurite.list_blobs(CONTAINER, None).await.is_empty(),
+        "the probe blob is deleted"
+    );
 
     // Managed identity with an identity endpoint that refuses: the credential is the problem.
     let tls = Tls::generate();

@@ -125,6 +125,47 @@ impl AzureStore {
         })
     }
 
+    /// Writes and deletes a small probe blob: proves the identity (or key) may create blobs,
+    /// which the read-only startup probe cannot tell. Used by `handler doctor` only.
+    pub async fn check_write(&self) -> Result<(), StoreError> {
+        let name = format!(
+            "{}.nx-cache-doctor/{}",
+            self.config.prefix,
+            uuid::Uuid::new_v4().simple()
+        );
+        let client = self.blob_client(&name, "cwd")?;
+        let where_ = format!(
+            "container '{}' in storage account '{}'",
+            self.config.container, self.config.account
+        );
+        let written = self
+            .bounded(
+                "write probe",
+                client
+                    .block_blob_client()
+                    .upload(Bytes::from_static(b"probe").into(), None),
+            )
+            .await?;
+        if let Err(e) = written {
+            let code = error_code(&e).unwrap_or_default();
+            return Err(StoreError::Backend(match e.http_status() {
+                Some(StatusCode::Forbidden) => format!(
+                    "the handler may read but not write {where_} ({code}); grant its identity 'Storage Blob Data Contributor' on the container (Reader is not enough)"
+                ),
+                _ => format!("writing a probe blob to {where_} failed: {}", backend(e)),
+            }));
+        }
+        self.bounded("delete probe", client.delete(None))
+            .await?
+            .map_err(|e| {
+                StoreError::Backend(format!(
+                    "deleting the probe blob {name} failed: {}",
+                    backend(e)
+                ))
+            })?;
+        Ok(())
+    }
+
     /// The credential source that produced a token, in token mode, once one has.
     pub fn credential_source(&self) -> Option<&'static str> {
         match &self.access {
