@@ -1,0 +1,162 @@
+//! Micro-benchmarks of the per-request hot path (issue 6): token verification, the namespace
+//! check, SAS signing, and the whole decision for a redirected GET through the router (key
+//! mode, so no network is involved: a redirect needs no storage call).
+//!
+//! Run: `cargo bench --bench hot_path`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use criterion::{Criterion, criterion_group, criterion_main};
+use nx_azure_cache::api::{AppState, router};
+use nx_azure_cache::auth::{Access, Secret, TokenAuthority, TokenRequest};
+use nx_azure_cache::config::{AzureAuth, AzureConfig, Download, Mode};
+use nx_azure_cache::key::{CacheKey, TeamName};
+use nx_azure_cache::metrics::Metrics;
+use nx_azure_cache::storage::azure::AzureStore;
+use nx_azure_cache::storage::azure::connection_string::ConnectionString;
+use nx_azure_cache::storage::azure::sas::{BlobSas, Protocols, SAS_VERSION};
+use tower::ServiceExt;
+
+fn authority() -> TokenAuthority {
+    TokenAuthority::new(
+        &Secret::new(b"benchmark-secret-benchmark-secret-0123456789".to_vec()).unwrap(),
+        jsonwebtoken::Algorithm::HS256,
+        "nx-azure-cache",
+        "nx-remote-cache",
+        Default::default(),
+    )
+}
+
+fn token(authority: &TokenAuthority) -> String {
+    authority
+        .issue(&TokenRequest {
+            org: true,
+            teams: vec![TeamName::parse("web").unwrap()],
+            access: Access::ReadOnly,
+            expires_in: Duration::from_secs(3600),
+            subject: "bench".into(),
+        })
+        .unwrap()
+}
+
+fn hot_path(c: &mut Criterion) {
+    let authority = authority();
+    let bearer = format!("Bearer {}", token(&authority));
+    c.bench_function("token verification (HS256)", |b| {
+        b.iter(|| {
+            authority
+                .verify_header(Some(std::hint::black_box(&bearer)))
+                .unwrap()
+        })
+    });
+
+    let grant = authority.verify_header(Some(&bearer)).unwrap();
+    c.bench_function("key parse + namespace check", |b| {
+        b.iter(|| {
+            let key = CacheKey::parse(
+                Some(std::hint::black_box("web")),
+                std::hint::black_box("4809188201876735999"),
+            )
+            .unwrap();
+            grant.covers(&key.namespace)
+        })
+    });
+
+    let connection = ConnectionString::parse("UseDevelopmentStorage=true").unwrap();
+    c.bench_function("service SAS signing (one blob, read)", |b| {
+        b.iter(|| {
+            let now = time::OffsetDateTime::now_utc();
+            BlobSas {
+                account: "devstoreaccount1",
+                container: "nx-cache",
+                blob: std::hint::black_box("teams/web/4809188201876735999"),
+                permissions: "r",
+                start: now - Duration::from_secs(300),
+                expiry: now + Duration::from_secs(300),
+                protocols: Protocols::HttpsOnly,
+                version: SAS_VERSION,
+            }
+            .service_query(&connection.key)
+        })
+    });
+
+    let now = time::OffsetDateTime::now_utc();
+    let delegation_key = azure_storage_common::models::UserDelegationKey {
+        signed_oid: Some("0b5f2e9c-6d8a-4c1e-9f3b-2a7d4e6c8b10".into()),
+        signed_tid: Some("72f988bf-86f1-41af-91ab-2d7cd011db47".into()),
+        signed_start: Some(now - Duration::from_secs(60)),
+        signed_expiry: Some(now + Duration::from_secs(86_400)),
+        signed_service: Some("b".into()),
+        signed_version: Some("2026-04-06".into()),
+        value: Some(vec![7u8; 32]),
+        ..Default::default()
+    };
+    c.bench_function("user-delegation SAS signing (cached key)", |b| {
+        b.iter(|| {
+            let now = time::OffsetDateTime::now_utc();
+            azure_storage_sas::SasBuilder::new(
+                "acct",
+                &delegation_key,
+                now + Duration::from_secs(300),
+            )
+            .unwrap()
+            .start(now - Duration::from_secs(300))
+            .protocol(azure_storage_sas::SasProtocol::Https)
+            .blob(
+                "nx-cache",
+                std::hint::black_box("teams/web/4809188201876735999"),
+            )
+            .read()
+            .build()
+        })
+    });
+
+    // The whole decision for a redirected GET, through the router, without a socket.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = AzureStore::new(AzureConfig {
+        account: connection.account.clone(),
+        endpoint: "https://devstoreaccount1.blob.core.windows.net".into(),
+        container: "nx-cache".into(),
+        auth: AzureAuth::Key(connection.clone()),
+        prefix: String::new(),
+        download: Download::Redirect,
+        sas_ttl: Duration::from_secs(300),
+        timeout: Duration::from_secs(10),
+        strict: false,
+    })
+    .unwrap();
+    let state = AppState {
+        store: Arc::new(store),
+        tokens: Arc::new(authority),
+        mode: Mode::ReadWrite,
+        max_artifact_bytes: 1 << 30,
+        strict_storage: false,
+        body_idle_timeout: Duration::from_secs(30),
+        metrics: Arc::new(Metrics::default()),
+        metrics_token: None,
+    };
+    let app = router(state);
+    c.bench_function("redirected GET decision (router, key mode)", |b| {
+        b.iter(|| {
+            let request = Request::get("/teams/web/v1/cache/4809188201876735999")
+                .header("authorization", bearer.as_str())
+                .body(Body::empty())
+                .unwrap();
+            let response = runtime.block_on(app.clone().oneshot(request)).unwrap();
+            assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = hot_path
+}
+criterion_main!(benches);
