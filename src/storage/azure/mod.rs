@@ -134,10 +134,7 @@ impl AzureStore {
             uuid::Uuid::new_v4().simple()
         );
         let client = self.blob_client(&name, "cwd")?;
-        let where_ = format!(
-            "container '{}' in storage account '{}'",
-            self.config.container, self.config.account
-        );
+        let where_ = self.container_label();
         let written = self
             .bounded(
                 "write probe",
@@ -383,12 +380,17 @@ impl AzureStore {
             .map_err(backend)
     }
 
-    /// Checks the container and the permissions; the error says what is missing, in words.
-    async fn check(&self) -> Result<(), StoreError> {
-        let where_ = format!(
+    /// `container 'C' in storage account 'A'`: how every storage problem names its place.
+    fn container_label(&self) -> String {
+        format!(
             "container '{}' in storage account '{}'",
             self.config.container, self.config.account
-        );
+        )
+    }
+
+    /// Checks the container and the permissions; the error says what is missing, in words.
+    async fn check(&self) -> Result<(), StoreError> {
+        let where_ = self.container_label();
         if let Access::Token { keys, .. } = &self.access {
             keys.ensure_fresh().await.map_err(|e| {
                 StoreError::Backend(format!(
