@@ -29,9 +29,15 @@ targetScope = 'resourceGroup'
 @description('Region of every resource this template creates. Defaults to the resource group\'s region.')
 param location string = resourceGroup().location
 
-@description('Name of the function app, globally unique; the cache URL is the app\'s default host name (see the cacheUrl output).')
+// Every other name is derived from appName, so its length bounds theirs. The longest derived name
+// with the tightest limit is the plan's: '${appName}-plan' may have 60 characters (serverfarms:
+// 1-60), so appName may have 55. That also keeps '${appName}-logs' under the workspace limit (63),
+// '${appName}-id' (128), '${appName}-insights' (260), and the module deployment names are cut to
+// their limit (64) with take(). Constraining appName keeps every name predictable: truncating the
+// derived names instead could make two apps' resources collide.
+@description('Name of the function app, globally unique; the cache URL is the app\'s default host name (see the cacheUrl output). At most 55 characters, so that the names derived from it fit their limits.')
 @minLength(2)
-@maxLength(60)
+@maxLength(55)
 param appName string
 
 @description('Name of the EXISTING storage account that holds the cache. The template never creates it.')
@@ -114,8 +120,10 @@ param createUserAssignedIdentity bool = false
 ])
 param instanceMemoryMB int = 512
 
-@description('Upper bound on the number of instances the app scales out to.')
-@minValue(1)
+// Flex Consumption refuses a maximum below 40 (the stack data's lowestMaximumInstanceCount; Learn:
+// "the lowest maximum scale is currently 40") and above 1000.
+@description('Upper bound on the number of instances the app scales out to (Flex Consumption: 40 to 1000).')
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
@@ -290,11 +298,11 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     clientAffinityEnabled: false
     // The identity that resolves the Key Vault reference of NX_CACHE_JWT_SECRET.
     keyVaultReferenceIdentity: useUserAssignedIdentity ? identityResourceId : 'SystemAssigned'
+    // No ftpsState: the Flex Consumption docs list it among the deprecated properties that
+    // "shouldn't be used when creating function app resources".
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      // No FTP(S): code is deployed with config-zip (Entra ID authenticated), never over FTP.
-      ftpsState: 'Disabled'
     }
     functionAppConfig: {
       deployment: {
@@ -328,16 +336,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   ]
 }
 
-// No basic-auth (publishing profile) deployments: config-zip authenticates with Entra ID.
-resource ftpPublishingCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2023-12-01' = {
-  parent: functionApp
-  name: 'ftp'
-  properties: {
-    allow: false
-  }
-}
-
-resource scmPublishingCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2023-12-01' = {
+// No basic-auth (publishing profile) deployments: config-zip authenticates with Entra ID. Only the
+// 'scm' policy: the Flex Consumption docs list the 'ftp' one among the deprecated resources that
+// shouldn't be created with a function app.
+resource scmPublishingCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
   parent: functionApp
   name: 'scm'
   properties: {

@@ -67,6 +67,49 @@ ROLE_ASSIGNMENT_TYPE = "Microsoft.Authorization/roleAssignments"
 SITE_TYPE = "Microsoft.Web/sites"
 SITE_CONFIG_TYPE = "Microsoft.Web/sites/config"
 POLICY_TYPE = "Microsoft.Storage/storageAccounts/managementPolicies"
+SERVER_FARM_TYPE = "Microsoft.Web/serverfarms"
+PUBLISHING_POLICY_TYPE = "Microsoft.Web/sites/basicPublishingCredentialsPolicies"
+WORKSPACE_TYPE = "Microsoft.OperationalInsights/workspaces"
+COMPONENT_TYPE = "Microsoft.Insights/components"
+IDENTITY_TYPE = "Microsoft.ManagedIdentity/userAssignedIdentities"
+# A module is deployed as a Microsoft.Resources/deployments resource named by its `name:`.
+DEPLOYMENT_TYPE = "Microsoft.Resources/deployments"
+
+# Name lengths (min, max) from Learn's "Naming rules and restrictions for Azure resources".
+NAME_LIMITS = {
+    SITE_TYPE: (2, 60),
+    SERVER_FARM_TYPE: (1, 60),
+    WORKSPACE_TYPE: (4, 63),
+    COMPONENT_TYPE: (1, 260),
+    IDENTITY_TYPE: (3, 128),
+    ACCOUNT_TYPE: (3, 24),
+    CONTAINER_TYPE: (3, 63),
+    DEPLOYMENT_TYPE: (1, 64),
+}
+# Interpolated functions of known output length.
+FIXED_LENGTH_FUNCTIONS = {"unique_string": 13, "guid": 36}
+
+# Flex Consumption's range for functionAppConfig.scaleAndConcurrency.maximumInstanceCount: the
+# stack data's lowestMaximumInstanceCount (40; Learn flex-consumption-plan: "the lowest maximum
+# scale is currently 40") up to 1000.
+FLEX_MAX_INSTANCES = (40, 1000)
+
+# The Microsoft.Web API versions checked against Azure's published resource type definitions
+# (Azure/bicep-types-az generated/web/microsoft.web/VERSION/types.md), with the types each one
+# was checked to define. All Microsoft.Web resources use ONE version; a type or version not
+# listed here has not been checked and is refused until it is.
+WEB_API_VERSIONS = {
+    # Defines all four, and FunctionAppConfig (deployment.storage.authentication,
+    # scaleAndConcurrency, runtime name 'custom') that Flex Consumption needs.
+    "2024-04-01": frozenset(
+        {
+            SITE_TYPE,
+            SERVER_FARM_TYPE,
+            SITE_CONFIG_TYPE,
+            PUBLISHING_POLICY_TYPE,
+        }
+    ),
+}
 
 GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -456,10 +499,13 @@ def role_problems(infra_dir: Path) -> list[str]:
 
 
 def function_app_problems(infra_dir: Path) -> list[str]:
-    """The function app: HTTPS only, TLS 1.2, no FTP, Flex Consumption custom handler."""
+    """The function app: HTTPS only, TLS 1.2, Flex Consumption custom handler, none of the FTP
+    settings Flex Consumption deprecates (siteConfig.ftpsState, the 'ftp' publishing-credentials
+    policy), and basic-auth deployments off (the 'scm' policy with allow: false)."""
     found = []
     sites = 0
-    for template in load(infra_dir):
+    templates = load(infra_dir)
+    for template in templates:
         for symbol, resource, config, _ in template.resource_list():
             if resource.get("type") != SITE_TYPE or resource.get("existing"):
                 continue
@@ -470,14 +516,173 @@ def function_app_problems(infra_dir: Path) -> list[str]:
                 found.append(f"{where}: httpsOnly must be true")
             if get_path(properties, "siteConfig", "minTlsVersion") != "1.2":
                 found.append(f"{where}: siteConfig.minTlsVersion must be '1.2'")
-            if get_path(properties, "siteConfig", "ftpsState") != "Disabled":
-                found.append(f"{where}: siteConfig.ftpsState must be 'Disabled'")
+            if get_path(properties, "siteConfig", "ftpsState") is not None:
+                found.append(
+                    f"{where}: siteConfig.ftpsState must not be set: Flex Consumption lists it among the "
+                    "deprecated properties that shouldn't be used when creating function app resources"
+                )
             if get_path(properties, "functionAppConfig", "runtime", "name") != "custom":
                 found.append(f"{where}: functionAppConfig.runtime.name must be 'custom' (a custom handler)")
             if "linux" not in str(config.get("kind", "")):
                 found.append(f"{where}: kind must be 'functionapp,linux'")
     if sites == 0:
         found.append("no Microsoft.Web/sites resource")
+    scm_off = False
+    for template in templates:
+        for symbol, resource, config, _ in template.resource_list():
+            if resource.get("type") != PUBLISHING_POLICY_TYPE or resource.get("existing"):
+                continue
+            name = template.resolve(config.get("name"))
+            leaf = name.rsplit("/", 1)[-1] if isinstance(name, str) else None
+            if leaf == "ftp":
+                found.append(
+                    f"{template.rel}: publishing-credentials policy '{symbol}' is the 'ftp' one, which Flex "
+                    "Consumption lists among the deprecated resources that shouldn't be created with a function app"
+                )
+            elif leaf == "scm" and get_path(config, "properties", "allow") is False:
+                scm_off = True
+    if sites and not scm_off:
+        found.append(
+            f"no '{PUBLISHING_POLICY_TYPE}' resource named 'scm' with allow: false: basic-auth "
+            "(publishing profile) deployments must stay off"
+        )
+    return found
+
+
+def scale_problems(infra_dir: Path) -> list[str]:
+    """functionAppConfig.scaleAndConcurrency.maximumInstanceCount stays within what Flex
+    Consumption accepts (40 to 1000), whatever value the parameters allow."""
+    low_limit, high_limit = FLEX_MAX_INSTANCES
+    found = []
+    for template in load(infra_dir):
+        for symbol, resource, config, _ in template.resource_list():
+            if resource.get("type") != SITE_TYPE or resource.get("existing"):
+                continue
+            where = f"{template.rel}: function app '{symbol}'"
+            expr = template.resolve(get_path(config, "properties", "functionAppConfig", "scaleAndConcurrency", "maximumInstanceCount"))
+            if expr is None:
+                continue
+            if isinstance(expr, int) and not isinstance(expr, bool):
+                low = high = expr
+                what = f"maximumInstanceCount {expr}"
+            elif isinstance(expr, str) and expr in template.params:
+                low = template.param_decorator(expr, "min_value")
+                high = template.param_decorator(expr, "max_value")
+                what = f"parameter '{expr}'"
+                if low is None or high is None:
+                    found.append(f"{where}: {what} (maximumInstanceCount) needs @minValue({low_limit}) and @maxValue({high_limit})")
+                    continue
+            else:
+                found.append(f"{where}: maximumInstanceCount is {json.dumps(expr)[:60]}; use an int parameter with @minValue({low_limit}) @maxValue({high_limit})")
+                continue
+            if low < low_limit:
+                found.append(f"{where}: {what} allows a maximumInstanceCount of {low}; Flex Consumption's lowest maximum is {low_limit}")
+            if high > high_limit:
+                found.append(f"{where}: {what} allows a maximumInstanceCount of {high}; Flex Consumption's highest is {high_limit}")
+    return found
+
+
+def _length_bounds(templates: list[Template], template: Template, expr: Any, depth: int = 0) -> tuple[int, int]:
+    """(shortest, longest) a name expression can evaluate to, from the parameters' @minLength /
+    @maxLength / @allowed and the known lengths of literals and a few functions. Raises
+    _NotEvaluable when the expression cannot be bounded."""
+    if depth > 30:
+        raise _NotEvaluable("too deep")
+    if isinstance(expr, str) and expr in template.params:
+        main = main_template(templates)
+        if main is not None and template is not main:
+            owner, traced = trace(templates, template, expr)
+            if owner is not template:
+                return _length_bounds(templates, owner, traced, depth + 1)
+        allowed = template.param_decorator(expr, "allowed")
+        if isinstance(allowed, list) and allowed and all(isinstance(v, str) for v in allowed):
+            return min(map(len, allowed)), max(map(len, allowed))
+        high = template.param_decorator(expr, "max_length")
+        if high is None:
+            raise _NotEvaluable(f"parameter '{expr}' has no @maxLength")
+        return template.param_decorator(expr, "min_length") or 0, high
+    if isinstance(expr, str) and expr in template.vars:
+        return _length_bounds(templates, template, template.resolve(expr), depth + 1)
+    if isinstance(expr, str) and template.is_symbol(expr):
+        raise _NotEvaluable(f"'{expr}' is not a string")
+    if isinstance(expr, str):
+        low = high = len(INTERPOLATION.sub("", expr))
+        for inner in INTERPOLATION.findall(expr):
+            inner = inner.strip()
+            if not IDENTIFIER.match(inner):
+                # An interpolated call: parse it as an expression of its own.
+                inner = _parse_text(hashlib.sha256(inner.encode()).hexdigest(), f"var x = {inner}\n")["variables"]["x"]["value"]
+            inner_low, inner_high = _length_bounds(templates, template, inner, depth + 1)
+            low, high = low + inner_low, high + inner_high
+        return low, high
+    function = function_of(expr)
+    if function is not None:
+        kind = function.get("type")
+        arguments = list((function.get("parameters") or {}).values())
+        if kind in FIXED_LENGTH_FUNCTIONS:
+            return FIXED_LENGTH_FUNCTIONS[kind], FIXED_LENGTH_FUNCTIONS[kind]
+        if kind == "take" and len(arguments) == 2 and isinstance(arguments[1], int):
+            low, high = _length_bounds(templates, template, arguments[0], depth + 1)
+            return min(low, arguments[1]), min(high, arguments[1])
+        if kind in ("to_lower", "to_upper") and len(arguments) == 1:
+            return _length_bounds(templates, template, arguments[0], depth + 1)
+        if kind == "concat":
+            bounds = [_length_bounds(templates, template, a, depth + 1) for a in arguments]
+            return sum(b[0] for b in bounds), sum(b[1] for b in bounds)
+    raise _NotEvaluable(json.dumps(expr)[:80])
+
+
+def name_length_problems(infra_dir: Path) -> list[str]:
+    """The name of every resource and module deployment the templates create fits its type's
+    length limit, for every value the parameters allow (names derived from appName included)."""
+    templates = load(infra_dir)
+    found = []
+    for template in templates:
+        named = [
+            (f"{template.rel}: resource '{symbol}' ({resource.get('type')})", resource.get("type"), config.get("name"))
+            for symbol, resource, config, _ in template.resource_list()
+            if not resource.get("existing")
+        ]
+        named += [
+            (f"{template.rel}: module '{symbol}' (its deployment)", DEPLOYMENT_TYPE, unwrap(declaration.get("config"))[0].get("name"))
+            for symbol, declaration in template.modules.items()
+        ]
+        for where, kind, name in named:
+            if kind not in NAME_LIMITS:
+                continue
+            low_limit, high_limit = NAME_LIMITS[kind]
+            try:
+                low, high = _length_bounds(templates, template, name)
+            except _NotEvaluable as error:
+                found.append(f"{where}: cannot bound the length of its name ({error}); {kind} names have {low_limit}-{high_limit} characters")
+                continue
+            if high > high_limit:
+                found.append(f"{where}: its name can have {high} characters; {kind} names have at most {high_limit}")
+            if low < low_limit:
+                found.append(f"{where}: its name can have {low} characters; {kind} names have at least {low_limit}")
+    return found
+
+
+def web_api_version_problems(infra_dir: Path) -> list[str]:
+    """Every Microsoft.Web resource uses the same API version, one checked against the published
+    type definitions for each Microsoft.Web type the templates use (WEB_API_VERSIONS)."""
+    found = []
+    used: dict[str, list[str]] = {}
+    for template in load(infra_dir):
+        for symbol, resource, _, _ in template.resource_list():
+            kind = resource.get("type") or ""
+            if not kind.startswith("Microsoft.Web/"):
+                continue
+            version = resource.get("api_version")
+            used.setdefault(version, []).append(f"{template.rel}: '{symbol}'")
+            checked = WEB_API_VERSIONS.get(version)
+            if checked is None:
+                found.append(f"{template.rel}: '{symbol}' uses {kind}@{version}, a Microsoft.Web API version not checked against the published type definitions ({', '.join(sorted(WEB_API_VERSIONS))})")
+            elif kind not in checked:
+                found.append(f"{template.rel}: '{symbol}' uses {kind}@{version}, a type not checked against that version's published definitions")
+    if len(used) > 1:
+        detail = "; ".join(f"{version}: {', '.join(symbols)}" for version, symbols in sorted(used.items(), key=lambda item: str(item[0])))
+        found.append(f"Microsoft.Web resources use {len(used)} API versions; use one for all ({detail})")
     return found
 
 
@@ -747,6 +952,9 @@ CHECKS: tuple[Callable[[Path], list[str]], ...] = (
     app_setting_problems,
     role_problems,
     function_app_problems,
+    scale_problems,
+    name_length_problems,
+    web_api_version_problems,
     storage_account_problems,
     key_material_problems,
     jwt_secret_problems,

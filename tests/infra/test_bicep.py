@@ -70,6 +70,18 @@ def test_size_limits_follow_one_parameter():
     assert checks._evaluate(template, body, env, set()) == str(2 * 1024 * 1048576)
 
 
+def test_name_lengths_follow_the_parameters():
+    """The bounds the name check relies on: appName's own, '-plan' adds 5, uniqueString() is 13
+    characters (also inside an interpolation), take() cuts."""
+    templates = checks.load(INFRA)
+    main = checks.main_template(templates)
+    bounds = lambda expr: checks._length_bounds(templates, main, expr)  # noqa: E731
+    assert bounds("appName") == (2, 55)
+    assert bounds("${appName}-plan") == (7, 60)
+    assert bounds(main.params["deploymentStorageAccountName"]["default"]) == (17, 17)
+    assert bounds({"function": {"type": "take", "parameters": {"original_value": "${appName}-cache-access", "number_to_take": 64}}}) == (15, 64)
+
+
 # ---------------------------------------------------------------------------------------------
 # Mutation tests: each check must catch a template broken on purpose.
 # ---------------------------------------------------------------------------------------------
@@ -219,9 +231,125 @@ def test_old_tls_is_caught(infra: Path):
     assert_found(checks.function_app_problems(infra), "minTlsVersion")
 
 
-def test_ftp_is_caught(infra: Path):
-    edit(infra, "main.bicep", "ftpsState: 'Disabled'", "ftpsState: 'AllAllowed'")
-    assert_found(checks.function_app_problems(infra), "ftpsState")
+def test_ftps_state_is_caught(infra: Path):
+    """Even 'Disabled': Flex Consumption deprecates the property itself."""
+    edit(infra, "main.bicep", "      scmMinTlsVersion: '1.2'\n", "      scmMinTlsVersion: '1.2'\n      ftpsState: 'Disabled'\n")
+    assert_found(checks.function_app_problems(infra), "siteConfig.ftpsState must not be set")
+    assert_found(checks.problems(infra), "ftpsState")
+
+
+FTP_POLICY = """
+resource ftpPublishingCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: functionApp
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+"""
+
+
+def test_ftp_publishing_policy_is_caught(infra: Path):
+    with (infra / "main.bicep").open("a") as f:
+        f.write(FTP_POLICY)
+    assert_found(checks.function_app_problems(infra), "'ftpPublishingCredentials' is the 'ftp' one")
+
+
+def test_basic_auth_deployments_allowed_is_caught(infra: Path):
+    edit(infra, "main.bicep", "  name: 'scm'\n  properties: {\n    allow: false\n", "  name: 'scm'\n  properties: {\n    allow: true\n")
+    assert_found(checks.function_app_problems(infra), "named 'scm' with allow: false")
+
+
+def test_dropping_the_scm_policy_is_caught(infra: Path):
+    edit(infra, "main.bicep", "  name: 'scm'\n", "  name: 'ftp'\n")
+    assert_found(checks.function_app_problems(infra), "named 'scm' with allow: false", "is the 'ftp' one")
+
+
+def test_mixed_web_api_versions_are_caught(infra: Path):
+    edit(infra, "main.bicep", "basicPublishingCredentialsPolicies@2024-04-01'", "basicPublishingCredentialsPolicies@2023-12-01'")
+    found = checks.web_api_version_problems(infra)
+    assert_found(found, "Microsoft.Web resources use 2 API versions; use one for all", "2023-12-01: main.bicep: 'scmPublishingCredentials'")
+    assert_found(checks.problems(infra), "use one for all")
+
+
+def test_unchecked_web_api_version_is_caught(infra: Path):
+    """One version for all, but one nobody checked against the published type definitions."""
+    edit(infra, "main.bicep", "@2024-04-01' = {", "@2022-03-01' = {", count=4)
+    found = checks.web_api_version_problems(infra)
+    assert_found(found, "Microsoft.Web/sites@2022-03-01, a Microsoft.Web API version not checked")
+    assert not any("use one for all" in problem for problem in found), found
+
+
+def test_unchecked_web_type_is_caught(infra: Path):
+    with (infra / "main.bicep").open("a") as f:
+        f.write("\nresource binding 'Microsoft.Web/sites/hostNameBindings@2024-04-01' = {\n  parent: functionApp\n  name: 'cache.example.com'\n}\n")
+    assert_found(checks.web_api_version_problems(infra), "Microsoft.Web/sites/hostNameBindings@2024-04-01, a type not checked")
+
+
+def test_max_instances_below_flex_minimum_is_caught(infra: Path):
+    edit(infra, "main.bicep", "@minValue(40)\n@maxValue(1000)\nparam maximumInstanceCount", "@minValue(1)\n@maxValue(1000)\nparam maximumInstanceCount")
+    assert_found(checks.scale_problems(infra), "parameter 'maximumInstanceCount' allows a maximumInstanceCount of 1; Flex Consumption's lowest maximum is 40")
+    assert_found(checks.problems(infra), "lowest maximum is 40")
+
+
+def test_max_instances_above_flex_maximum_is_caught(infra: Path):
+    edit(infra, "main.bicep", "@maxValue(1000)\nparam maximumInstanceCount", "@maxValue(2000)\nparam maximumInstanceCount")
+    assert_found(checks.scale_problems(infra), "allows a maximumInstanceCount of 2000")
+
+
+def test_unbounded_max_instances_is_caught(infra: Path):
+    edit(infra, "main.bicep", "@minValue(40)\n@maxValue(1000)\nparam maximumInstanceCount", "param maximumInstanceCount")
+    assert_found(checks.scale_problems(infra), "needs @minValue(40) and @maxValue(1000)")
+
+
+def test_literal_max_instances_below_flex_minimum_is_caught(infra: Path):
+    edit(infra, "main.bicep", "maximumInstanceCount: maximumInstanceCount", "maximumInstanceCount: 10")
+    assert_found(checks.scale_problems(infra), "maximumInstanceCount 10 allows a maximumInstanceCount of 10")
+
+
+def test_max_instances_below_flex_minimum_in_the_parameters_file_is_caught(infra: Path):
+    edit(infra, "main.parameters.json", '"maximumInstanceCount": {\n      "value": 40', '"maximumInstanceCount": {\n      "value": 20')
+    assert_found(checks.parameters_file_problems(infra), "'maximumInstanceCount' = 20 is below 40")
+
+
+def test_app_name_that_overflows_derived_names_is_caught(infra: Path):
+    """60 characters was the old limit: '-plan' then makes 65 (limit 60), '-logs' 65 (limit 63)."""
+    edit(infra, "main.bicep", "@maxLength(55)\nparam appName", "@maxLength(60)\nparam appName")
+    found = checks.name_length_problems(infra)
+    assert_found(
+        found,
+        "resource 'plan' (Microsoft.Web/serverfarms): its name can have 65 characters; Microsoft.Web/serverfarms names have at most 60",
+        "resource 'logAnalytics' (Microsoft.OperationalInsights/workspaces): its name can have 65 characters",
+    )
+    assert not any("'functionApp'" in problem for problem in found), found
+    assert_found(checks.problems(infra), "'plan'")
+
+
+def test_app_name_one_character_too_long_is_caught(infra: Path):
+    edit(infra, "main.bicep", "@maxLength(55)\nparam appName", "@maxLength(56)\nparam appName")
+    found = checks.name_length_problems(infra)
+    assert_found(found, "resource 'plan' (Microsoft.Web/serverfarms): its name can have 61 characters")
+    assert not any("'logAnalytics'" in problem for problem in found), found
+
+
+def test_unbounded_app_name_is_caught(infra: Path):
+    drop_line(infra, "main.bicep", "@maxLength\\(55\\)")
+    assert_found(checks.name_length_problems(infra), "cannot bound the length of its name (parameter 'appName' has no @maxLength)")
+
+
+def test_module_deployment_name_overflow_is_caught(infra: Path):
+    edit(infra, "main.bicep", "name: take('${appName}-host-storage-access', 64)", "name: '${appName}-host-storage-access'")
+    assert_found(checks.name_length_problems(infra), "module 'hostStorageAccess' (its deployment): its name can have 75 characters; Microsoft.Resources/deployments names have at most 64")
+
+
+def test_storage_account_name_overflow_is_caught(infra: Path):
+    edit(infra, "main.bicep", "@maxLength(24)\nparam deploymentStorageAccountName", "@maxLength(30)\nparam deploymentStorageAccountName")
+    assert_found(checks.name_length_problems(infra), "resource 'deploymentStorage' (Microsoft.Storage/storageAccounts): its name can have 30 characters")
+
+
+def test_short_app_name_under_the_site_minimum_is_caught(infra: Path):
+    edit(infra, "main.bicep", "@minLength(2)\n@maxLength(55)\nparam appName", "@minLength(1)\n@maxLength(55)\nparam appName")
+    assert_found(checks.name_length_problems(infra), "resource 'functionApp' (Microsoft.Web/sites): its name can have 1 characters; Microsoft.Web/sites names have at least 2")
 
 
 def test_non_custom_runtime_is_caught(infra: Path):
@@ -312,7 +440,7 @@ def test_missing_required_parameter_is_caught(infra: Path):
 
 SYNTAX_BREAKS = {
     # an unclosed object
-    "main.bicep": ("  properties: {\n    allow: false\n  }\n}\n\nresource scmPublishingCredentials", "  properties: {\n    allow: false\n  }\n\nresource scmPublishingCredentials"),
+    "main.bicep": ("  properties: {\n    allow: false\n  }\n}\n\n// ----", "  properties: {\n    allow: false\n  }\n\n// ----"),
     # a half-written expression
     "modules/cache-access.bicep": ("name: guid(container.id, principalId, storageBlobDataContributorRoleId)", "name: guid(container.id, principalId,"),
     # a stray token
