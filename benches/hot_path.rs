@@ -12,8 +12,9 @@ use axum::http::{Request, StatusCode};
 use criterion::{Criterion, criterion_group, criterion_main};
 use nx_azure_cache::api::{AppState, router};
 use nx_azure_cache::auth::{Access, Secret, TokenAuthority, TokenRequest};
-use nx_azure_cache::config::{AzureAuth, AzureConfig, Download, Mode};
+use nx_azure_cache::config::{AzureAuth, AzureConfig, Download, Limits, Mode};
 use nx_azure_cache::key::{CacheKey, TeamName};
+use nx_azure_cache::limits::Bodies;
 use nx_azure_cache::metrics::Metrics;
 use nx_azure_cache::storage::azure::AzureStore;
 use nx_azure_cache::storage::azure::connection_string::ConnectionString;
@@ -22,11 +23,16 @@ use tower::ServiceExt;
 
 fn authority() -> TokenAuthority {
     TokenAuthority::new(
-        &Secret::new(b"benchmark-secret-benchmark-secret-0123456789".to_vec()).unwrap(),
+        &Secret::new(
+            b"benchmark-secret-benchmark-secret-0123456789".to_vec(),
+            jsonwebtoken::Algorithm::HS256,
+        )
+        .unwrap(),
         jsonwebtoken::Algorithm::HS256,
         "nx-azure-cache",
         "nx-remote-cache",
         Default::default(),
+        Duration::from_secs(90 * 24 * 3600),
     )
 }
 
@@ -137,7 +143,8 @@ fn hot_path(c: &mut Criterion) {
         mode: Mode::ReadWrite,
         max_artifact_bytes: 1 << 30,
         strict_storage: false,
-        body_idle_timeout: Duration::from_secs(30),
+        bodies: Arc::new(Bodies::new(Limits::default().body, 64, 2 << 30)),
+        downloads: Arc::new(tokio::sync::Semaphore::new(128)),
         metrics: Arc::new(Metrics::default()),
         metrics_token: None,
     };

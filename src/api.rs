@@ -7,7 +7,8 @@
 //! - PUT: 200 stored, 409 exists, 403 not stored (read-only token or server, too large, storage
 //!   trouble). The client ignores 403 and 409 silently and fails the task on anything else.
 //!
-//! A PUT that will be refused is answered before its body is read.
+//! A PUT that will be refused is answered before its body is read; the body is then read away
+//! in the background ([`crate::limits::Bodies`]).
 
 use std::sync::Arc;
 
@@ -17,13 +18,15 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
 
 use crate::auth::{Grant, TokenAuthority};
 use crate::config::Mode;
 use crate::key::{CacheKey, Namespace};
+use crate::limits::{Bodies, Drain};
 use crate::metrics::Metrics;
-use crate::storage::{ByteStream, Fetched, Store, StoreError, Stored};
+use crate::storage::{Fetched, Store, StoreError, Stored};
 use crate::telemetry::{self, Outcome};
 
 /// Shared state of every handler: one cheap `Clone`.
@@ -35,8 +38,10 @@ pub struct AppState {
     pub max_artifact_bytes: u64,
     /// Storage failures answer 503 instead of a miss / not stored (`NX_CACHE_STRICT_STORAGE`).
     pub strict_storage: bool,
-    /// An upload that sends nothing for this long is cut off (slow or stuck clients).
-    pub body_idle_timeout: std::time::Duration,
+    /// The pace uploads are held to, and the drains of refused ones.
+    pub bodies: Arc<Bodies>,
+    /// Permits for downloads streamed through the handler (`NX_CACHE_MAX_DOWNLOADS`).
+    pub downloads: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
     /// The bearer token `/metrics` requires; `None`: the endpoint answers 404.
     pub metrics_token: Option<Arc<str>>,
@@ -83,11 +88,17 @@ async fn alive() -> &'static str {
     "ok"
 }
 
-/// `GET /health`: 200 when the store can serve, 503 with the reason otherwise.
+/// `GET /health`: 200 when the store can serve, 503 otherwise, as the health watch last saw
+/// it (never a storage call per request). The answer is unauthenticated, so it does not name the
+/// account, container or endpoint: the reason is in the log and in `handler doctor`.
 async fn health(State(state): State<AppState>) -> Response {
-    match state.store.ready().await {
-        Ok(()) => text(StatusCode::OK, "ok".into()),
-        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")),
+    if state.store.health().is_healthy() {
+        text(StatusCode::OK, "ok".into())
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the cache storage is unavailable (the handler's log says why; `handler doctor` checks it)".into(),
+        )
     }
 }
 
@@ -193,6 +204,17 @@ async fn read_entry(
     }
     match state.store.get(&key).await {
         Ok(Some(Fetched::Stream { len, body })) => {
+            // Each streamed download holds a connection and some buffers until its client has
+            // read it: a bounded number at once, and a miss (not an error) past the bound.
+            let Ok(permit) = state.downloads.clone().try_acquire_owned() else {
+                tracing::warn!(namespace = %key.namespace, hash = key.hash.as_str(),
+                    "too many downloads in flight (NX_CACHE_MAX_DOWNLOADS); answering a miss");
+                return miss(Outcome::Busy);
+            };
+            let body = body.map(move |chunk| {
+                let _held_until_the_body_ends = &permit;
+                chunk
+            });
             let mut response = Response::new(Body::from_stream(body));
             let headers = response.headers_mut();
             headers.insert(header::CONTENT_TYPE, octet_stream());
@@ -235,15 +257,19 @@ async fn write_entry(
 ) -> Response {
     let (key, len) = match check_upload(&state, team, hash, headers).await {
         Ok(accepted) => accepted,
-        Err(refusal) => {
+        Err((mut refusal, wanted)) => {
             // Answer now, and read the body away in the background: closing a socket with
             // unread data makes the kernel reset it, and a client that sees a reset before it
             // reads the answer retries (Nx: 6 times, then the task fails).
-            tokio::spawn(drain(body, state.body_idle_timeout));
+            if state.bodies.drain(body, wanted) == Drain::Brief {
+                refusal
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             return refusal;
         }
     };
-    let stream = idle_limited(body, state.body_idle_timeout);
+    let stream = state.bodies.paced(body);
     match state.store.put_if_absent(&key, len, stream).await {
         Ok(Stored::Created) => {
             text(StatusCode::OK, "stored".into()).with(Outcome::Stored { bytes: len })
@@ -258,40 +284,24 @@ async fn write_entry(
     }
 }
 
-/// The request body as a stream that fails when no bytes arrive for `limit`, so a client that
-/// trickles or stalls cannot hold a connection (and a storage upload) open forever.
-fn idle_limited(body: Body, limit: std::time::Duration) -> ByteStream {
-    let chunks = body.into_data_stream().map_err(std::io::Error::other);
-    let limited = futures_util::stream::unfold(Some(chunks), move |state| async move {
-        let mut chunks = state?;
-        match tokio::time::timeout(limit, chunks.next()).await {
-            Ok(Some(item)) => Some((item, Some(chunks))),
-            Ok(None) => None,
-            Err(_) => {
-                let stalled = std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no body bytes for {limit:?}"),
-                );
-                Some((Err(stalled), None))
-            }
-        }
-    });
-    // Fused: backends may poll once more after the end.
-    Box::pin(limited.fuse())
-}
-
-/// Every check an upload must pass before its body is read; the error is the finished answer.
+/// Every check an upload must pass before its body is read. The error is the finished answer,
+/// with how the body is to be read away: fully when the client holds a valid token (Nx with a
+/// read-only token PUTs every artifact), briefly otherwise.
 async fn check_upload(
     state: &AppState,
     team: Option<&str>,
     hash: &str,
     headers: &HeaderMap,
-) -> Result<(CacheKey, u64), Response> {
-    let (key, grant) = admit(state, team, hash, headers).map_err(IntoResponse::into_response)?;
-    may_write(state, &key, &grant).map_err(IntoResponse::into_response)?;
+) -> Result<(CacheKey, u64), (Response, Drain)> {
+    let (key, grant) =
+        admit(state, team, hash, headers).map_err(|r| (r.into_response(), Drain::Brief))?;
+    may_write(state, &key, &grant).map_err(|r| (r.into_response(), Drain::Full))?;
     let Some(len) = declared_length(headers) else {
         let message = "a Content-Length header is required".to_string();
-        return Err(text(StatusCode::LENGTH_REQUIRED, message).with(Outcome::BadRequest));
+        return Err((
+            text(StatusCode::LENGTH_REQUIRED, message).with(Outcome::BadRequest),
+            Drain::Brief,
+        ));
     };
     if len > state.max_artifact_bytes {
         tracing::warn!(namespace = %key.namespace, hash = key.hash.as_str(), bytes = len,
@@ -300,19 +310,16 @@ async fn check_upload(
             "not stored: the artifact is {len} bytes, over this cache's limit of {} bytes (NX_CACHE_MAX_ARTIFACT_SIZE)",
             state.max_artifact_bytes
         );
-        return Err(text(StatusCode::FORBIDDEN, message).with(Outcome::TooLarge));
+        return Err((
+            text(StatusCode::FORBIDDEN, message).with(Outcome::TooLarge),
+            Drain::Full,
+        ));
     }
     match state.store.exists(&key).await {
-        Ok(true) => Err(conflict()),
+        Ok(true) => Err((conflict(), Drain::Full)),
         Ok(false) => Ok((key, len)),
-        Err(e) => Err(not_stored_storage_error(state, &key, e)),
+        Err(e) => Err((not_stored_storage_error(state, &key, e), Drain::Full)),
     }
-}
-
-/// Reads a refused upload's body to its end (or until it stalls) and drops the bytes.
-async fn drain(body: Body, idle: std::time::Duration) {
-    let mut chunks = idle_limited(body, idle);
-    while let Some(Ok(_)) = chunks.next().await {}
 }
 
 /// Server mode, then the token's write right on this namespace.

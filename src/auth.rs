@@ -18,20 +18,31 @@ use serde::{Deserialize, Serialize};
 
 use crate::key::{Namespace, TeamName};
 
-/// Shortest secret accepted: 32 bytes, the output size of HS256.
+/// Shortest secret accepted for HS256: 32 bytes, the output size of its hash.
 pub const MIN_SECRET_LEN: usize = 32;
+
+/// Shortest secret for an algorithm: at least the size of its hash output (RFC 7518 §3.2).
+pub fn min_secret_len(algorithm: Algorithm) -> usize {
+    match algorithm {
+        Algorithm::HS384 => 48,
+        Algorithm::HS512 => 64,
+        _ => MIN_SECRET_LEN,
+    }
+}
 
 /// The signing secret. Its `Debug` never shows the bytes, so it cannot leak through a log line.
 #[derive(Clone)]
 pub struct Secret(Vec<u8>);
 
 impl Secret {
-    /// Wraps a secret, refusing one shorter than [`MIN_SECRET_LEN`] bytes.
-    pub fn new(bytes: Vec<u8>) -> Result<Self, String> {
-        if bytes.len() < MIN_SECRET_LEN {
+    /// Wraps a secret for `algorithm`, refusing one shorter than that algorithm's hash output.
+    pub fn new(bytes: Vec<u8>, algorithm: Algorithm) -> Result<Self, String> {
+        let min = min_secret_len(algorithm);
+        if bytes.len() < min {
             return Err(format!(
-                "too short ({} bytes); use at least {MIN_SECRET_LEN} random bytes, e.g. `openssl rand -base64 48`",
-                bytes.len()
+                "too short for {algorithm:?} ({} bytes); use at least {min} random bytes, e.g. `openssl rand -base64 {}`",
+                bytes.len(),
+                min.max(48)
             ));
         }
         Ok(Self(bytes))
@@ -123,6 +134,10 @@ pub enum AuthError {
     WrongIssuer,
     #[error("the access token has been revoked; ask for a new one")]
     Revoked,
+    #[error(
+        "the access token lives longer than this cache accepts (NX_CACHE_MAX_TOKEN_LIFETIME); ask for a new one"
+    )]
+    TooLong,
 }
 
 /// Issues and verifies tokens with one secret and one pinned algorithm.
@@ -134,6 +149,8 @@ pub struct TokenAuthority {
     issuer: String,
     audience: String,
     revoked: HashSet<String>,
+    /// Longest lifetime (`exp - iat`) issued or accepted.
+    max_lifetime: Duration,
 }
 
 impl fmt::Debug for TokenAuthority {
@@ -143,6 +160,7 @@ impl fmt::Debug for TokenAuthority {
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("revoked", &self.revoked.len())
+            .field("max_lifetime", &self.max_lifetime)
             .finish_non_exhaustive()
     }
 }
@@ -154,6 +172,7 @@ impl TokenAuthority {
         issuer: &str,
         audience: &str,
         revoked: HashSet<String>,
+        max_lifetime: Duration,
     ) -> Self {
         let mut validation = Validation::new(algorithm);
         validation.set_issuer(&[issuer]);
@@ -170,6 +189,7 @@ impl TokenAuthority {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             revoked,
+            max_lifetime,
         }
     }
 
@@ -177,6 +197,13 @@ impl TokenAuthority {
     pub fn issue(&self, request: &TokenRequest) -> Result<String, String> {
         if !request.org && request.teams.is_empty() {
             return Err("a token needs a scope: pass --org and/or --team NAME".into());
+        }
+        if request.expires_in > self.max_lifetime {
+            return Err(format!(
+                "--expires-in {} is longer than this cache accepts ({}, NX_CACHE_MAX_TOKEN_LIFETIME)",
+                humantime::format_duration(request.expires_in),
+                humantime::format_duration(self.max_lifetime)
+            ));
         }
         let now = unix_now();
         let claims = Claims {
@@ -207,7 +234,7 @@ impl TokenAuthority {
     }
 
     /// Verifies a bare token: signature, pinned algorithm, expiry, not-before, issuer, audience,
-    /// revocation, and that its team names are well-formed.
+    /// lifetime, revocation, and that its team names are well-formed.
     pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
@@ -217,6 +244,13 @@ impl TokenAuthority {
                 _ => AuthError::Invalid,
             })?;
         let claims = data.claims;
+        // `iat` is required by `Claims`; a lifetime over the cap means the token was minted by
+        // something other than this cache's rules (or before the cap was lowered).
+        if claims.exp.saturating_sub(claims.iat)
+            > self.max_lifetime.as_secs() + self.validation.leeway
+        {
+            return Err(AuthError::TooLong);
+        }
         if self.revoked.contains(&claims.jti) {
             return Err(AuthError::Revoked);
         }
@@ -271,14 +305,17 @@ mod tests {
     use super::*;
     use base64::Engine;
 
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
     fn authority(revoked: &[&str]) -> TokenAuthority {
-        let secret = Secret::new(vec![7u8; 32]).unwrap();
+        let secret = Secret::new(vec![7u8; 32], Algorithm::HS256).unwrap();
         TokenAuthority::new(
             &secret,
             Algorithm::HS256,
             "iss-test",
             "aud-test",
             revoked.iter().map(|s| s.to_string()).collect(),
+            90 * DAY,
         )
     }
 
@@ -324,11 +361,51 @@ mod tests {
 
     #[test]
     fn short_secrets_are_refused() {
-        assert!(Secret::new(vec![1; MIN_SECRET_LEN - 1]).is_err());
-        assert!(Secret::new(vec![1; MIN_SECRET_LEN]).is_ok());
+        assert!(Secret::new(vec![1; MIN_SECRET_LEN - 1], Algorithm::HS256).is_err());
+        assert!(Secret::new(vec![1; MIN_SECRET_LEN], Algorithm::HS256).is_ok());
         assert_eq!(
-            format!("{:?}", Secret::new(vec![1; 40]).unwrap()),
+            format!("{:?}", Secret::new(vec![1; 40], Algorithm::HS256).unwrap()),
             "Secret(<redacted>)"
+        );
+    }
+
+    #[test]
+    fn secrets_are_at_least_as_long_as_the_hash_output() {
+        // RFC 7518 section 3.2: HS384 needs 48 bytes, HS512 64.
+        for (algorithm, min) in [
+            (Algorithm::HS256, 32),
+            (Algorithm::HS384, 48),
+            (Algorithm::HS512, 64),
+        ] {
+            let short = Secret::new(vec![1; min - 1], algorithm).unwrap_err();
+            assert!(short.contains(&format!("at least {min}")), "{short}");
+            assert!(Secret::new(vec![1; min], algorithm).is_ok());
+        }
+    }
+
+    #[test]
+    fn lifetimes_are_capped_at_issue_and_at_verification() {
+        let auth = authority(&[]);
+        let mut too_long = request(true, &[], Access::ReadWrite);
+        too_long.expires_in = 91 * DAY;
+        let refused = auth.issue(&too_long).unwrap_err();
+        assert!(refused.contains("NX_CACHE_MAX_TOKEN_LIFETIME"), "{refused}");
+        too_long.expires_in = 90 * DAY;
+        assert!(auth.verify(&auth.issue(&too_long).unwrap()).is_ok());
+
+        // A token minted elsewhere with the secret: 500000 years, or no `iat` at all.
+        let h = r#"{"alg":"HS256"}"#;
+        let mut forever = claims_json(600, 0);
+        forever["exp"] = serde_json::json!(unix_now() + 500_000 * 365 * 24 * 3600);
+        assert_eq!(
+            auth.verify(&forge(h, &forever, &[7u8; 32])).unwrap_err(),
+            AuthError::TooLong
+        );
+        let mut no_iat = claims_json(600, 0);
+        no_iat.as_object_mut().unwrap().remove("iat");
+        assert_eq!(
+            auth.verify(&forge(h, &no_iat, &[7u8; 32])).unwrap_err(),
+            AuthError::Invalid
         );
     }
 

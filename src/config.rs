@@ -13,6 +13,7 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 
 use crate::auth::{Secret, parse_algorithm};
+use crate::limits::Pace;
 use crate::storage::azure::connection_string::ConnectionString;
 
 /// Default port when neither the Functions host nor the user names one.
@@ -25,6 +26,8 @@ pub const DEFAULT_ISSUER: &str = "nx-azure-cache";
 pub const DEFAULT_AUDIENCE: &str = "nx-remote-cache";
 /// File inside the data directory that holds the development secret.
 pub const DEV_SECRET_FILE: &str = ".dev-jwt-secret";
+/// Default cap on a token's lifetime (`exp - iat`), at issue and at verification.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// A setting that is wrong, and why. Displayed as `NAME: problem`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +84,22 @@ pub enum LogFormat {
     Text,
 }
 
+/// A secret given as text (the metrics token). Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretText(String);
+
+impl SecretText {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// Where the token secret comes from.
 #[derive(Debug, Clone)]
 pub enum SecretSource {
@@ -99,6 +118,44 @@ pub struct TokenConfig {
     pub issuer: String,
     pub audience: String,
     pub revoked: HashSet<String>,
+    /// Longest token lifetime issued or accepted (`NX_CACHE_MAX_TOKEN_LIFETIME`).
+    pub max_lifetime: Duration,
+}
+
+/// What one client can make the server hold: connections, time, bytes in flight.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; more wait in the accept backlog (`NX_CACHE_MAX_CONNECTIONS`).
+    pub max_connections: usize,
+    /// Time allowed for a request's headers to arrive (`NX_CACHE_HEADER_TIMEOUT`).
+    pub header_timeout: Duration,
+    /// The pace every request body is held to (`NX_CACHE_MIN_BODY_RATE`,
+    /// `NX_CACHE_BODY_RATE_WINDOW`, `NX_CACHE_BODY_TIMEOUT`).
+    pub body: Pace,
+    /// Refused uploads drained at once (`NX_CACHE_MAX_DRAINS`).
+    pub max_drains: usize,
+    /// Downloads streamed through the handler at once (`NX_CACHE_MAX_DOWNLOADS`).
+    pub max_downloads: usize,
+    /// A connection whose client reads nothing of its answer for this long is closed
+    /// (`NX_CACHE_SEND_TIMEOUT`).
+    pub send_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            header_timeout: Duration::from_secs(30),
+            body: Pace {
+                min_rate: 64 * 1024,
+                window: Duration::from_secs(20),
+                idle: Duration::from_secs(30),
+            },
+            max_drains: 64,
+            max_downloads: 128,
+            send_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// How GET hits reach the client from Azure.
@@ -157,16 +214,13 @@ pub struct Config {
     pub under_functions: bool,
     pub mode: Mode,
     pub max_artifact_bytes: u64,
-    /// Connections served at once; more wait in the accept backlog.
-    pub max_connections: usize,
-    /// Time allowed for a request's headers to arrive (`NX_CACHE_HEADER_TIMEOUT`).
-    pub header_timeout: Duration,
-    /// Longest pause allowed between two pieces of an upload's body (`NX_CACHE_BODY_TIMEOUT`).
-    pub body_idle_timeout: Duration,
+    pub limits: Limits,
     /// Bearer token that `/metrics` requires; `None` turns the endpoint off.
-    pub metrics_token: Option<String>,
+    pub metrics_token: Option<SecretText>,
     pub data_dir: PathBuf,
     pub backend: Backend,
+    /// How often the health watch probes the store (`NX_CACHE_HEALTH_INTERVAL`).
+    pub health_interval: Duration,
     pub tokens: TokenConfig,
     pub log_format: LogFormat,
 }
@@ -207,23 +261,7 @@ impl Config {
             .transpose()?
             .unwrap_or(DEFAULT_MAX_ARTIFACT_BYTES);
 
-        let max_connections = match get("NX_CACHE_MAX_CONNECTIONS") {
-            None => 512,
-            Some(raw) => match raw.trim().parse::<usize>() {
-                Ok(n) if (1..=100_000).contains(&n) => n,
-                _ => {
-                    return Err(ConfigError::new(
-                        "NX_CACHE_MAX_CONNECTIONS",
-                        format!("expected a number from 1 to 100000, got '{raw}'"),
-                    ));
-                }
-            },
-        };
-
-        let header_timeout =
-            duration_setting(&get, "NX_CACHE_HEADER_TIMEOUT", Duration::from_secs(30))?;
-        let body_idle_timeout =
-            duration_setting(&get, "NX_CACHE_BODY_TIMEOUT", Duration::from_secs(30))?;
+        let limits = load_limits(&get)?;
 
         let metrics_token = get("NX_CACHE_METRICS_TOKEN").map(|t| t.trim().to_owned());
         if metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
@@ -232,11 +270,27 @@ impl Config {
                 "too short; use at least 16 random characters",
             ));
         }
+        let metrics_token = metrics_token.map(SecretText);
+
+        let health_interval =
+            duration_setting(&get, "NX_CACHE_HEALTH_INTERVAL", Duration::from_secs(5))?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&health_interval) {
+            return Err(ConfigError::new(
+                "NX_CACHE_HEALTH_INTERVAL",
+                "must be between 1s and 5m",
+            ));
+        }
 
         let data_dir = get("NX_CACHE_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
 
+        let algorithm = get("NX_CACHE_JWT_ALGORITHM")
+            .map(|v| {
+                parse_algorithm(v.trim()).map_err(|e| ConfigError::new("NX_CACHE_JWT_ALGORITHM", e))
+            })
+            .transpose()?
+            .unwrap_or(Algorithm::HS256);
         let secret = match get("NX_CACHE_JWT_SECRET") {
             // An unresolved Key Vault reference reaches the app as its literal text, which is
             // long enough to pass as a secret; every token would then fail verification.
@@ -246,8 +300,10 @@ impl Config {
                     "is an unresolved Key Vault reference; grant the app's identity 'Key Vault Secrets User' on the secret and check the reference's SecretUri",
                 ));
             }
+            // Surrounding whitespace is trimmed: a trailing newline from a paste or a vault is
+            // never key material, and the server and `handler token issue` trim alike.
             Some(value) => SecretSource::Env(
-                Secret::new(value.into_bytes())
+                Secret::new(value.trim().as_bytes().to_vec(), algorithm)
                     .map_err(|e| ConfigError::new("NX_CACHE_JWT_SECRET", e))?,
             ),
             None if under_functions => {
@@ -256,14 +312,17 @@ impl Config {
                     "not set; it is required under Azure Functions (set it as an app setting or a Key Vault reference)",
                 ));
             }
+            // The development secret, and the token printed with it, exist only for loopback.
+            None if !bind.is_loopback() => {
+                return Err(ConfigError::new(
+                    "NX_CACHE_JWT_SECRET",
+                    format!(
+                        "not set; it is required when listening on {bind}, a non-loopback address (the development secret is for 127.0.0.1 only)"
+                    ),
+                ));
+            }
             None => SecretSource::DevFile(data_dir.join(DEV_SECRET_FILE)),
         };
-        let algorithm = get("NX_CACHE_JWT_ALGORITHM")
-            .map(|v| {
-                parse_algorithm(v.trim()).map_err(|e| ConfigError::new("NX_CACHE_JWT_ALGORITHM", e))
-            })
-            .transpose()?
-            .unwrap_or(Algorithm::HS256);
         let revoked = get("NX_CACHE_REVOKED_TOKENS")
             .map(|v| {
                 v.split([',', ' ', '\n'])
@@ -279,6 +338,11 @@ impl Config {
             issuer: get("NX_CACHE_JWT_ISSUER").unwrap_or_else(|| DEFAULT_ISSUER.into()),
             audience: get("NX_CACHE_JWT_AUDIENCE").unwrap_or_else(|| DEFAULT_AUDIENCE.into()),
             revoked,
+            max_lifetime: duration_setting(
+                &get,
+                "NX_CACHE_MAX_TOKEN_LIFETIME",
+                DEFAULT_MAX_TOKEN_LIFETIME,
+            )?,
         };
 
         let log_format = match get("NX_CACHE_LOG_FORMAT").as_deref().map(str::trim) {
@@ -302,15 +366,72 @@ impl Config {
             under_functions,
             mode,
             max_artifact_bytes,
-            max_connections,
-            header_timeout,
-            body_idle_timeout,
+            limits,
             metrics_token,
             data_dir,
             backend,
+            health_interval,
             tokens,
             log_format,
         })
+    }
+}
+
+/// The limits section: every bound on what one client can make the server hold.
+fn load_limits(get: &impl Fn(&str) -> Option<String>) -> Result<Limits, ConfigError> {
+    let defaults = Limits::default();
+    let min_rate = match get("NX_CACHE_MIN_BODY_RATE") {
+        None => defaults.body.min_rate,
+        Some(raw) => parse_size(raw.trim().trim_end_matches("/s"))
+            .map_err(|e| ConfigError::new("NX_CACHE_MIN_BODY_RATE", e))?,
+    };
+    let window = duration_setting(get, "NX_CACHE_BODY_RATE_WINDOW", defaults.body.window)?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(30)).contains(&window) {
+        return Err(ConfigError::new(
+            "NX_CACHE_BODY_RATE_WINDOW",
+            "must be between 1s and 30s",
+        ));
+    }
+    Ok(Limits {
+        max_connections: count_setting(
+            get,
+            "NX_CACHE_MAX_CONNECTIONS",
+            defaults.max_connections,
+            100_000,
+        )?,
+        header_timeout: duration_setting(get, "NX_CACHE_HEADER_TIMEOUT", defaults.header_timeout)?,
+        body: Pace {
+            min_rate,
+            window,
+            idle: duration_setting(get, "NX_CACHE_BODY_TIMEOUT", defaults.body.idle)?,
+        },
+        max_drains: count_setting(get, "NX_CACHE_MAX_DRAINS", defaults.max_drains, 100_000)?,
+        max_downloads: count_setting(
+            get,
+            "NX_CACHE_MAX_DOWNLOADS",
+            defaults.max_downloads,
+            100_000,
+        )?,
+        send_timeout: duration_setting(get, "NX_CACHE_SEND_TIMEOUT", defaults.send_timeout)?,
+    })
+}
+
+/// A count from 1 to `max`.
+fn count_setting(
+    get: &impl Fn(&str) -> Option<String>,
+    setting: &'static str,
+    default: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    match get(setting) {
+        None => Ok(default),
+        Some(raw) => match raw.trim().parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(ConfigError::new(
+                setting,
+                format!("expected a number from 1 to {max}, got '{raw}'"),
+            )),
+        },
     }
 }
 
@@ -334,6 +455,19 @@ fn load_backend(get: &impl Fn(&str) -> Option<String>) -> Result<Backend, Config
         Some(raw) => {
             let parsed = ConnectionString::parse(&raw)
                 .map_err(|e| ConfigError::new("AZURE_STORAGE_CONNECTION_STRING", e))?;
+            // Plain http would send download URLs (and their signatures) in clear; only an
+            // emulator on this machine is reached that way.
+            if !parsed.blob_endpoint.starts_with("https://")
+                && !is_loopback_url(&parsed.blob_endpoint)
+            {
+                return Err(ConfigError::new(
+                    "AZURE_STORAGE_CONNECTION_STRING",
+                    format!(
+                        "the blob endpoint {} is plain http; use DefaultEndpointsProtocol=https (plain http is allowed only for an emulator on 127.0.0.1 or localhost)",
+                        parsed.blob_endpoint
+                    ),
+                ));
+            }
             (
                 parsed.account.clone(),
                 parsed.blob_endpoint.clone(),
@@ -444,6 +578,20 @@ fn validate_container(name: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// Whether a URL's host is this machine (`127.0.0.1`, `localhost`, `[::1]`).
+fn is_loopback_url(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// `https://ACCOUNT.blob.core.windows.net` -> `ACCOUNT`.
 fn account_from_endpoint(endpoint: &str) -> Option<String> {
     let host = endpoint
@@ -506,23 +654,35 @@ pub fn parse_size(raw: &str) -> Result<u64, String> {
 
 /// Reads the development secret from `path`, creating it (48 random bytes, base64, mode 0600)
 /// when it does not exist. Returns the secret and whether it was just created.
-pub fn load_or_create_dev_secret(path: &Path) -> std::io::Result<(Secret, bool)> {
+pub fn load_or_create_dev_secret(
+    path: &Path,
+    algorithm: Algorithm,
+) -> std::io::Result<(Secret, bool)> {
     use base64::Engine;
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            let secret = Secret::new(text.trim().as_bytes().to_vec())
+            let secret = Secret::new(text.trim().as_bytes().to_vec(), algorithm)
                 .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
             Ok((secret, false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
+                // The data folder is private to this user (the embedded store keeps it 0700).
+                let mut folder = std::fs::DirBuilder::new();
+                folder.recursive(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::DirBuilderExt;
+                    folder.mode(0o700);
+                }
+                folder.create(parent)?;
             }
             let mut raw = [0u8; 48];
             getrandom::fill(&mut raw).map_err(|e| std::io::Error::other(e.to_string()))?;
             let text = base64::engine::general_purpose::STANDARD.encode(raw);
             write_private(path, &text)?;
-            let secret = Secret::new(text.into_bytes()).map_err(std::io::Error::other)?;
+            let secret =
+                Secret::new(text.into_bytes(), algorithm).map_err(std::io::Error::other)?;
             Ok((secret, true))
         }
         Err(e) => Err(e),
@@ -618,6 +778,13 @@ mod tests {
             ("NX_CACHE_HEADER_TIMEOUT", "soon"),
             ("NX_CACHE_BODY_TIMEOUT", "-1s"),
             ("NX_CACHE_METRICS_TOKEN", "short"),
+            ("NX_CACHE_MIN_BODY_RATE", "fast"),
+            ("NX_CACHE_BODY_RATE_WINDOW", "5m"),
+            ("NX_CACHE_MAX_DRAINS", "0"),
+            ("NX_CACHE_MAX_DOWNLOADS", "many"),
+            ("NX_CACHE_SEND_TIMEOUT", "never"),
+            ("NX_CACHE_HEALTH_INTERVAL", "1h"),
+            ("NX_CACHE_MAX_TOKEN_LIFETIME", "forever"),
             (
                 "NX_CACHE_JWT_SECRET",
                 "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/nx/)",
@@ -630,6 +797,115 @@ mod tests {
                 err.to_string()
                     .starts_with(&format!("configuration error: {name}: "))
             );
+        }
+    }
+
+    #[test]
+    fn secrets_are_trimmed_and_sized_for_their_algorithm() {
+        // A trailing newline from a vault or a paste is not key material.
+        let padded = format!("  {SECRET}\n");
+        let trimmed = load(&[("NX_CACHE_JWT_SECRET", &padded)], Flags::default()).unwrap();
+        let plain = load(&[("NX_CACHE_JWT_SECRET", SECRET)], Flags::default()).unwrap();
+        let sign = |config: &Config| {
+            let SecretSource::Env(secret) = &config.tokens.secret else {
+                panic!("an env secret")
+            };
+            crate::auth::TokenAuthority::new(
+                secret,
+                config.tokens.algorithm,
+                "i",
+                "a",
+                HashSet::new(),
+                config.tokens.max_lifetime,
+            )
+        };
+        let token = sign(&trimmed)
+            .issue(&crate::auth::TokenRequest {
+                org: true,
+                teams: vec![],
+                access: crate::auth::Access::ReadOnly,
+                expires_in: Duration::from_secs(60),
+                subject: "t".into(),
+            })
+            .unwrap();
+        assert!(sign(&plain).verify(&token).is_ok());
+
+        // 32 bytes is enough for HS256, not for HS512.
+        let err = load(
+            &[
+                ("NX_CACHE_JWT_SECRET", SECRET),
+                ("NX_CACHE_JWT_ALGORITHM", "HS512"),
+            ],
+            Flags::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.setting, "NX_CACHE_JWT_SECRET");
+        assert!(err.problem.contains("at least 64"), "{err}");
+    }
+
+    #[test]
+    fn the_development_secret_is_for_loopback_only() {
+        let public = Flags {
+            port: None,
+            bind: Some(IpAddr::from([0, 0, 0, 0])),
+        };
+        let err = load(&[], public.clone()).unwrap_err();
+        assert_eq!(err.setting, "NX_CACHE_JWT_SECRET");
+        assert!(err.problem.contains("0.0.0.0"), "{err}");
+        assert!(load(&[("NX_CACHE_JWT_SECRET", SECRET)], public).is_ok());
+        let v6_loopback = Flags {
+            port: None,
+            bind: Some("::1".parse().unwrap()),
+        };
+        assert!(matches!(
+            load(&[], v6_loopback).unwrap().tokens.secret,
+            SecretSource::DevFile(_)
+        ));
+    }
+
+    #[test]
+    fn limits_and_token_lifetime() {
+        let config = load(&[], Flags::default()).unwrap();
+        assert_eq!(config.limits.body.min_rate, 64 * 1024);
+        assert_eq!(config.tokens.max_lifetime, DEFAULT_MAX_TOKEN_LIFETIME);
+        let config = load(
+            &[
+                ("NX_CACHE_MIN_BODY_RATE", "16K/s"),
+                ("NX_CACHE_BODY_RATE_WINDOW", "5s"),
+                ("NX_CACHE_MAX_DRAINS", "3"),
+                ("NX_CACHE_MAX_DOWNLOADS", "7"),
+                ("NX_CACHE_SEND_TIMEOUT", "9s"),
+                ("NX_CACHE_MAX_TOKEN_LIFETIME", "2h"),
+            ],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(config.limits.body.min_rate, 16 * 1024);
+        assert_eq!(config.limits.body.window, Duration::from_secs(5));
+        assert_eq!(config.limits.max_drains, 3);
+        assert_eq!(config.limits.max_downloads, 7);
+        assert_eq!(config.limits.send_timeout, Duration::from_secs(9));
+        assert_eq!(config.tokens.max_lifetime, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let config = load(
+            &[
+                ("NX_CACHE_JWT_SECRET", SECRET),
+                ("NX_CACHE_METRICS_TOKEN", "metrics-token-0123456789"),
+                (
+                    "AZURE_STORAGE_CONNECTION_STRING",
+                    "UseDevelopmentStorage=true",
+                ),
+                ("AZURE_STORAGE_CONTAINER", "nx1"),
+            ],
+            Flags::default(),
+        )
+        .unwrap();
+        let debug = format!("{config:?}");
+        for secret in [SECRET, "metrics-token-0123456789", "Eby8vdM02xNO"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
         }
     }
 
@@ -767,7 +1043,46 @@ mod tests {
                 [&base[..], &[("NX_CACHE_BLOB_PREFIX", "no-slash")]].concat(),
                 "NX_CACHE_BLOB_PREFIX",
             ),
+            // An account key over plain http to a real account: the download URLs' signatures
+            // would travel in clear.
+            (
+                vec![
+                    (
+                        "AZURE_STORAGE_CONNECTION_STRING",
+                        "DefaultEndpointsProtocol=http;AccountName=acme;AccountKey=a2V5;EndpointSuffix=core.windows.net",
+                    ),
+                    ("AZURE_STORAGE_CONTAINER", "abc"),
+                ],
+                "AZURE_STORAGE_CONNECTION_STRING",
+            ),
+            (
+                vec![
+                    (
+                        "AZURE_STORAGE_CONNECTION_STRING",
+                        "AccountName=acme;AccountKey=a2V5;BlobEndpoint=http://storage.example.com/acme",
+                    ),
+                    ("AZURE_STORAGE_CONTAINER", "abc"),
+                ],
+                "AZURE_STORAGE_CONNECTION_STRING",
+            ),
         ];
+        // Plain http stays allowed for an emulator on this machine.
+        for endpoint in [
+            "http://127.0.0.1:10000/devstoreaccount1",
+            "http://localhost:10000/devstoreaccount1",
+            "http://[::1]:10000/devstoreaccount1",
+        ] {
+            let cs =
+                format!("AccountName=devstoreaccount1;AccountKey=a2V5;BlobEndpoint={endpoint}");
+            let config = load(
+                &[
+                    ("AZURE_STORAGE_CONNECTION_STRING", &cs),
+                    ("AZURE_STORAGE_CONTAINER", "abc"),
+                ],
+                Flags::default(),
+            );
+            assert!(config.is_ok(), "{endpoint}: {config:?}");
+        }
         for (vars, setting) in cases {
             let err = load(&vars, Flags::default()).unwrap_err();
             assert_eq!(err.setting, setting, "{vars:?}");
@@ -789,10 +1104,10 @@ mod tests {
     fn dev_secret_is_created_once_and_private() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub").join(DEV_SECRET_FILE);
-        let (_, created) = load_or_create_dev_secret(&path).unwrap();
+        let (_, created) = load_or_create_dev_secret(&path, Algorithm::HS256).unwrap();
         assert!(created);
         let first = std::fs::read(&path).unwrap();
-        let (_, created_again) = load_or_create_dev_secret(&path).unwrap();
+        let (_, created_again) = load_or_create_dev_secret(&path, Algorithm::HS256).unwrap();
         assert!(!created_again);
         assert_eq!(std::fs::read(&path).unwrap(), first);
         #[cfg(unix)]

@@ -11,6 +11,8 @@
 //!   touches storage.
 //! - [`auth`]: issuing and verifying bearer tokens (JWT) and deciding what a token may read/write.
 //! - [`storage`]: the one [`storage::Store`] interface and the backends behind it.
+//! - [`limits`]: what one client can make the server hold: the pace of request bodies, drains
+//!   of refused uploads, the send timeout of a client that stops reading.
 //! - [`config`]: environment and flags turned into one typed [`config::Config`]; every error
 //!   names the setting that is wrong.
 //! - [`telemetry`]: log setup and the per-request log line.
@@ -20,6 +22,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod key;
+pub mod limits;
 pub mod metrics;
 pub mod server;
 pub mod storage;

@@ -23,6 +23,7 @@ pub struct Metrics {
     too_large: AtomicU64,
     bad_requests: AtomicU64,
     storage_errors: AtomicU64,
+    busy: AtomicU64,
     bytes_served: AtomicU64,
     bytes_stored: AtomicU64,
 }
@@ -47,11 +48,12 @@ impl Metrics {
             Outcome::TooLarge => &self.too_large,
             Outcome::BadRequest => &self.bad_requests,
             Outcome::StorageError => &self.storage_errors,
+            Outcome::Busy => &self.busy,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn values(&self) -> [(&'static str, &'static str, u64); 12] {
+    fn values(&self) -> [(&'static str, &'static str, u64); 13] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             (
@@ -101,6 +103,11 @@ impl Metrics {
                 get(&self.storage_errors),
             ),
             (
+                "nx_cache_busy_total",
+                "GETs answered as misses because too many downloads were streaming",
+                get(&self.busy),
+            ),
+            (
                 "nx_cache_bytes_served_total",
                 "bytes streamed to clients",
                 get(&self.bytes_served),
@@ -127,7 +134,7 @@ impl Metrics {
 
     /// Sum of all request counters, to tell whether anything happened since the last log line.
     fn requests(&self) -> u64 {
-        self.values().iter().take(10).map(|(_, _, v)| v).sum()
+        self.values().iter().take(11).map(|(_, _, v)| v).sum()
     }
 
     /// Logs the counters every [`LOG_EVERY`] while requests come in.
@@ -151,8 +158,9 @@ impl Metrics {
                         too_large = v[7].2,
                         bad_requests = v[8].2,
                         storage_errors = v[9].2,
-                        bytes_served = v[10].2,
-                        bytes_stored = v[11].2,
+                        busy = v[10].2,
+                        bytes_served = v[11].2,
+                        bytes_stored = v[12].2,
                         "metrics"
                     );
                 }

@@ -17,11 +17,12 @@ use tokio::sync::Semaphore;
 
 use crate::api::{self, AppState};
 use crate::auth::{Access, Secret, TokenAuthority, TokenRequest};
-use crate::config::{AzureAuth, Backend, Config, SecretSource, load_or_create_dev_secret};
+use crate::config::{AzureAuth, Backend, Config, Limits, SecretSource, load_or_create_dev_secret};
+use crate::limits::{Bodies, SendTimeout};
 use crate::metrics::Metrics;
-use crate::storage::Store;
 use crate::storage::azure::AzureStore;
 use crate::storage::local::LocalStore;
+use crate::storage::{Store, health};
 
 /// A server ready to run: its state and, on a developer machine, what to tell the user.
 pub struct Prepared {
@@ -36,7 +37,7 @@ pub fn resolve_secret(config: &Config) -> Result<(Secret, bool), String> {
     match &config.tokens.secret {
         SecretSource::Env(secret) => Ok((secret.clone(), false)),
         SecretSource::DevFile(path) => {
-            let (secret, created) = load_or_create_dev_secret(path).map_err(|e| {
+            let (secret, created) = load_or_create_dev_secret(path, config.tokens.algorithm).map_err(|e| {
                 format!("configuration error: NX_CACHE_DIR: cannot keep the development secret at {}: {e}", path.display())
             })?;
             if created {
@@ -55,6 +56,7 @@ pub fn token_authority(config: &Config, secret: &Secret) -> TokenAuthority {
         &config.tokens.issuer,
         &config.tokens.audience,
         config.tokens.revoked.clone(),
+        config.tokens.max_lifetime,
     )
 }
 
@@ -63,23 +65,34 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
     let (secret, dev_secret) = resolve_secret(config)?;
     let store = open_store(config)?;
     let strict = matches!(&config.backend, Backend::Azure(azure) if azure.strict);
-    match store.ready().await {
+    let ready = store.ready().await;
+    match &ready {
         Ok(()) => tracing::info!(store = %store.describe(), mode = ?config.mode,
             max_artifact_bytes = config.max_artifact_bytes, "storage ready"),
         Err(e) if strict => return Err(format!("storage not ready: {e}")),
         // Serve anyway: GETs answer misses and PUTs "not stored" until storage is fixed, and
-        // /health reports the reason; a build never fails because of the cache.
+        // /health reports 503; a build never fails because of the cache.
         Err(e) => tracing::error!(store = %store.describe(), "storage not ready: {e}"),
     }
+    store.health().set(&ready);
+    health::watch(&store, config.health_interval);
+    let limits = &config.limits;
     let state = AppState {
         store,
         tokens: Arc::new(token_authority(config, &secret)),
         mode: config.mode,
         max_artifact_bytes: config.max_artifact_bytes,
         strict_storage: strict,
-        body_idle_timeout: config.body_idle_timeout,
+        // A refused upload is read to its end, up to twice the artifact limit: the most the
+        // Functions host lets through (FUNCTIONS_REQUEST_BODY_SIZE_LIMIT in infra/).
+        bodies: Arc::new(Bodies::new(
+            limits.body,
+            limits.max_drains,
+            config.max_artifact_bytes.saturating_mul(2),
+        )),
+        downloads: Arc::new(tokio::sync::Semaphore::new(limits.max_downloads)),
         metrics: Arc::new(Metrics::default()),
-        metrics_token: config.metrics_token.as_deref().map(Arc::from),
+        metrics_token: config.metrics_token.as_ref().map(|t| Arc::from(t.expose())),
     };
     state.metrics.clone().spawn_logger();
     Ok(Prepared { state, dev_secret })
@@ -221,33 +234,22 @@ pub fn nx_exports(state: &AppState, listener_addr: SocketAddr) -> Result<String,
     ))
 }
 
-/// Connection-level limits. Bounded in every direction: a client that trickles its headers is
-/// cut off, and at most `max_connections` are served at once; more wait in the kernel's accept
-/// backlog (backpressure) instead of an unbounded queue in the process.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_connections: usize,
-    /// Time allowed for a request's headers to arrive.
-    pub header_timeout: Duration,
-    /// Largest request head (request line and headers) read.
-    pub max_header_bytes: usize,
-    /// How long in-flight requests may run after SIGTERM.
-    pub drain_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_connections: 512,
-            header_timeout: Duration::from_secs(30),
-            max_header_bytes: 64 * 1024,
-            drain_timeout: Duration::from_secs(60),
-        }
-    }
-}
+/// Largest request head (request line and headers) read.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Largest amount hyper buffers per connection, in each direction. Small, so a client that
+/// stops reading its download leaves little behind (hyper's default is about 400 KiB); it must
+/// hold a whole request head.
+const CONNECTION_BUFFER: usize = MAX_HEADER_BYTES + 16 * 1024;
+/// How long in-flight requests may run after SIGTERM.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves until SIGTERM or Ctrl-C, then stops accepting and lets in-flight requests finish
 /// (the Functions host recycles workers with SIGTERM).
+///
+/// Bounded in every direction: a client that trickles its headers is cut off by the header
+/// timeout, one that reads nothing of its answer by the send timeout, and at most
+/// `max_connections` are served at once; more wait in the kernel's accept backlog
+/// (backpressure) instead of an unbounded queue in the process.
 pub async fn serve(listener: TcpListener, state: AppState, limits: Limits) -> std::io::Result<()> {
     let app = api::router(state);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -276,9 +278,11 @@ pub async fn serve(listener: TcpListener, state: AppState, limits: Limits) -> st
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
-            .max_header_size(limits.max_header_bytes);
+            .max_header_size(MAX_HEADER_BYTES)
+            .max_buf_size(CONNECTION_BUFFER);
         let service = TowerToHyperService::new(app.clone());
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let io = TokioIo::new(SendTimeout::new(stream, limits.send_timeout));
+        let connection = builder.serve_connection(io, service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _ = connection.await;
@@ -287,11 +291,11 @@ pub async fn serve(listener: TcpListener, state: AppState, limits: Limits) -> st
     }
     drop(listener);
     tracing::info!("shutting down: finishing in-flight requests");
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!(timeout = ?limits.drain_timeout, "in-flight requests still running at the drain deadline");
+        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight requests still running at the drain deadline");
     }
     Ok(())
 }

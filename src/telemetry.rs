@@ -41,6 +41,8 @@ pub enum Outcome {
     Unauthorized,
     BadRequest,
     StorageError,
+    /// A GET answered as a miss because too many downloads were streaming at once.
+    Busy,
 }
 
 impl Outcome {
@@ -56,6 +58,7 @@ impl Outcome {
             Outcome::Unauthorized => "unauthorized",
             Outcome::BadRequest => "bad-request",
             Outcome::StorageError => "storage-error",
+            Outcome::Busy => "busy",
         }
     }
 

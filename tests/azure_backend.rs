@@ -273,7 +273,7 @@ async fn a_missing_container_is_one_clear_line_and_health_says_why() {
         .await
         .unwrap();
     assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(health.text().await.unwrap().contains("does not exist"));
+    assert!(health.text().await.unwrap().contains("not ready"));
     // Builds go on: uploads are "not stored", and nothing is created.
     let token = issue_token(&["--org"]);
     assert_eq!(
@@ -613,5 +613,115 @@ async fn strict_mode_answers_503_when_storage_fails() {
     assert_eq!(
         put(&handler.base_url, "/v1/cache/2", &token, b"x".to_vec()).await,
         StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+/// After `revoke-delegation-keys`, storage refuses every URL signed with an older user
+/// delegation key. The health watch signs its probe with the current key: on a refusal it gets
+/// a new key at once, and GETs are misses (never a redirect to a refused URL) until a URL signed
+/// with the new key is accepted. A loopback proxy in front of Azurite plays the revocation,
+/// which Azurite does not implement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_delegation_key_is_replaced_within_one_health_interval() {
+    use common::revoking_proxy::RevokingProxy;
+    let tls = Tls::generate();
+    let azurite = Azurite::start_oauth(&tls);
+    azurite.create_container(CONTAINER, Some(&tls)).await;
+    let identity = IdentityEndpoint::start().await;
+    let upstream = format!("https://127.0.0.1:{}", azurite.port);
+    let proxy = RevokingProxy::start(&tls, &upstream).await;
+    let ca = tls.ca_file().display().to_string();
+    let env: Vec<(&'static str, String)> = vec![
+        ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1".into()),
+        ("AZURE_STORAGE_BLOB_ENDPOINT", proxy.endpoint()),
+        ("AZURE_STORAGE_CONTAINER", CONTAINER.into()),
+        ("IDENTITY_ENDPOINT", identity.url.clone()),
+        ("IDENTITY_HEADER", identity.secret.clone()),
+        ("SSL_CERT_FILE", ca),
+    ];
+    let handler = start_handler(&env, &[("NX_CACHE_HEALTH_INTERVAL", "1s")]);
+    handler
+        .wait_for_log(Duration::from_secs(30), |l| l.contains("storage ready"))
+        .unwrap_or_else(|| panic!("{}", handler.logs().join("\n")));
+    let token = issue_token(&["--org"]);
+    let body = pattern(100_000, 3);
+    assert_eq!(
+        put(&handler.base_url, "/v1/cache/5", &token, body.clone()).await,
+        StatusCode::OK
+    );
+    let trusting = reqwest::Client::builder()
+        .tls_certs_merge([reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let old_url = redirect_location(&handler.base_url, "/v1/cache/5", &token).await;
+    let fetched = trusting.get(&old_url).send().await.unwrap();
+    assert_eq!(fetched.status(), StatusCode::OK);
+    assert_eq!(proxy.keys_seen(), 1);
+
+    let key_fetches = azurite.requests_matching("comp=userdelegationkey");
+    proxy.revoke_all_keys();
+    let revoked_at = std::time::Instant::now();
+    assert_eq!(
+        trusting.get(&old_url).send().await.unwrap().status(),
+        StatusCode::FORBIDDEN,
+        "the proxy refuses URLs signed with the revoked key"
+    );
+    handler
+        .wait_for_log(Duration::from_secs(30), |l| {
+            l.contains("new user delegation key are accepted")
+        })
+        .unwrap_or_else(|| panic!("no new key:\n{}", handler.logs().join("\n")));
+    let replaced_after = revoked_at.elapsed();
+    assert!(
+        replaced_after < Duration::from_secs(10),
+        "replaced after {replaced_after:?}; the watch probes every second"
+    );
+    assert!(
+        handler
+            .logs()
+            .iter()
+            .any(|l| l.contains("storage refused a download URL")),
+        "the refusal is logged"
+    );
+    assert!(azurite.requests_matching("comp=userdelegationkey") > key_fetches);
+
+    // Redirects are signed with the new key, and storage accepts them.
+    let new_url = redirect_location(&handler.base_url, "/v1/cache/5", &token).await;
+    assert_ne!(query_param(&new_url, "skt"), query_param(&old_url, "skt"));
+    let fetched = trusting.get(&new_url).send().await.unwrap();
+    assert_eq!(fetched.status(), StatusCode::OK);
+    assert!(fetched.bytes().await.unwrap().as_ref() == body.as_slice());
+}
+
+/// `GET /health` answers from the health watch: a flood of it makes no storage traffic, and the
+/// unauthenticated answer names no account, container or endpoint.
+#[tokio::test]
+async fn health_answers_from_the_watch_and_names_nothing() {
+    let azurite = Azurite::start();
+    let handler = start_handler(
+        &key_mode_env(&azurite),
+        &[("NX_CACHE_HEALTH_INTERVAL", "5m")],
+    );
+    handler
+        .wait_for_log(Duration::from_secs(30), |l| l.contains("storage not ready"))
+        .expect("the container does not exist yet");
+    let probes_before = azurite.requests_matching(".nx-cache-probe");
+    let client = reqwest::Client::new();
+    for _ in 0..50 {
+        let health = client
+            .get(format!("{}/health", handler.base_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let text = health.text().await.unwrap();
+        for name in [CONTAINER, "devstoreaccount1", "127.0.0.1"] {
+            assert!(!text.contains(name), "{name} in {text:?}");
+        }
+    }
+    assert_eq!(
+        azurite.requests_matching(".nx-cache-probe"),
+        probes_before,
+        "no storage call per /health"
     );
 }

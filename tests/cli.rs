@@ -17,9 +17,15 @@ fn handler() -> Command {
 
 /// Runs `handler` expecting a configuration failure; returns its stderr.
 fn config_failure(vars: &[(&str, &str)]) -> String {
+    config_failure_with(&[], vars)
+}
+
+/// The same, with extra command-line arguments.
+fn config_failure_with(args: &[&str], vars: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let mut child = handler()
         .args(["--port", "0"])
+        .args(args)
         .env("NX_CACHE_DIR", dir.path())
         .envs(vars.iter().copied())
         .stdout(Stdio::null())
@@ -59,6 +65,45 @@ fn each_configuration_mistake_is_one_line_naming_the_setting() {
         assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
         assert!(
             stderr.contains(&format!("configuration error: {name}:")),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn settings_that_would_weaken_security_are_refused_at_startup() {
+    /// Arguments, environment, the setting the one-line error must name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 3] = [
+        // 32 bytes is too short for HS512 (RFC 7518: at least the hash size, 64 bytes).
+        (
+            &[],
+            &[
+                ("NX_CACHE_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+                ("NX_CACHE_JWT_ALGORITHM", "HS512"),
+            ],
+            "NX_CACHE_JWT_SECRET",
+        ),
+        // An account key over plain http to a real account.
+        (
+            &[],
+            &[
+                (
+                    "AZURE_STORAGE_CONNECTION_STRING",
+                    "DefaultEndpointsProtocol=http;AccountName=acme;AccountKey=a2V5a2V5;EndpointSuffix=core.windows.net",
+                ),
+                ("AZURE_STORAGE_CONTAINER", "nx-cache"),
+            ],
+            "AZURE_STORAGE_CONNECTION_STRING",
+        ),
+        // The development secret (and the read-write token printed with it) off loopback.
+        (&["--bind", "0.0.0.0"], &[], "NX_CACHE_JWT_SECRET"),
+    ];
+    for (args, vars, setting) in cases {
+        let stderr = config_failure_with(args, vars);
+        assert_eq!(stderr.lines().count(), 1, "{args:?} {vars:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("configuration error: {setting}:")),
             "{stderr}"
         );
     }
@@ -179,10 +224,12 @@ fn token_issue_prints_only_the_token() {
 
 #[test]
 fn token_issue_refuses_bad_requests() {
-    let cases: [&[&str]; 3] = [
+    let cases: [&[&str]; 4] = [
         &[],
         &["--team", "Not_A_Team"],
         &["--org", "--expires-in", "forever"],
+        // Longer than NX_CACHE_MAX_TOKEN_LIFETIME (90 days by default).
+        &["--org", "--expires-in", "500000years"],
     ];
     for args in cases {
         let output = handler()
@@ -198,4 +245,11 @@ fn token_issue_refuses_bad_requests() {
             "{args:?}: an explanation on stderr"
         );
     }
+    let output = handler()
+        .args(["token", "issue", "--org", "--expires-in", "91d"])
+        .env("NX_CACHE_JWT_SECRET", common::TEST_SECRET)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("NX_CACHE_MAX_TOKEN_LIFETIME"), "{stderr}");
 }

@@ -610,7 +610,9 @@ async fn large_refused_uploads_get_clean_answers_never_resets() {
             8 << 20,
             StatusCode::FORBIDDEN,
         ),
-        (None, "/v1/cache/3", 8 << 20, StatusCode::UNAUTHORIZED),
+        // Without a token only a brief drain is owed (Nx never sends a large PUT without one:
+        // its GET already got the 401 that stops the run).
+        (None, "/v1/cache/3", 4 << 10, StatusCode::UNAUTHORIZED),
         (
             Some(writer.clone()),
             "/v1/cache/1",

@@ -433,3 +433,67 @@ mod azure {
         );
     }
 }
+
+mod revocation {
+    //! `az storage account revoke-delegation-keys` after a leak: the handler notices within one
+    //! health-watch interval, gets a new key, and the next build gets every task from the cache.
+
+    use super::*;
+    use common::azurite::{Azurite, IdentityEndpoint, Tls};
+    use common::revoking_proxy::RevokingProxy;
+
+    #[test]
+    fn a_revoked_delegation_key_never_aborts_the_next_build() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let tls = Tls::generate();
+        let azurite = Azurite::start_oauth(&tls);
+        runtime.block_on(azurite.create_container("nx-cache", Some(&tls)));
+        let identity = runtime.block_on(IdentityEndpoint::start());
+        let upstream = format!("https://127.0.0.1:{}", azurite.port);
+        let proxy = runtime.block_on(RevokingProxy::start(&tls, &upstream));
+        let ca = tls.ca_file().display().to_string();
+        let endpoint = proxy.endpoint();
+        let handler = Handler::start(&[
+            ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1"),
+            ("AZURE_STORAGE_BLOB_ENDPOINT", &endpoint),
+            ("AZURE_STORAGE_CONTAINER", "nx-cache"),
+            ("IDENTITY_ENDPOINT", &identity.url),
+            ("IDENTITY_HEADER", &identity.secret),
+            ("SSL_CERT_FILE", &ca),
+            ("NX_CACHE_HEALTH_INTERVAL", "2s"),
+        ]);
+        let workspace = Workspace::new();
+        workspace.trust_ca(&ca);
+        let token = issue_token(&["--org"]);
+        let (ok, first) = workspace.build(&handler.base_url, Some(&token));
+        assert!(ok, "first build failed:\n{first}");
+
+        proxy.revoke_all_keys();
+        handler
+            .wait_for_log(Duration::from_secs(30), |l| {
+                l.contains("new user delegation key are accepted")
+            })
+            .unwrap_or_else(|| panic!("no new key:\n{}", handler.logs().join("\n")));
+
+        workspace.forget_local_results(&handler.base_url);
+        let (ok, second) = workspace.build(&handler.base_url, Some(&token));
+        assert!(
+            ok,
+            "the build after the revocation must not abort:\n{second}"
+        );
+        assert_eq!(
+            remote_hits(&second),
+            PROJECTS.len(),
+            "every task a remote hit with the new key:\n{second}"
+        );
+        assert_eq!(
+            proxy.refused.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "only the health probe ever met the revoked key"
+        );
+    }
+}

@@ -28,11 +28,12 @@ fn hostile() -> impl Strategy<Value = String> {
 
 fn authority() -> TokenAuthority {
     TokenAuthority::new(
-        &Secret::new(vec![9u8; 32]).unwrap(),
+        &Secret::new(vec![9u8; 32], jsonwebtoken::Algorithm::HS256).unwrap(),
         jsonwebtoken::Algorithm::HS256,
         "iss",
         "aud",
         Default::default(),
+        std::time::Duration::from_secs(90 * 24 * 3600),
     )
 }
 

@@ -145,6 +145,24 @@ async fn bad_tokens_neither_read_nor_write() {
                 key,
             )),
         ),
+        (
+            "lifetime over NX_CACHE_MAX_TOKEN_LIFETIME (500000 years)",
+            Some(forge(
+                hs256,
+                &claims(|c| c["exp"] = (now + 500_000 * 365 * 24 * 3600).into()),
+                key,
+            )),
+        ),
+        (
+            "no issued-at",
+            Some(forge(
+                hs256,
+                &claims(|c| {
+                    c.as_object_mut().unwrap().remove("iat");
+                }),
+                key,
+            )),
+        ),
     ];
     // The forged baseline is accepted, so every refusal below is for the stated reason.
     let ok = client

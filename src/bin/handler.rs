@@ -112,17 +112,9 @@ fn run_server(config: Config) -> Result<(), String> {
                 server::nx_exports(&prepared.state, addr)?
             );
         }
-        server::serve(
-            listener,
-            prepared.state,
-            server::Limits {
-                max_connections: config.max_connections,
-                header_timeout: config.header_timeout,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| format!("server failed: {e}"))
+        server::serve(listener, prepared.state, config.limits)
+            .await
+            .map_err(|e| format!("server failed: {e}"))
     })
 }
 

@@ -14,29 +14,36 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio_util::io::ReaderStream;
 
-use super::{ByteStream, Fetched, Store, StoreError, Stored};
+use super::{ByteStream, DOWNLOAD_CHUNK, Fetched, Health, Store, StoreError, Stored};
 use crate::key::CacheKey;
 
-/// Read and write buffer size: large enough to keep syscalls few for multi-MiB artifacts.
-const IO_BUFFER: usize = 256 * 1024;
+/// Write buffer size: large enough to keep syscalls few for multi-MiB artifacts.
+const WRITE_BUFFER: usize = 256 * 1024;
+/// Folders are private to the server's user: entries of every team live here.
+const DIR_MODE: u32 = 0o700;
+/// Entries and temporary files likewise.
+const FILE_MODE: u32 = 0o600;
 
 pub struct LocalStore {
     root: PathBuf,
     tmp: PathBuf,
+    health: Health,
 }
 
 impl LocalStore {
-    /// Opens (creating if needed) a store rooted at `root`. Leftover temporary files from a
-    /// previous run that died mid-upload are removed.
+    /// Opens (creating if needed) a store rooted at `root`, private to this user (folders 0700,
+    /// files 0600). Leftover temporary files from a previous run that died mid-upload are removed.
     pub fn open(root: &Path) -> std::io::Result<Self> {
         let tmp = root.join(".tmp");
-        std::fs::create_dir_all(&tmp)?;
+        private_dirs().create(&tmp)?;
+        restrict_to_owner(root)?;
         for entry in std::fs::read_dir(&tmp)? {
             let _ = std::fs::remove_file(entry?.path());
         }
         Ok(Self {
             root: root.to_owned(),
             tmp,
+            health: Health::default(),
         })
     }
 
@@ -44,6 +51,33 @@ impl LocalStore {
         // `object_name` is built from validated segments only: no `..`, no separators inside.
         self.root.join(key.object_name())
     }
+}
+
+/// A builder that creates missing folders (and their parents) with [`DIR_MODE`].
+fn private_dirs() -> std::fs::DirBuilder {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(DIR_MODE);
+    }
+    builder
+}
+
+/// Takes group and other permissions off the data folder if it already existed with them.
+fn restrict_to_owner(root: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(root)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(DIR_MODE))?;
+            tracing::info!(dir = %root.display(), was = format!("{:o}", mode & 0o777),
+                "restricted the cache directory to its owner (0700)");
+        }
+    }
+    Ok(())
 }
 
 /// A temporary file that is deleted when dropped, so every failure path cleans up after itself.
@@ -68,7 +102,7 @@ impl Store for LocalStore {
             Err(e) => return Err(e.into()),
         };
         let len = file.metadata().await?.len();
-        let body = ReaderStream::with_capacity(file, IO_BUFFER);
+        let body = ReaderStream::with_capacity(file, DOWNLOAD_CHUNK);
         Ok(Some(Fetched::Stream {
             len,
             body: Box::pin(body),
@@ -86,8 +120,12 @@ impl Store for LocalStore {
         mut body: ByteStream,
     ) -> Result<Stored, StoreError> {
         let temp = TempFile(self.tmp.join(uuid::Uuid::new_v4().simple().to_string()));
-        let file = tokio::fs::File::create(&temp.0).await?;
-        let mut writer = BufWriter::with_capacity(IO_BUFFER, file);
+        let mut options = tokio::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        options.mode(FILE_MODE);
+        let file = options.open(&temp.0).await?;
+        let mut writer = BufWriter::with_capacity(WRITE_BUFFER, file);
         let mut received: u64 = 0;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(StoreError::Body)?;
@@ -109,8 +147,13 @@ impl Store for LocalStore {
         drop(writer);
 
         let target = self.path_for(key);
-        if let Some(parent) = target.parent() {
-            tokio::fs::create_dir_all(parent).await?;
+        if let Some(parent) = target.parent()
+            && !tokio::fs::try_exists(parent).await?
+        {
+            let parent = parent.to_owned();
+            tokio::task::spawn_blocking(move || private_dirs().create(parent))
+                .await
+                .map_err(std::io::Error::other)??;
         }
         match tokio::fs::hard_link(&temp.0, &target).await {
             Ok(()) => Ok(Stored::Created),
@@ -128,6 +171,10 @@ impl Store for LocalStore {
             ))),
             Err(e) => Err(StoreError::Backend(format!("{}: {e}", self.tmp.display()))),
         }
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
     }
 }
 
@@ -177,6 +224,30 @@ mod tests {
         assert_eq!(read_all(&store, &key).await.unwrap(), b"abcdef");
         assert!(dir.path().join("teams/web/123").is_file());
         assert_eq!(leftover_temp_files(dir.path()), 0);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn folders_and_entries_are_private_to_the_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("data");
+        let store = LocalStore::open(&root).unwrap();
+        let key = CacheKey::parse(Some("web"), "1").unwrap();
+        store
+            .put_if_absent(&key, 3, body(vec![b"abc"]))
+            .await
+            .unwrap();
+        for dir in ["", ".tmp", "teams", "teams/web"] {
+            assert_eq!(mode(&root.join(dir)), 0o700, "{dir}");
+        }
+        assert_eq!(mode(&root.join("teams/web/1")), 0o600);
+
+        // A data folder that exists with wider permissions is restricted.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        LocalStore::open(&root).unwrap();
+        assert_eq!(mode(&root), 0o700);
     }
 
     #[tokio::test]

@@ -17,7 +17,14 @@ use futures_util::Stream;
 use crate::key::CacheKey;
 
 pub mod azure;
+pub mod health;
 pub mod local;
+
+pub use health::Health;
+
+/// Size of the chunks a backend streams a download in. Small, because a client that stops
+/// reading leaves up to a chunk or two (plus the connection's write buffer) held in memory.
+pub const DOWNLOAD_CHUNK: usize = 64 * 1024;
 
 /// A stream of body chunks, as read from a request or a backend.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -81,6 +88,10 @@ pub trait Store: Send + Sync + 'static {
         body: ByteStream,
     ) -> Result<Stored, StoreError>;
 
-    /// Whether the backend can serve requests now; the error says why not.
+    /// Probes whether the backend can serve requests now; the error says why not. Called at
+    /// startup, by `handler doctor` and by the health watch, never per request.
     async fn ready(&self) -> Result<(), StoreError>;
+
+    /// The last known health, kept by the health watch ([`health::watch`]).
+    fn health(&self) -> &Health;
 }

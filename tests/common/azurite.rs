@@ -18,6 +18,9 @@ use super::{e2e_dir, ensure_npm_tools};
 pub struct Tls {
     pub dir: tempfile::TempDir,
     pub ca_pem: String,
+    /// The leaf certificate and its private key (PKCS#8), DER-encoded, for in-test servers.
+    pub leaf_der: Vec<u8>,
+    pub leaf_key_der: Vec<u8>,
 }
 
 impl Tls {
@@ -40,6 +43,8 @@ impl Tls {
         Tls {
             ca_pem: ca.pem(),
             dir,
+            leaf_der: leaf.der().to_vec(),
+            leaf_key_der: leaf_key.serialize_der(),
         }
     }
 

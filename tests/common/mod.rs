@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod azurite;
+pub mod revoking_proxy;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

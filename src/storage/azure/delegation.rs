@@ -45,6 +45,11 @@ impl DelegationKeys {
         self.renew().await
     }
 
+    /// Gets a new key now, whatever the cached one's expiry: the cached one was refused.
+    pub async fn replace(&self) -> Result<(), String> {
+        self.renew().await
+    }
+
     fn time_left(&self) -> Option<Duration> {
         let guard = self.current.read().unwrap_or_else(|e| e.into_inner());
         let expiry = guard.as_ref()?.signed_expiry?;

@@ -17,11 +17,11 @@
 pub mod connection_string;
 pub mod credential;
 pub mod delegation;
+pub mod download;
 pub mod sas;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,19 +29,18 @@ use azure_core::http::{
     ClientOptions, HttpClientOptions, RequestContent, StatusCode, Transport, Url, new_http_client,
 };
 use azure_storage_blob::models::{
-    BlobClientDownloadOptions, BlockBlobClientCommitBlockListOptions, BlockBlobClientUploadOptions,
-    BlockLookupList,
+    BlockBlobClientCommitBlockListOptions, BlockBlobClientUploadOptions, BlockLookupList,
 };
 use azure_storage_blob::{
     BlobClient, BlobClientOptions, BlobServiceClient, BlobServiceClientOptions,
 };
 use bytes::{Bytes, BytesMut};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use time::OffsetDateTime;
 
 use self::delegation::DelegationKeys;
 use self::sas::{BlobSas, Protocols, SAS_VERSION, encode_blob_path};
-use super::{ByteStream, Fetched, Store, StoreError, Stored};
+use super::{ByteStream, Fetched, Health, Store, StoreError, Stored};
 use crate::config::{AzureAuth, AzureConfig, Download};
 use crate::key::CacheKey;
 
@@ -51,10 +50,8 @@ const BLOCK_SIZE: usize = 4 * 1024 * 1024;
 const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 /// Lifetime of the SAS used by the handler's own calls in key mode.
 const CALL_SAS_TTL: Duration = Duration::from_secs(15 * 60);
-/// Name probed at startup, by `/health` and by the health watch: its absence is the normal answer.
+/// Name probed at startup and by the health watch: its absence is the normal answer.
 const PROBE_BLOB: &str = ".nx-cache-probe";
-/// How often the health watch probes storage.
-const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// How the handler signs its calls and its download URLs.
 enum Access {
@@ -73,9 +70,11 @@ pub struct AzureStore {
     access: Access,
     /// Shared by every client, so connections are pooled across requests.
     client_options: ClientOptions,
+    /// Proxied downloads, by plain GET of a read-only SAS URL.
+    downloads: download::Downloader,
     /// Whether storage answered lately. While it does not, GETs are misses instead of redirects:
     /// a client sent to an unreachable store would abort the whole build.
-    healthy: AtomicBool,
+    health: Health,
 }
 
 impl AzureStore {
@@ -117,11 +116,13 @@ impl AzureStore {
                 }
             }
         };
+        let downloads = download::Downloader::new(config.timeout)?;
         Ok(Self {
             config,
             access,
             client_options,
-            healthy: AtomicBool::new(true),
+            downloads,
+            health: Health::default(),
         })
     }
 
@@ -171,34 +172,11 @@ impl AzureStore {
         }
     }
 
-    /// Starts the background work: renewal of the user delegation key (token mode) and the
-    /// health watch, which probes storage every few seconds so that an outage turns GETs into
-    /// misses without a storage round trip on each GET.
+    /// Starts the background work: renewal of the user delegation key (token mode). The health
+    /// watch ([`crate::storage::health`]) is started by the server for every backend.
     pub fn start_background_tasks(self: &Arc<Self>) {
         if let Access::Token { keys, .. } = &self.access {
             keys.clone().spawn_renewal();
-        }
-        let store = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(PROBE_EVERY).await;
-                let Some(store) = store.upgrade() else { return };
-                let result = store.check().await;
-                tracing::debug!(ok = result.is_ok(), error = ?result.as_ref().err(), "storage probe");
-                store.record_health(result.as_ref().err());
-            }
-        });
-    }
-
-    /// Records the outcome of a storage call; logs only the transitions.
-    fn record_health(&self, failure: Option<&StoreError>) {
-        let healthy = failure.is_none();
-        let was = self.healthy.swap(healthy, Ordering::Relaxed);
-        match (was, failure) {
-            (true, Some(e)) => tracing::warn!(error = %e,
-                "storage unavailable: GETs answer misses and uploads are not stored until it recovers"),
-            (false, None) => tracing::info!("storage available again"),
-            _ => {}
         }
     }
 
@@ -207,7 +185,7 @@ impl AzureStore {
         if let Err(e) = &result
             && !e.is_client_fault()
         {
-            self.record_health(Some(e));
+            self.health.record(&Err(StoreError::Backend(e.to_string())));
         }
         result
     }
@@ -410,12 +388,14 @@ impl AzureStore {
                 ))
             })?;
         let error = match outcome {
-            Ok(_) => return Ok(()),
+            Ok(_) => return self.check_download_urls().await,
             Err(e) => e,
         };
         let code = error_code(&error).unwrap_or_default();
         let problem = match (error.http_status(), code.as_str()) {
-            (Some(StatusCode::NotFound), "BlobNotFound") => return Ok(()),
+            (Some(StatusCode::NotFound), "BlobNotFound") => {
+                return self.check_download_urls().await;
+            }
             (Some(StatusCode::NotFound), _) => format!(
                 "{where_} does not exist; create it (the handler never creates it) or fix AZURE_STORAGE_CONTAINER"
             ),
@@ -429,6 +409,72 @@ impl AzureStore {
             (Some(status), _) => format!("{where_} answered {status} ({code}) to a probe: {error}"),
         };
         Err(StoreError::Backend(problem))
+    }
+}
+
+/// What storage made of a download URL the handler signed.
+enum UrlProbe {
+    Accepted,
+    Refused(String),
+}
+
+impl AzureStore {
+    /// In token mode, fetches the probe blob through a download URL signed with the current user
+    /// delegation key. After `az storage account revoke-delegation-keys` storage refuses every
+    /// URL signed with an older key, and a refused URL aborts the client's build; the token-based
+    /// probe cannot see that. On a refusal the key is replaced at once, and storage counts as
+    /// unavailable (GETs are misses) until a URL signed with the new key is accepted.
+    async fn check_download_urls(&self) -> Result<(), StoreError> {
+        let Access::Token { keys, .. } = &self.access else {
+            // Key mode: the probe itself went through a SAS signed with the account key.
+            return Ok(());
+        };
+        let UrlProbe::Refused(code) = self.probe_download_url().await? else {
+            return Ok(());
+        };
+        tracing::warn!(
+            code,
+            "storage refused a download URL signed with the current user delegation key (revoked?); getting a new key"
+        );
+        keys.replace().await.map_err(|e| {
+            StoreError::Backend(format!(
+                "storage refuses download URLs signed with the user delegation key ({code}) and no new key could be had: {e}"
+            ))
+        })?;
+        match self.probe_download_url().await? {
+            UrlProbe::Accepted => {
+                tracing::info!(
+                    "download URLs signed with the new user delegation key are accepted"
+                );
+                Ok(())
+            }
+            UrlProbe::Refused(code) => Err(StoreError::Backend(format!(
+                "storage refuses download URLs signed with a fresh user delegation key ({code})"
+            ))),
+        }
+    }
+
+    async fn probe_download_url(&self) -> Result<UrlProbe, StoreError> {
+        let url = self.download_url(&format!("{}{PROBE_BLOB}", self.config.prefix))?;
+        let url = Url::parse(&url)
+            .map_err(|e| StoreError::Backend(format!("invalid download URL: {e}")))?;
+        let options = BlobClientOptions {
+            client_options: self.client_options.clone(),
+            ..Default::default()
+        };
+        // No credential: the URL's signature is what is being tested.
+        let client = BlobClient::new(url, None, Some(options)).map_err(backend)?;
+        match self
+            .bounded("download URL probe", client.get_properties(None))
+            .await?
+        {
+            Ok(_) => Ok(UrlProbe::Accepted),
+            Err(e) if e.http_status() == Some(StatusCode::NotFound) => Ok(UrlProbe::Accepted),
+            Err(e) if e.http_status() == Some(StatusCode::Forbidden) => Ok(UrlProbe::Refused(
+                error_code(&e).unwrap_or_else(|| "403".into()),
+            )),
+            Err(e) => Err(backend(e)),
+        }
     }
 }
 
@@ -492,7 +538,7 @@ impl Store for AzureStore {
     async fn get(&self, key: &CacheKey) -> Result<Option<Fetched>, StoreError> {
         let name = self.blob_name(key);
         if self.config.download == Download::Redirect {
-            if !self.healthy.load(Ordering::Relaxed) {
+            if !self.health.is_healthy() {
                 return Err(StoreError::Backend(
                     "storage is unavailable (health watch)".into(),
                 ));
@@ -518,38 +564,22 @@ impl Store for AzureStore {
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
-        let result = self.check().await;
-        // Quietly: the caller (startup, `/health`) reports the outcome itself.
-        self.healthy.store(result.is_ok(), Ordering::Relaxed);
-        result
+        self.check().await
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
     }
 }
 
 impl AzureStore {
     async fn proxy_download(&self, name: &str) -> Result<Option<Fetched>, StoreError> {
-        let client = self.blob_client(name, "r")?;
-        let options = BlobClientDownloadOptions {
-            parallel: Some(std::num::NonZero::new(2).expect("2 is not zero")),
-            partition_size: Some(std::num::NonZero::new(BLOCK_SIZE).expect("not zero")),
-            ..Default::default()
-        };
-        let download = match self
-            .bounded("download", client.download(Some(options)))
+        let url = self.download_url(name)?;
+        Ok(self
+            .downloads
+            .get(&url)
             .await?
-        {
-            Ok(download) => download,
-            Err(e) if e.http_status() == Some(StatusCode::NotFound) => return Ok(None),
-            Err(e) => return Err(backend(e)),
-        };
-        let len = total_length(&download.headers).or(download.properties.content_length);
-        let Some(len) = len else {
-            return Err(StoreError::Backend("download without a length".into()));
-        };
-        let body = download.body.map_err(std::io::Error::other);
-        Ok(Some(Fetched::Stream {
-            len,
-            body: Box::pin(body),
-        }))
+            .map(|(len, body)| Fetched::Stream { len, body }))
     }
 
     async fn upload(
@@ -582,12 +612,4 @@ impl AzureStore {
         }
         self.upload_single(&client, first).await
     }
-}
-
-/// The blob's full length from `Content-Range: bytes 0-N/TOTAL` of a ranged download.
-fn total_length(headers: &azure_core::http::headers::Headers) -> Option<u64> {
-    let range = headers.get_optional_str(&azure_core::http::headers::HeaderName::from_static(
-        "content-range",
-    ))?;
-    range.rsplit_once('/')?.1.trim().parse().ok()
 }

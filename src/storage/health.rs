@@ -1,0 +1,98 @@
+//! Whether the store can serve, as last seen: kept by a background watch that probes the store
+//! every few seconds, and by failed storage calls on the request path.
+//!
+//! `GET /health` answers from here, never from a storage call of its own, so nobody can turn it
+//! into storage traffic. The Azure backend also reads it on every GET: while storage is down, a
+//! GET is a miss instead of a redirect to a store the client cannot reach (which would abort the
+//! client's build).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use super::{Store, StoreError};
+
+/// The last known health of a store. Transitions are logged, once each.
+#[derive(Debug)]
+pub struct Health {
+    healthy: AtomicBool,
+    /// Why the store is not healthy; for the log and `handler doctor`, not for `/health`.
+    reason: RwLock<Option<String>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            healthy: AtomicBool::new(true),
+            reason: RwLock::new(None),
+        }
+    }
+}
+
+impl Health {
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// The reason the store is unhealthy, if it is.
+    pub fn reason(&self) -> Option<String> {
+        self.reason
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sets the state without logging (startup reports the first probe itself).
+    pub fn set(&self, result: &Result<(), StoreError>) {
+        *self.reason.write().unwrap_or_else(|e| e.into_inner()) =
+            result.as_ref().err().map(|e| e.to_string());
+        self.healthy.store(result.is_ok(), Ordering::Relaxed);
+    }
+
+    /// Records a probe or a storage call's outcome; logs only the transitions.
+    pub fn record(&self, result: &Result<(), StoreError>) {
+        let was = self.is_healthy();
+        self.set(result);
+        match (was, result) {
+            (true, Err(e)) => tracing::warn!(error = %e,
+                "storage unavailable: GETs answer misses and uploads are not stored until it recovers"),
+            (false, Ok(())) => tracing::info!("storage available again"),
+            _ => {}
+        }
+    }
+
+    /// Probes `store` every `every` for as long as the store exists.
+    pub fn spawn_watch(store: Weak<dyn Store>, every: Duration) {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(store) = store.upgrade() else { return };
+                let result = store.ready().await;
+                tracing::debug!(ok = result.is_ok(), "storage probe");
+                store.health().record(&result);
+            }
+        });
+    }
+}
+
+/// Starts the watch for a store held in an `Arc`.
+pub fn watch(store: &Arc<dyn Store>, every: Duration) {
+    Health::spawn_watch(Arc::downgrade(store), every);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_keep_the_reason() {
+        let health = Health::default();
+        assert!(health.is_healthy());
+        health.record(&Err(StoreError::Backend("account 'acme' is gone".into())));
+        assert!(!health.is_healthy());
+        assert_eq!(health.reason().unwrap(), "account 'acme' is gone");
+        health.record(&Ok(()));
+        assert!(health.is_healthy());
+        assert!(health.reason().is_none());
+    }
+}
