@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use criterion::{Criterion, criterion_group, criterion_main};
 use nx_azure_cache::api::{AppState, router};
-use nx_azure_cache::auth::{Access, Secret, TokenAuthority, TokenRequest};
+use nx_azure_cache::auth::{Access, Secret, TokenAuthority, TokenRequest, TokenRules};
 use nx_azure_cache::config::{AzureAuth, AzureConfig, Download, Limits, Mode};
 use nx_azure_cache::key::{CacheKey, TeamName};
 use nx_azure_cache::limits::Bodies;
@@ -28,11 +28,16 @@ fn authority() -> TokenAuthority {
             jsonwebtoken::Algorithm::HS256,
         )
         .unwrap(),
-        jsonwebtoken::Algorithm::HS256,
-        "nx-azure-cache",
-        "nx-remote-cache",
-        Default::default(),
-        Duration::from_secs(90 * 24 * 3600),
+        &[],
+        TokenRules {
+            algorithm: jsonwebtoken::Algorithm::HS256,
+            issuer: "nx-azure-cache".into(),
+            audience: "nx-remote-cache".into(),
+            revoked: Default::default(),
+            max_lifetime: Duration::from_secs(90 * 24 * 3600),
+            expired_grace: Duration::from_secs(12 * 3600),
+            leeway: Duration::from_secs(30),
+        },
     )
 }
 
@@ -44,8 +49,10 @@ fn token(authority: &TokenAuthority) -> String {
             access: Access::ReadOnly,
             expires_in: Duration::from_secs(3600),
             subject: "bench".into(),
+            rule: None,
         })
         .unwrap()
+        .token
 }
 
 fn hot_path(c: &mut Criterion) {
@@ -140,6 +147,7 @@ fn hot_path(c: &mut Criterion) {
     let state = AppState {
         store: Arc::new(store),
         tokens: Arc::new(authority),
+        exchange: None,
         mode: Mode::ReadWrite,
         max_artifact_bytes: 1 << 30,
         strict_storage: false,

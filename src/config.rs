@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 
-use crate::auth::{Secret, parse_algorithm};
+use crate::auth::policy::TrustPolicy;
+use crate::auth::{Secret, TokenRules, parse_algorithm};
 use crate::limits::Pace;
 use crate::storage::azure::connection_string::ConnectionString;
 
@@ -28,6 +29,12 @@ pub const DEFAULT_AUDIENCE: &str = "nx-remote-cache";
 pub const DEV_SECRET_FILE: &str = ".dev-jwt-secret";
 /// Default cap on a token's lifetime (`exp - iat`), at issue and at verification.
 pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Default cap on the lifetime of an exchanged token (a trust rule's `ttl`).
+pub const DEFAULT_MAX_EXCHANGE_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Default grace period of a recently expired token (no access, but no 401).
+pub const DEFAULT_EXPIRED_GRACE: Duration = Duration::from_secs(12 * 3600);
+/// Default clock skew tolerated on this cache's own tokens.
+pub const DEFAULT_TOKEN_LEEWAY: Duration = Duration::from_secs(30);
 
 /// A setting that is wrong, and why. Displayed as `NAME: problem`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,16 +117,20 @@ pub enum SecretSource {
     DevFile(PathBuf),
 }
 
-/// Token settings.
+/// Token settings: the secrets, and the rules every token is issued and verified under.
 #[derive(Debug, Clone)]
 pub struct TokenConfig {
     pub secret: SecretSource,
-    pub algorithm: Algorithm,
-    pub issuer: String,
-    pub audience: String,
-    pub revoked: HashSet<String>,
-    /// Longest token lifetime issued or accepted (`NX_CACHE_MAX_TOKEN_LIFETIME`).
-    pub max_lifetime: Duration,
+    /// Earlier secrets that still verify (`NX_CACHE_JWT_PREVIOUS_SECRETS`); never used to sign.
+    pub previous: Vec<Secret>,
+    pub rules: TokenRules,
+}
+
+/// Keyless access: the trust policy for `POST /token` (`NX_CACHE_TRUST_POLICY`). `None` turns
+/// the exchange off.
+#[derive(Debug, Clone)]
+pub struct TrustConfig {
+    pub policy: Option<TrustPolicy>,
 }
 
 /// What one client can make the server hold: connections, time, bytes in flight.
@@ -222,6 +233,7 @@ pub struct Config {
     /// How often the health watch probes the store (`NX_CACHE_HEALTH_INTERVAL`).
     pub health_interval: Duration,
     pub tokens: TokenConfig,
+    pub trust: TrustConfig,
     pub log_format: LogFormat,
 }
 
@@ -285,65 +297,8 @@ impl Config {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
 
-        let algorithm = get("NX_CACHE_JWT_ALGORITHM")
-            .map(|v| {
-                parse_algorithm(v.trim()).map_err(|e| ConfigError::new("NX_CACHE_JWT_ALGORITHM", e))
-            })
-            .transpose()?
-            .unwrap_or(Algorithm::HS256);
-        let secret = match get("NX_CACHE_JWT_SECRET") {
-            // An unresolved Key Vault reference reaches the app as its literal text, which is
-            // long enough to pass as a secret; every token would then fail verification.
-            Some(value) if value.trim_start().starts_with("@Microsoft.KeyVault(") => {
-                return Err(ConfigError::new(
-                    "NX_CACHE_JWT_SECRET",
-                    "is an unresolved Key Vault reference; grant the app's identity 'Key Vault Secrets User' on the secret and check the reference's SecretUri",
-                ));
-            }
-            // Surrounding whitespace is trimmed: a trailing newline from a paste or a vault is
-            // never key material, and the server and `handler token issue` trim alike.
-            Some(value) => SecretSource::Env(
-                Secret::new(value.trim().as_bytes().to_vec(), algorithm)
-                    .map_err(|e| ConfigError::new("NX_CACHE_JWT_SECRET", e))?,
-            ),
-            None if under_functions => {
-                return Err(ConfigError::new(
-                    "NX_CACHE_JWT_SECRET",
-                    "not set; it is required under Azure Functions (set it as an app setting or a Key Vault reference)",
-                ));
-            }
-            // The development secret, and the token printed with it, exist only for loopback.
-            None if !bind.is_loopback() => {
-                return Err(ConfigError::new(
-                    "NX_CACHE_JWT_SECRET",
-                    format!(
-                        "not set; it is required when listening on {bind}, a non-loopback address (the development secret is for 127.0.0.1 only)"
-                    ),
-                ));
-            }
-            None => SecretSource::DevFile(data_dir.join(DEV_SECRET_FILE)),
-        };
-        let revoked = get("NX_CACHE_REVOKED_TOKENS")
-            .map(|v| {
-                v.split([',', ' ', '\n'])
-                    .map(str::trim)
-                    .filter(|id| !id.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let tokens = TokenConfig {
-            secret,
-            algorithm,
-            issuer: get("NX_CACHE_JWT_ISSUER").unwrap_or_else(|| DEFAULT_ISSUER.into()),
-            audience: get("NX_CACHE_JWT_AUDIENCE").unwrap_or_else(|| DEFAULT_AUDIENCE.into()),
-            revoked,
-            max_lifetime: duration_setting(
-                &get,
-                "NX_CACHE_MAX_TOKEN_LIFETIME",
-                DEFAULT_MAX_TOKEN_LIFETIME,
-            )?,
-        };
+        let tokens = load_tokens(&get, under_functions, bind, &data_dir)?;
+        let trust = load_trust(&get, &tokens)?;
 
         let log_format = match get("NX_CACHE_LOG_FORMAT").as_deref().map(str::trim) {
             Some("json") => LogFormat::Json,
@@ -372,9 +327,146 @@ impl Config {
             backend,
             health_interval,
             tokens,
+            trust,
             log_format,
         })
     }
+}
+
+/// The tokens section: secrets (current, previous), algorithm, issuer and audience, lifetimes.
+fn load_tokens(
+    get: &impl Fn(&str) -> Option<String>,
+    under_functions: bool,
+    bind: IpAddr,
+    data_dir: &Path,
+) -> Result<TokenConfig, ConfigError> {
+    let algorithm = get("NX_CACHE_JWT_ALGORITHM")
+        .map(|v| {
+            parse_algorithm(v.trim()).map_err(|e| ConfigError::new("NX_CACHE_JWT_ALGORITHM", e))
+        })
+        .transpose()?
+        .unwrap_or(Algorithm::HS256);
+    let secret = match get("NX_CACHE_JWT_SECRET") {
+        Some(value) => SecretSource::Env(secret_value("NX_CACHE_JWT_SECRET", &value, algorithm)?),
+        None if under_functions => {
+            return Err(ConfigError::new(
+                "NX_CACHE_JWT_SECRET",
+                "not set; it is required under Azure Functions (set it as an app setting or a Key Vault reference)",
+            ));
+        }
+        // The development secret, and the token printed with it, exist only for loopback.
+        None if !bind.is_loopback() => {
+            return Err(ConfigError::new(
+                "NX_CACHE_JWT_SECRET",
+                format!(
+                    "not set; it is required when listening on {bind}, a non-loopback address (the development secret is for 127.0.0.1 only)"
+                ),
+            ));
+        }
+        None => SecretSource::DevFile(data_dir.join(DEV_SECRET_FILE)),
+    };
+    // Comma-separated: base64 and hex secrets never contain a comma.
+    let previous = get("NX_CACHE_JWT_PREVIOUS_SECRETS")
+        .map(|list| {
+            list.split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| secret_value("NX_CACHE_JWT_PREVIOUS_SECRETS", s, algorithm))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let revoked: HashSet<String> = get("NX_CACHE_REVOKED_TOKENS")
+        .map(|v| {
+            v.split([',', ' ', '\n'])
+                .map(str::trim)
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let leeway = duration_setting(get, "NX_CACHE_TOKEN_LEEWAY", DEFAULT_TOKEN_LEEWAY)?;
+    if leeway > Duration::from_secs(300) {
+        return Err(ConfigError::new(
+            "NX_CACHE_TOKEN_LEEWAY",
+            "must be at most 5m",
+        ));
+    }
+    let expired_grace = duration_setting(get, "NX_CACHE_EXPIRED_GRACE", DEFAULT_EXPIRED_GRACE)?;
+    if expired_grace > Duration::from_secs(7 * 24 * 3600) {
+        return Err(ConfigError::new(
+            "NX_CACHE_EXPIRED_GRACE",
+            "must be at most 7d: past it a forgotten token must be noticed (401)",
+        ));
+    }
+    Ok(TokenConfig {
+        secret,
+        previous,
+        rules: TokenRules {
+            algorithm,
+            issuer: get("NX_CACHE_JWT_ISSUER").unwrap_or_else(|| DEFAULT_ISSUER.into()),
+            audience: get("NX_CACHE_JWT_AUDIENCE").unwrap_or_else(|| DEFAULT_AUDIENCE.into()),
+            revoked,
+            max_lifetime: duration_setting(
+                get,
+                "NX_CACHE_MAX_TOKEN_LIFETIME",
+                DEFAULT_MAX_TOKEN_LIFETIME,
+            )?,
+            expired_grace,
+            leeway,
+        },
+    })
+}
+
+/// A signing secret from an app setting: refused when it is an unresolved Key Vault reference or
+/// too short for the algorithm. Surrounding whitespace is trimmed: a trailing newline from a
+/// paste or a vault is never key material, and the server and `handler token issue` trim alike.
+fn secret_value(
+    setting: &'static str,
+    value: &str,
+    algorithm: Algorithm,
+) -> Result<Secret, ConfigError> {
+    // An unresolved Key Vault reference reaches the app as its literal text, which is long
+    // enough to pass as a secret; every token would then fail verification.
+    if value.trim_start().starts_with("@Microsoft.KeyVault(") {
+        return Err(ConfigError::new(
+            setting,
+            "is an unresolved Key Vault reference; grant the app's identity 'Key Vault Secrets User' on the secret and check the reference's SecretUri",
+        ));
+    }
+    Secret::new(value.trim().as_bytes().to_vec(), algorithm)
+        .map_err(|e| ConfigError::new(setting, e))
+}
+
+/// The trust section: the policy of `POST /token`, as JSON text or `@/path/to/file.json`.
+fn load_trust(
+    get: &impl Fn(&str) -> Option<String>,
+    tokens: &TokenConfig,
+) -> Result<TrustConfig, ConfigError> {
+    let default_max_ttl = DEFAULT_MAX_EXCHANGE_TTL.min(tokens.rules.max_lifetime);
+    let max_ttl = duration_setting(get, "NX_CACHE_MAX_EXCHANGE_TTL", default_max_ttl)?;
+    if max_ttl > tokens.rules.max_lifetime {
+        return Err(ConfigError::new(
+            "NX_CACHE_MAX_EXCHANGE_TTL",
+            "must not be longer than NX_CACHE_MAX_TOKEN_LIFETIME",
+        ));
+    }
+    let Some(raw) = get("NX_CACHE_TRUST_POLICY") else {
+        return Ok(TrustConfig { policy: None });
+    };
+    let text = match raw.trim().strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path.trim()).map_err(|e| {
+            ConfigError::new(
+                "NX_CACHE_TRUST_POLICY",
+                format!("cannot read the policy file {}: {e}", path.trim()),
+            )
+        })?,
+        None => raw,
+    };
+    let policy = TrustPolicy::parse(&text, max_ttl)
+        .map_err(|e| ConfigError::new("NX_CACHE_TRUST_POLICY", e))?;
+    Ok(TrustConfig {
+        policy: Some(policy),
+    })
 }
 
 /// The limits section: every bound on what one client can make the server hold.
@@ -810,14 +902,7 @@ mod tests {
             let SecretSource::Env(secret) = &config.tokens.secret else {
                 panic!("an env secret")
             };
-            crate::auth::TokenAuthority::new(
-                secret,
-                config.tokens.algorithm,
-                "i",
-                "a",
-                HashSet::new(),
-                config.tokens.max_lifetime,
-            )
+            crate::auth::TokenAuthority::new(secret, &[], config.tokens.rules.clone())
         };
         let token = sign(&trimmed)
             .issue(&crate::auth::TokenRequest {
@@ -826,8 +911,10 @@ mod tests {
                 access: crate::auth::Access::ReadOnly,
                 expires_in: Duration::from_secs(60),
                 subject: "t".into(),
+                rule: None,
             })
-            .unwrap();
+            .unwrap()
+            .token;
         assert!(sign(&plain).verify(&token).is_ok());
 
         // 32 bytes is enough for HS256, not for HS512.
@@ -867,7 +954,7 @@ mod tests {
     fn limits_and_token_lifetime() {
         let config = load(&[], Flags::default()).unwrap();
         assert_eq!(config.limits.body.min_rate, 64 * 1024);
-        assert_eq!(config.tokens.max_lifetime, DEFAULT_MAX_TOKEN_LIFETIME);
+        assert_eq!(config.tokens.rules.max_lifetime, DEFAULT_MAX_TOKEN_LIFETIME);
         let config = load(
             &[
                 ("NX_CACHE_MIN_BODY_RATE", "16K/s"),
@@ -885,7 +972,7 @@ mod tests {
         assert_eq!(config.limits.max_drains, 3);
         assert_eq!(config.limits.max_downloads, 7);
         assert_eq!(config.limits.send_timeout, Duration::from_secs(9));
-        assert_eq!(config.tokens.max_lifetime, Duration::from_secs(7200));
+        assert_eq!(config.tokens.rules.max_lifetime, Duration::from_secs(7200));
     }
 
     #[test]
@@ -920,8 +1007,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.mode, Mode::ReadOnly);
-        assert_eq!(config.tokens.revoked.len(), 3);
-        assert!(config.tokens.revoked.contains("b"));
+        assert_eq!(config.tokens.rules.revoked.len(), 3);
+        assert!(config.tokens.rules.revoked.contains("b"));
     }
 
     #[test]

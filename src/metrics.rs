@@ -2,10 +2,13 @@
 //! `/metrics` (off unless `NX_CACHE_METRICS_TOKEN` is set, and then only for that bearer token)
 //! and written to the log once a minute while they change, where Application Insights picks them up.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::auth::exchange::Reason;
 use crate::telemetry::Outcome;
 
 /// How often the counters are logged (when they changed).
@@ -24,8 +27,13 @@ pub struct Metrics {
     bad_requests: AtomicU64,
     storage_errors: AtomicU64,
     busy: AtomicU64,
+    expired: AtomicU64,
     bytes_served: AtomicU64,
     bytes_stored: AtomicU64,
+    /// Token exchanges by trust rule (rule names come from the policy: a bounded set).
+    exchanges: Mutex<BTreeMap<String, u64>>,
+    /// Refused exchanges by reason (a fixed set).
+    refusals: Mutex<BTreeMap<Reason, u64>>,
 }
 
 impl Metrics {
@@ -49,11 +57,26 @@ impl Metrics {
             Outcome::BadRequest => &self.bad_requests,
             Outcome::StorageError => &self.storage_errors,
             Outcome::Busy => &self.busy,
+            Outcome::Expired => &self.expired,
+            // Counted by rule and by reason instead (`exchanged`, `exchange_refused`).
+            Outcome::Exchanged | Outcome::ExchangeRefused => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn values(&self) -> [(&'static str, &'static str, u64); 13] {
+    /// Counts a token exchange under `rule`.
+    pub fn exchanged(&self, rule: &str) {
+        let mut by_rule = self.exchanges.lock().unwrap_or_else(|e| e.into_inner());
+        *by_rule.entry(rule.to_owned()).or_default() += 1;
+    }
+
+    /// Counts a refused token exchange.
+    pub fn exchange_refused(&self, reason: Reason) {
+        let mut by_reason = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        *by_reason.entry(reason).or_default() += 1;
+    }
+
+    fn values(&self) -> [(&'static str, &'static str, u64); 14] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             (
@@ -108,6 +131,11 @@ impl Metrics {
                 get(&self.busy),
             ),
             (
+                "nx_cache_expired_tokens_total",
+                "requests with a token expired less than NX_CACHE_EXPIRED_GRACE ago (no access, no 401)",
+                get(&self.expired),
+            ),
+            (
                 "nx_cache_bytes_served_total",
                 "bytes streamed to clients",
                 get(&self.bytes_served),
@@ -129,12 +157,35 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
             );
         }
+        let exchanges = self.exchanges.lock().unwrap_or_else(|e| e.into_inner());
+        out.push_str(
+            "# HELP nx_cache_token_exchanges_total tokens given by POST /token, by trust rule\n",
+        );
+        out.push_str("# TYPE nx_cache_token_exchanges_total counter\n");
+        for (rule, count) in exchanges.iter() {
+            let _ = writeln!(
+                out,
+                "nx_cache_token_exchanges_total{{rule=\"{rule}\"}} {count}"
+            );
+        }
+        drop(exchanges);
+        let refusals = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        out.push_str("# HELP nx_cache_token_exchange_refusals_total exchanges refused by POST /token, by reason\n");
+        out.push_str("# TYPE nx_cache_token_exchange_refusals_total counter\n");
+        for reason in Reason::ALL {
+            let count = refusals.get(&reason).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "nx_cache_token_exchange_refusals_total{{reason=\"{}\"}} {count}",
+                reason.as_str()
+            );
+        }
         out
     }
 
     /// Sum of all request counters, to tell whether anything happened since the last log line.
     fn requests(&self) -> u64 {
-        self.values().iter().take(11).map(|(_, _, v)| v).sum()
+        self.values().iter().take(12).map(|(_, _, v)| v).sum()
     }
 
     /// Logs the counters every [`LOG_EVERY`] while requests come in.
@@ -159,8 +210,9 @@ impl Metrics {
                         bad_requests = v[8].2,
                         storage_errors = v[9].2,
                         busy = v[10].2,
-                        bytes_served = v[11].2,
-                        bytes_stored = v[12].2,
+                        expired = v[11].2,
+                        bytes_served = v[12].2,
+                        bytes_stored = v[13].2,
                         "metrics"
                     );
                 }

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::api::{self, AppState};
+use crate::auth::exchange::Exchange;
 use crate::auth::{Access, Secret, TokenAuthority, TokenRequest};
 use crate::config::{AzureAuth, Backend, Config, Limits, SecretSource, load_or_create_dev_secret};
 use crate::limits::{Bodies, SendTimeout};
@@ -37,7 +38,7 @@ pub fn resolve_secret(config: &Config) -> Result<(Secret, bool), String> {
     match &config.tokens.secret {
         SecretSource::Env(secret) => Ok((secret.clone(), false)),
         SecretSource::DevFile(path) => {
-            let (secret, created) = load_or_create_dev_secret(path, config.tokens.algorithm).map_err(|e| {
+            let (secret, created) = load_or_create_dev_secret(path, config.tokens.rules.algorithm).map_err(|e| {
                 format!("configuration error: NX_CACHE_DIR: cannot keep the development secret at {}: {e}", path.display())
             })?;
             if created {
@@ -48,16 +49,10 @@ pub fn resolve_secret(config: &Config) -> Result<(Secret, bool), String> {
     }
 }
 
-/// Builds the token authority from the configuration.
+/// Builds the token authority from the configuration: signs with `secret`, verifies with it and
+/// the previous secrets.
 pub fn token_authority(config: &Config, secret: &Secret) -> TokenAuthority {
-    TokenAuthority::new(
-        secret,
-        config.tokens.algorithm,
-        &config.tokens.issuer,
-        &config.tokens.audience,
-        config.tokens.revoked.clone(),
-        config.tokens.max_lifetime,
-    )
+    TokenAuthority::new(secret, &config.tokens.previous, config.tokens.rules.clone())
 }
 
 /// Opens the store and the token authority.
@@ -77,9 +72,21 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
     store.health().set(&ready);
     health::watch(&store, config.health_interval);
     let limits = &config.limits;
+    let tokens = Arc::new(token_authority(config, &secret));
+    let exchange = match &config.trust.policy {
+        Some(policy) => {
+            let exchange = Exchange::new(policy.clone(), tokens.clone())
+                .map_err(|e| format!("configuration error: NX_CACHE_TRUST_POLICY: {e}"))?;
+            tracing::info!(rules = policy.rules().len(), issuers = ?policy.issuers(),
+                "token exchange on: POST /token");
+            Some(Arc::new(exchange))
+        }
+        None => None,
+    };
     let state = AppState {
         store,
-        tokens: Arc::new(token_authority(config, &secret)),
+        tokens,
+        exchange,
         mode: config.mode,
         max_artifact_bytes: config.max_artifact_bytes,
         strict_storage: strict,
@@ -222,13 +229,17 @@ pub fn nx_exports(state: &AppState, listener_addr: SocketAddr) -> Result<String,
         }
         _ => format!("http://{host}:{}", listener_addr.port()),
     };
-    let token = state.tokens.issue(&TokenRequest {
-        org: true,
-        teams: vec![],
-        access: Access::ReadWrite,
-        expires_in: Duration::from_secs(30 * 24 * 3600),
-        subject: "local-development".into(),
-    })?;
+    let token = state
+        .tokens
+        .issue(&TokenRequest {
+            org: true,
+            teams: vec![],
+            access: Access::ReadWrite,
+            expires_in: Duration::from_secs(30 * 24 * 3600).min(state.tokens.max_lifetime()),
+            subject: "local-development".into(),
+            rule: None,
+        })?
+        .token;
     Ok(format!(
         "export NX_SELF_HOSTED_REMOTE_CACHE_SERVER={url}\nexport NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN={token}"
     ))

@@ -43,6 +43,12 @@ pub enum Outcome {
     StorageError,
     /// A GET answered as a miss because too many downloads were streaming at once.
     Busy,
+    /// A token that expired less than `NX_CACHE_EXPIRED_GRACE` ago: a miss, or not stored.
+    Expired,
+    /// `POST /token` gave a token.
+    Exchanged,
+    /// `POST /token` refused.
+    ExchangeRefused,
 }
 
 impl Outcome {
@@ -59,6 +65,9 @@ impl Outcome {
             Outcome::BadRequest => "bad-request",
             Outcome::StorageError => "storage-error",
             Outcome::Busy => "busy",
+            Outcome::Expired => "expired",
+            Outcome::Exchanged => "exchanged",
+            Outcome::ExchangeRefused => "exchange-refused",
         }
     }
 
@@ -66,6 +75,23 @@ impl Outcome {
         match self {
             Outcome::Hit { bytes } | Outcome::Stored { bytes } => *bytes,
             _ => 0,
+        }
+    }
+}
+
+/// Who made a request, for its log line: the token's subject and, for an exchanged token, the
+/// trust rule it was exchanged under. Never the token itself.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub subject: String,
+    pub rule: Option<String>,
+}
+
+impl Caller {
+    pub fn of(grant: &crate::auth::Grant) -> Self {
+        Self {
+            subject: grant.subject.clone(),
+            rule: grant.rule.clone(),
         }
     }
 }
@@ -109,6 +135,12 @@ pub async fn log_request(
     if let Some(outcome) = outcome {
         metrics.record(outcome);
     }
+    let caller = response.extensions_mut().remove::<Caller>();
+    let subject = caller.as_ref().map(|c| c.subject.as_str()).unwrap_or("-");
+    let rule = caller
+        .as_ref()
+        .and_then(|c| c.rule.as_deref())
+        .unwrap_or("-");
     let (namespace, hash) = cache_key_of(&path);
     span.in_scope(|| {
         tracing::info!(
@@ -118,6 +150,8 @@ pub async fn log_request(
             hash,
             status = response.status().as_u16(),
             outcome = outcome.map(|o| o.name()).unwrap_or("-"),
+            subject,
+            rule,
             bytes = outcome.map(|o| o.bytes()).unwrap_or(0),
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
             "request"

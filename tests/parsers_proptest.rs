@@ -2,7 +2,7 @@
 //! headers and tokens, connection strings, sizes. Nothing panics, and what is accepted is exactly
 //! what the rules say. Case counts: `PROPTEST_CASES` (default 2,000 per property here).
 
-use nx_azure_cache::auth::{Secret, TokenAuthority};
+use nx_azure_cache::auth::{Secret, TokenAuthority, TokenRules};
 use nx_azure_cache::config::parse_size;
 use nx_azure_cache::key::{CacheKey, Hash, MAX_HASH_LEN, MAX_TEAM_LEN, TeamName};
 use nx_azure_cache::storage::azure::connection_string::ConnectionString;
@@ -29,11 +29,16 @@ fn hostile() -> impl Strategy<Value = String> {
 fn authority() -> TokenAuthority {
     TokenAuthority::new(
         &Secret::new(vec![9u8; 32], jsonwebtoken::Algorithm::HS256).unwrap(),
-        jsonwebtoken::Algorithm::HS256,
-        "iss",
-        "aud",
-        Default::default(),
-        std::time::Duration::from_secs(90 * 24 * 3600),
+        &[],
+        TokenRules {
+            algorithm: jsonwebtoken::Algorithm::HS256,
+            issuer: "iss".into(),
+            audience: "aud".into(),
+            revoked: Default::default(),
+            max_lifetime: std::time::Duration::from_secs(90 * 24 * 3600),
+            expired_grace: std::time::Duration::from_secs(12 * 3600),
+            leeway: std::time::Duration::from_secs(30),
+        },
     )
 }
 

@@ -90,13 +90,22 @@ async fn bad_tokens_neither_read_nor_write() {
             }),
         ),
         (
-            "expired",
+            "expired longer ago than NX_CACHE_EXPIRED_GRACE (12h)",
             Some(forge(
                 hs256,
                 &claims(|c| {
-                    c["exp"] = (now - 3600).into();
-                    c["nbf"] = (now - 7200).into();
+                    c["exp"] = (now - 13 * 3600).into();
+                    c["nbf"] = (now - 14 * 3600).into();
+                    c["iat"] = (now - 14 * 3600).into();
                 }),
+                key,
+            )),
+        ),
+        (
+            "signed with a secret this cache does not have, naming its key",
+            Some(forge(
+                r#"{"alg":"HS256","kid":"0123456789abcdef"}"#,
+                &claims(|_| {}),
                 key,
             )),
         ),
@@ -262,4 +271,74 @@ async fn insufficient_tokens_neither_read_nor_write_outside_their_scope() {
     assert_eq!(server.entries("teams/web"), 1);
     assert_eq!(server.entries("teams/api"), 0);
     assert_eq!(server.entries("org"), 1);
+}
+
+/// A token that expired less than `NX_CACHE_EXPIRED_GRACE` ago (a build that outlived its
+/// token) reads and writes nothing, but gets the no-access answers Nx takes in its stride
+/// (GET 404, PUT 403) instead of the 401 that would abort the build; the log names its subject.
+/// Past the grace period it is a 401 again.
+#[tokio::test]
+async fn a_token_that_expired_during_a_build_gets_no_access_but_no_401() {
+    let server = Handler::start(&[("NX_CACHE_EXPIRED_GRACE", "1h")]);
+    let base = &server.base_url;
+    let client = reqwest::Client::new();
+    let writer = issue_token(&["--org"]);
+    client
+        .put(format!("{base}/v1/cache/5"))
+        .bearer_auth(&writer)
+        .body(ENTRY)
+        .send()
+        .await
+        .unwrap();
+    let key = TEST_SECRET.as_bytes();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let expired = |ago: i64| {
+        forge(
+            r#"{"alg":"HS256"}"#,
+            &claims(|c| {
+                c["sub"] = "ci-web-main".into();
+                c["iat"] = (now - ago - 600).into();
+                c["nbf"] = (now - ago - 600).into();
+                c["exp"] = (now - ago).into();
+            }),
+            key,
+        )
+    };
+    let recent = expired(20 * 60);
+    let got = client
+        .get(format!("{base}/v1/cache/5"))
+        .bearer_auth(&recent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::NOT_FOUND, "a miss, not the entry");
+    assert_ne!(got.bytes().await.unwrap().as_ref(), ENTRY);
+    let put = client
+        .put(format!("{base}/v1/cache/6"))
+        .bearer_auth(&recent)
+        .body("late")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::FORBIDDEN);
+    assert!(put.text().await.unwrap().contains("expired"));
+    assert_eq!(server.entries("org"), 1, "nothing written");
+    let warned = server.wait_for_log(std::time::Duration::from_secs(10), |l| {
+        l.contains("\"level\":\"WARN\"") && l.contains("expired") && l.contains("ci-web-main")
+    });
+    assert!(warned.is_some(), "a warning names the subject");
+
+    let stale = expired(2 * 3600);
+    let got = client
+        .get(format!("{base}/v1/cache/5"))
+        .bearer_auth(&stale)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.status(),
+        StatusCode::UNAUTHORIZED,
+        "past the grace period"
+    );
+    assert_eq!(got.headers()["content-type"], "text/plain");
 }

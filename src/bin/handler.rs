@@ -166,7 +166,8 @@ fn issue_token(config: &Config, args: IssueArgs) -> Result<(), String> {
         },
         expires_in: args.expires_in,
         subject: args.subject,
+        rule: None,
     })?;
-    println!("{token}");
+    println!("{}", token.token);
     Ok(())
 }

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod azurite;
+pub mod nx;
+pub mod oidc;
 pub mod revoking_proxy;
 
 use std::io::{BufRead, BufReader};

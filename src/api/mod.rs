@@ -9,6 +9,10 @@
 //!
 //! A PUT that will be refused is answered before its body is read; the body is then read away
 //! in the background ([`crate::limits::Bodies`]).
+//!
+//! `POST /token` (keyless access: an identity token in, a cache token out) is in [`token`].
+
+mod token;
 
 use std::sync::Arc;
 
@@ -17,23 +21,26 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
+use crate::auth::exchange::Exchange;
 use crate::auth::{Grant, TokenAuthority};
 use crate::config::Mode;
 use crate::key::{CacheKey, Namespace};
 use crate::limits::{Bodies, Drain};
 use crate::metrics::Metrics;
 use crate::storage::{Fetched, Store, StoreError, Stored};
-use crate::telemetry::{self, Outcome};
+use crate::telemetry::{self, Caller, Outcome};
 
 /// Shared state of every handler: one cheap `Clone`.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub tokens: Arc<TokenAuthority>,
+    /// `POST /token`, when a trust policy is configured.
+    pub exchange: Option<Arc<Exchange>>,
     pub mode: Mode,
     pub max_artifact_bytes: u64,
     /// Storage failures answer 503 instead of a miss / not stored (`NX_CACHE_STRICT_STORAGE`).
@@ -55,15 +62,18 @@ pub const TEAM_ROUTE: &str = "/teams/{team}/v1/cache/{hash}";
 pub const HEALTH_ROUTE: &str = "/health";
 /// Counters in Prometheus text format (off unless `NX_CACHE_METRICS_TOKEN` is set).
 pub const METRICS_ROUTE: &str = "/metrics";
+/// Token exchange: an identity token in, a short-lived cache token out.
+pub const TOKEN_ROUTE: &str = "/token";
 
 /// Every route with its methods, apart from `GET /` (liveness), which the Functions host calls
 /// on the handler directly. `function-configs/*/function.json` must declare exactly these; the
 /// packaging test checks that the two agree.
-pub const ROUTES: [(&str, &[&str]); 4] = [
+pub const ROUTES: [(&str, &[&str]); 5] = [
     (ORG_ROUTE, &["GET", "PUT"]),
     (TEAM_ROUTE, &["GET", "PUT"]),
     (HEALTH_ROUTE, &["GET"]),
     (METRICS_ROUTE, &["GET"]),
+    (TOKEN_ROUTE, &["POST"]),
 ];
 
 /// The router: org-wide cache, per-team caches, liveness and readiness.
@@ -72,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(alive))
         .route(HEALTH_ROUTE, get(health))
         .route(METRICS_ROUTE, get(metrics))
+        .route(TOKEN_ROUTE, post(token::exchange))
         .route(ORG_ROUTE, get(get_org).put(put_org))
         .route(TEAM_ROUTE, get(get_team).put(put_team))
         // Bodies are streamed to storage with our own size check, never buffered by axum.
@@ -192,6 +203,18 @@ async fn read_entry(
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
     };
+    let mut response = read_admitted(&state, &key, &grant).await;
+    response.extensions_mut().insert(Caller::of(&grant));
+    response
+}
+
+/// A GET whose key and token are valid: the entry, or a miss.
+async fn read_admitted(state: &AppState, key: &CacheKey, grant: &Grant) -> Response {
+    if grant.expired {
+        // Expired during the build: no access, but no 401 (it would abort the build).
+        warn_expired(grant);
+        return miss(Outcome::Expired);
+    }
     if state.mode == Mode::NoCache {
         return miss(Outcome::Miss);
     }
@@ -202,7 +225,7 @@ async fn read_entry(
             namespace = %key.namespace, "token has no access to this namespace; answering a miss");
         return miss(Outcome::Denied);
     }
-    match state.store.get(&key).await {
+    match state.store.get(key).await {
         Ok(Some(Fetched::Stream { len, body })) => {
             // Each streamed download holds a connection and some buffers until its client has
             // read it: a bounded number at once, and a miss (not an error) past the bound.
@@ -255,22 +278,53 @@ async fn write_entry(
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    let (key, len) = match check_upload(&state, team, hash, headers).await {
-        Ok(accepted) => accepted,
-        Err((mut refusal, wanted)) => {
-            // Answer now, and read the body away in the background: closing a socket with
-            // unread data makes the kernel reset it, and a client that sees a reset before it
-            // reads the answer retries (Nx: 6 times, then the task fails).
-            if state.bodies.drain(body, wanted) == Drain::Brief {
-                refusal
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            return refusal;
-        }
+    let (key, grant) = match admit(&state, team, hash, headers) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refuse_upload(&state, body, refusal.into_response(), Drain::Brief),
     };
+    let mut response = write_admitted(&state, &key, &grant, headers, body).await;
+    response.extensions_mut().insert(Caller::of(&grant));
+    response
+}
+
+/// A PUT whose key and token are valid: every check an upload must pass before its body is
+/// read, then the upload. A refusal is answered before the body is read, and the body is read
+/// away in full (Nx with a read-only token PUTs every artifact).
+async fn write_admitted(
+    state: &AppState,
+    key: &CacheKey,
+    grant: &Grant,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(refusal) = may_write(state, key, grant) {
+        return refuse_upload(state, body, refusal.into_response(), Drain::Full);
+    }
+    let Some(len) = declared_length(headers) else {
+        let message = "a Content-Length header is required".to_string();
+        let refusal = text(StatusCode::LENGTH_REQUIRED, message).with(Outcome::BadRequest);
+        return refuse_upload(state, body, refusal, Drain::Brief);
+    };
+    if len > state.max_artifact_bytes {
+        tracing::warn!(namespace = %key.namespace, hash = key.hash.as_str(), bytes = len,
+            limit = state.max_artifact_bytes, "artifact over the size limit; not stored");
+        let message = format!(
+            "not stored: the artifact is {len} bytes, over this cache's limit of {} bytes (NX_CACHE_MAX_ARTIFACT_SIZE)",
+            state.max_artifact_bytes
+        );
+        let refusal = text(StatusCode::FORBIDDEN, message).with(Outcome::TooLarge);
+        return refuse_upload(state, body, refusal, Drain::Full);
+    }
+    match state.store.exists(key).await {
+        Ok(false) => {}
+        Ok(true) => return refuse_upload(state, body, conflict(), Drain::Full),
+        Err(e) => {
+            let refusal = not_stored_storage_error(state, key, e);
+            return refuse_upload(state, body, refusal, Drain::Full);
+        }
+    }
     let stream = state.bodies.paced(body);
-    match state.store.put_if_absent(&key, len, stream).await {
+    match state.store.put_if_absent(key, len, stream).await {
         Ok(Stored::Created) => {
             text(StatusCode::OK, "stored".into()).with(Outcome::Stored { bytes: len })
         }
@@ -280,50 +334,33 @@ async fn write_entry(
                 "upload did not complete");
             text(StatusCode::BAD_REQUEST, e.to_string()).with(Outcome::BadRequest)
         }
-        Err(e) => not_stored_storage_error(&state, &key, e),
+        Err(e) => not_stored_storage_error(state, key, e),
     }
 }
 
-/// Every check an upload must pass before its body is read. The error is the finished answer,
-/// with how the body is to be read away: fully when the client holds a valid token (Nx with a
-/// read-only token PUTs every artifact), briefly otherwise.
-async fn check_upload(
-    state: &AppState,
-    team: Option<&str>,
-    hash: &str,
-    headers: &HeaderMap,
-) -> Result<(CacheKey, u64), (Response, Drain)> {
-    let (key, grant) =
-        admit(state, team, hash, headers).map_err(|r| (r.into_response(), Drain::Brief))?;
-    may_write(state, &key, &grant).map_err(|r| (r.into_response(), Drain::Full))?;
-    let Some(len) = declared_length(headers) else {
-        let message = "a Content-Length header is required".to_string();
-        return Err((
-            text(StatusCode::LENGTH_REQUIRED, message).with(Outcome::BadRequest),
-            Drain::Brief,
-        ));
-    };
-    if len > state.max_artifact_bytes {
-        tracing::warn!(namespace = %key.namespace, hash = key.hash.as_str(), bytes = len,
-            limit = state.max_artifact_bytes, "artifact over the size limit; not stored");
-        let message = format!(
-            "not stored: the artifact is {len} bytes, over this cache's limit of {} bytes (NX_CACHE_MAX_ARTIFACT_SIZE)",
-            state.max_artifact_bytes
-        );
-        return Err((
-            text(StatusCode::FORBIDDEN, message).with(Outcome::TooLarge),
-            Drain::Full,
-        ));
+/// Answers a refused upload now, and reads its body away in the background: closing a socket
+/// with unread data makes the kernel reset it, and a client that sees a reset before it reads
+/// the answer retries (Nx: 6 times, then the task fails). `wanted` is [`Drain::Full`] when the
+/// client holds a valid token, [`Drain::Brief`] otherwise; a brief drain closes the connection.
+fn refuse_upload(state: &AppState, body: Body, mut refusal: Response, wanted: Drain) -> Response {
+    if state.bodies.drain(body, wanted) == Drain::Brief {
+        refusal
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    match state.store.exists(&key).await {
-        Ok(true) => Err((conflict(), Drain::Full)),
-        Ok(false) => Ok((key, len)),
-        Err(e) => Err((not_stored_storage_error(state, &key, e), Drain::Full)),
-    }
+    refusal
 }
 
-/// Server mode, then the token's write right on this namespace.
+/// The token's freshness, the server mode, then the token's write right on this namespace.
 fn may_write(state: &AppState, key: &CacheKey, grant: &Grant) -> Result<(), Refusal> {
+    if grant.expired {
+        warn_expired(grant);
+        return Err(Refusal(
+            StatusCode::FORBIDDEN,
+            "not stored: the access token has expired; ask for a new one".into(),
+            Outcome::Expired,
+        ));
+    }
     let refusal = if state.mode != Mode::ReadWrite {
         "not stored: this cache server is read-only"
     } else if !grant.covers(&key.namespace) {
@@ -341,6 +378,13 @@ fn may_write(state: &AppState, key: &CacheKey, grant: &Grant) -> Result<(), Refu
         refusal.into(),
         Outcome::Denied,
     ))
+}
+
+/// A token that expired during a build: logged (by subject, never the token) on every request it
+/// makes, so the operator sees which client needs a fresh one.
+fn warn_expired(grant: &Grant) {
+    tracing::warn!(subject = %grant.subject, token_id = %grant.token_id,
+        "the access token has expired (within NX_CACHE_EXPIRED_GRACE): no access, answered without 401");
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {

@@ -1,4 +1,5 @@
-//! Bearer tokens: issuing them (`handler token issue`) and verifying them on every request.
+//! This cache's own tokens: issuing them (`handler token issue`, `POST /token`) and verifying them
+//! on every request.
 //!
 //! Tokens are JWTs signed with a shared secret (HS256 unless configured otherwise). The
 //! algorithm is pinned on verification, so `alg: none` or a different algorithm is refused,
@@ -7,16 +8,26 @@
 //! A token carries its scope: the org-wide cache (`org`), a list of teams (`teams`), and whether
 //! it may write (`access`). Read-only tokens go to developers and pull requests, read-write
 //! tokens only to trusted CI: this is what stops cache poisoning.
+//!
+//! Two things keep a build from being aborted by its own token (a 401 aborts an Nx run):
+//! - **Rotation without a cliff.** New tokens are signed with `NX_CACHE_JWT_SECRET`; tokens signed
+//!   with a secret listed in `NX_CACHE_JWT_PREVIOUS_SECRETS` still verify. Every token names its
+//!   secret by a key id (`kid`, a truncated hash of the secret), so verification picks the one
+//!   secret instead of trying each.
+//! - **A grace period.** A token that is authentic but expired less than `NX_CACHE_EXPIRED_GRACE`
+//!   ago gets a grant marked expired: no access (a miss, or "not stored"), but no 401.
 
 use std::collections::HashSet;
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use crate::key::{Namespace, TeamName};
+use super::{Access, AuthError, Grant, bearer_token, unix_now};
+use crate::key::TeamName;
 
 /// Shortest secret accepted for HS256: 32 bytes, the output size of its hash.
 pub const MIN_SECRET_LEN: usize = 32;
@@ -47,6 +58,18 @@ impl Secret {
         }
         Ok(Self(bytes))
     }
+
+    /// The key id tokens signed with this secret carry: 16 hex digits of a hash of the secret,
+    /// which says which secret signed without revealing anything usable about it.
+    pub fn key_id(&self) -> String {
+        let mut hash = Sha256::new();
+        hash.update(b"nx-azure-cache key id\0");
+        hash.update(&self.0);
+        hash.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -55,15 +78,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// What a token allows besides its namespaces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Access {
-    ReadOnly,
-    ReadWrite,
-}
-
-/// The claims inside a token. `org`, `teams` and `access` are this project's own.
+/// The claims inside a token. `org`, `teams`, `access` and `rule` are this project's own.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub iss: String,
@@ -78,9 +93,12 @@ pub struct Claims {
     #[serde(default)]
     pub teams: Vec<String>,
     pub access: Access,
+    /// The trust rule a token was exchanged under (`POST /token`); absent on issued tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
-/// What `handler token issue` asks for.
+/// What `handler token issue` or an exchange asks for.
 #[derive(Debug, Clone)]
 pub struct TokenRequest {
     pub org: bool,
@@ -88,127 +106,108 @@ pub struct TokenRequest {
     pub access: Access,
     pub expires_in: Duration,
     pub subject: String,
+    pub rule: Option<String>,
 }
 
-/// A verified token: who it is and what it may touch.
+/// A signed token and when it expires (Unix seconds).
 #[derive(Debug, Clone)]
-pub struct Grant {
-    pub subject: String,
-    pub token_id: String,
-    pub org: bool,
-    pub teams: Vec<TeamName>,
-    pub access: Access,
+pub struct Issued {
+    pub token: String,
+    pub expires_at: u64,
 }
 
-impl Grant {
-    /// Whether the token covers this namespace at all.
-    pub fn covers(&self, namespace: &Namespace) -> bool {
-        match namespace {
-            Namespace::Org => self.org,
-            Namespace::Team(team) => self.teams.contains(team),
-        }
-    }
-
-    pub fn can_write(&self, namespace: &Namespace) -> bool {
-        self.covers(namespace) && self.access == Access::ReadWrite
-    }
+/// The rules every token is issued and verified under (besides the secrets).
+#[derive(Debug, Clone)]
+pub struct TokenRules {
+    pub algorithm: Algorithm,
+    pub issuer: String,
+    pub audience: String,
+    /// Token ids (`jti`) refused (`NX_CACHE_REVOKED_TOKENS`).
+    pub revoked: HashSet<String>,
+    /// Longest lifetime (`exp - iat`) issued or accepted (`NX_CACHE_MAX_TOKEN_LIFETIME`).
+    pub max_lifetime: Duration,
+    /// How long after its expiry a token still gets a no-access grant instead of a 401
+    /// (`NX_CACHE_EXPIRED_GRACE`).
+    pub expired_grace: Duration,
+    /// Clock skew tolerated between the issuing machine and this one (`NX_CACHE_TOKEN_LEEWAY`).
+    pub leeway: Duration,
 }
 
-/// Why a request's token was refused. Each message tells the user what to fix; the Nx client
-/// prints it after "Unauthorized:". No message ever echoes the token.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    #[error(
-        "no access token: set NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN to a token issued by `handler token issue`"
-    )]
-    Missing,
-    #[error("the Authorization header must be `Bearer <token>`")]
-    NotBearer,
-    #[error("the access token is not a valid token for this cache; ask for a new one")]
-    Invalid,
-    #[error("the access token has expired; ask for a new one")]
-    Expired,
-    #[error("the access token is not valid yet; check the clock of the machine that issued it")]
-    NotYetValid,
-    #[error("the access token was issued for another cache (issuer or audience differ)")]
-    WrongIssuer,
-    #[error("the access token has been revoked; ask for a new one")]
-    Revoked,
-    #[error(
-        "the access token lives longer than this cache accepts (NX_CACHE_MAX_TOKEN_LIFETIME); ask for a new one"
-    )]
-    TooLong,
-}
-
-/// Issues and verifies tokens with one secret and one pinned algorithm.
+/// Issues tokens with the current secret and verifies them with any configured secret.
 pub struct TokenAuthority {
-    algorithm: Algorithm,
+    rules: TokenRules,
+    /// Key id of the current secret, written in every new token's header.
+    signing_kid: String,
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// Every secret that verifies, by key id, the current one first.
+    verifying: Vec<(String, DecodingKey)>,
     validation: Validation,
-    issuer: String,
-    audience: String,
-    revoked: HashSet<String>,
-    /// Longest lifetime (`exp - iat`) issued or accepted.
-    max_lifetime: Duration,
 }
 
 impl fmt::Debug for TokenAuthority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenAuthority")
-            .field("algorithm", &self.algorithm)
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
-            .field("revoked", &self.revoked.len())
-            .field("max_lifetime", &self.max_lifetime)
+            .field("algorithm", &self.rules.algorithm)
+            .field("issuer", &self.rules.issuer)
+            .field("audience", &self.rules.audience)
+            .field("revoked", &self.rules.revoked.len())
+            .field("max_lifetime", &self.rules.max_lifetime)
+            .field("signing_kid", &self.signing_kid)
+            .field("secrets", &self.verifying.len())
             .finish_non_exhaustive()
     }
 }
 
 impl TokenAuthority {
-    pub fn new(
-        secret: &Secret,
-        algorithm: Algorithm,
-        issuer: &str,
-        audience: &str,
-        revoked: HashSet<String>,
-        max_lifetime: Duration,
-    ) -> Self {
-        let mut validation = Validation::new(algorithm);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
+    /// Signs with `current`; verifies with `current` and every one of `previous`.
+    pub fn new(current: &Secret, previous: &[Secret], rules: TokenRules) -> Self {
+        let mut validation = Validation::new(rules.algorithm);
+        validation.set_issuer(&[&rules.issuer]);
+        validation.set_audience(&[&rules.audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
-        // Tolerate a little clock skew between the machine that issued a token and this one.
-        validation.leeway = 30;
+        // Expiry is checked here, not by the library: a recently expired token gets a grant
+        // marked expired instead of an error.
+        validation.validate_exp = false;
+        validation.leeway = rules.leeway.as_secs();
+        let mut verifying = vec![(current.key_id(), DecodingKey::from_secret(&current.0))];
+        for secret in previous {
+            let kid = secret.key_id();
+            if !verifying.iter().any(|(known, _)| *known == kid) {
+                verifying.push((kid, DecodingKey::from_secret(&secret.0)));
+            }
+        }
         Self {
-            algorithm,
-            encoding: EncodingKey::from_secret(&secret.0),
-            decoding: DecodingKey::from_secret(&secret.0),
+            signing_kid: current.key_id(),
+            encoding: EncodingKey::from_secret(&current.0),
+            verifying,
             validation,
-            issuer: issuer.to_owned(),
-            audience: audience.to_owned(),
-            revoked,
-            max_lifetime,
+            rules,
         }
     }
 
-    /// Signs a new token. Every token gets a random id (`jti`) so it can be revoked alone.
-    pub fn issue(&self, request: &TokenRequest) -> Result<String, String> {
+    /// The longest lifetime a new token may have.
+    pub fn max_lifetime(&self) -> Duration {
+        self.rules.max_lifetime
+    }
+
+    /// Signs a new token with the current secret. Every token gets a random id (`jti`) so it can
+    /// be revoked alone, and the key id of the secret that signed it.
+    pub fn issue(&self, request: &TokenRequest) -> Result<Issued, String> {
         if !request.org && request.teams.is_empty() {
             return Err("a token needs a scope: pass --org and/or --team NAME".into());
         }
-        if request.expires_in > self.max_lifetime {
+        if request.expires_in > self.rules.max_lifetime {
             return Err(format!(
                 "--expires-in {} is longer than this cache accepts ({}, NX_CACHE_MAX_TOKEN_LIFETIME)",
                 humantime::format_duration(request.expires_in),
-                humantime::format_duration(self.max_lifetime)
+                humantime::format_duration(self.rules.max_lifetime)
             ));
         }
         let now = unix_now();
         let claims = Claims {
-            iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            iss: self.rules.issuer.clone(),
+            aud: self.rules.audience.clone(),
             sub: request.subject.clone(),
             jti: uuid::Uuid::new_v4().simple().to_string(),
             iat: now,
@@ -221,9 +220,16 @@ impl TokenAuthority {
                 .map(|t| t.as_str().to_owned())
                 .collect(),
             access: request.access,
+            rule: request.rule.clone(),
         };
-        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, &self.encoding)
-            .map_err(|e| format!("could not sign the token: {e}"))
+        let mut header = Header::new(self.rules.algorithm);
+        header.kid = Some(self.signing_kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map_err(|e| format!("could not sign the token: {e}"))?;
+        Ok(Issued {
+            token,
+            expires_at: claims.exp,
+        })
     }
 
     /// Checks an `Authorization` header value and returns what the token grants.
@@ -233,26 +239,28 @@ impl TokenAuthority {
         self.verify(token)
     }
 
-    /// Verifies a bare token: signature, pinned algorithm, expiry, not-before, issuer, audience,
-    /// lifetime, revocation, and that its team names are well-formed.
+    /// Verifies a bare token: key id, signature, pinned algorithm, not-before, issuer, audience,
+    /// lifetime, revocation, expiry (with the grace period), and that its team names are
+    /// well-formed.
     pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => AuthError::WrongIssuer,
-                _ => AuthError::Invalid,
-            })?;
-        let claims = data.claims;
-        // `iat` is required by `Claims`; a lifetime over the cap means the token was minted by
-        // something other than this cache's rules (or before the cap was lowered).
-        if claims.exp.saturating_sub(claims.iat)
-            > self.max_lifetime.as_secs() + self.validation.leeway
-        {
+        let claims = self.authentic_claims(token)?;
+        let now = unix_now();
+        let leeway = self.rules.leeway.as_secs();
+        // `iat` is required by `Claims`. A lifetime over the cap, or an `iat` in the future
+        // (which would stretch a capped lifetime), means the token was not minted by this
+        // cache's rules (or was minted before the cap was lowered).
+        if claims.exp.saturating_sub(claims.iat) > self.rules.max_lifetime.as_secs() + leeway {
             return Err(AuthError::TooLong);
         }
-        if self.revoked.contains(&claims.jti) {
+        if claims.iat > now + leeway {
+            return Err(AuthError::NotYetValid);
+        }
+        if self.rules.revoked.contains(&claims.jti) {
             return Err(AuthError::Revoked);
+        }
+        let expired = now > claims.exp.saturating_add(leeway);
+        if expired && now - claims.exp > self.rules.expired_grace.as_secs() {
+            return Err(AuthError::Expired);
         }
         let teams = claims
             .teams
@@ -266,28 +274,49 @@ impl TokenAuthority {
             org: claims.org,
             teams,
             access: claims.access,
+            rule: claims.rule,
+            expired,
         })
     }
-}
 
-/// Extracts the token from `Bearer <token>` (the scheme is case-insensitive, RFC 7235).
-fn bearer_token(header: &str) -> Result<&str, AuthError> {
-    let (scheme, token) = header.split_once(' ').ok_or(AuthError::NotBearer)?;
-    let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AuthError::NotBearer);
+    /// The claims of a token signed by one of this cache's secrets, checked for algorithm,
+    /// not-before, issuer and audience (not yet for expiry).
+    fn authentic_claims(&self, token: &str) -> Result<Claims, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+        let keys: Vec<&DecodingKey> = match &header.kid {
+            Some(kid) => {
+                let key = self
+                    .verifying
+                    .iter()
+                    .find(|(known, _)| known == kid)
+                    .map(|(_, key)| key)
+                    .ok_or(AuthError::UnknownKey)?;
+                vec![key]
+            }
+            // Tokens issued before key ids existed: each secret in turn (there are few).
+            None => self.verifying.iter().map(|(_, key)| key).collect(),
+        };
+        let mut last = AuthError::Invalid;
+        for key in keys {
+            match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => {
+                    last = match e.kind() {
+                        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                        ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
+                            AuthError::WrongIssuer
+                        }
+                        _ => AuthError::Invalid,
+                    };
+                    // Only a bad signature is worth trying the next secret for.
+                    if *e.kind() != ErrorKind::InvalidSignature {
+                        return Err(last);
+                    }
+                }
+            }
+        }
+        Err(last)
     }
-    if token.is_empty() {
-        return Err(AuthError::Missing);
-    }
-    Ok(token)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Parses a JWT algorithm name; only the HMAC family makes sense with a shared secret.
@@ -303,20 +332,29 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::Namespace;
     use base64::Engine;
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
 
+    fn rules(revoked: &[&str]) -> TokenRules {
+        TokenRules {
+            algorithm: Algorithm::HS256,
+            issuer: "iss-test".into(),
+            audience: "aud-test".into(),
+            revoked: revoked.iter().map(|s| s.to_string()).collect(),
+            max_lifetime: 90 * DAY,
+            expired_grace: Duration::from_secs(12 * 3600),
+            leeway: Duration::from_secs(30),
+        }
+    }
+
+    fn secret(byte: u8) -> Secret {
+        Secret::new(vec![byte; 32], Algorithm::HS256).unwrap()
+    }
+
     fn authority(revoked: &[&str]) -> TokenAuthority {
-        let secret = Secret::new(vec![7u8; 32], Algorithm::HS256).unwrap();
-        TokenAuthority::new(
-            &secret,
-            Algorithm::HS256,
-            "iss-test",
-            "aud-test",
-            revoked.iter().map(|s| s.to_string()).collect(),
-            90 * DAY,
-        )
+        TokenAuthority::new(&secret(7), &[], rules(revoked))
     }
 
     fn request(org: bool, teams: &[&str], access: Access) -> TokenRequest {
@@ -326,7 +364,12 @@ mod tests {
             access,
             expires_in: Duration::from_secs(3600),
             subject: "tester".into(),
+            rule: None,
         }
+    }
+
+    fn issue(auth: &TokenAuthority, request: &TokenRequest) -> String {
+        auth.issue(request).unwrap().token
     }
 
     fn team(name: &str) -> Namespace {
@@ -391,7 +434,7 @@ mod tests {
         let refused = auth.issue(&too_long).unwrap_err();
         assert!(refused.contains("NX_CACHE_MAX_TOKEN_LIFETIME"), "{refused}");
         too_long.expires_in = 90 * DAY;
-        assert!(auth.verify(&auth.issue(&too_long).unwrap()).is_ok());
+        assert!(auth.verify(&issue(&auth, &too_long)).is_ok());
 
         // A token minted elsewhere with the secret: 500000 years, or no `iat` at all.
         let h = r#"{"alg":"HS256"}"#;
@@ -412,9 +455,7 @@ mod tests {
     #[test]
     fn issued_token_round_trips_with_its_scope() {
         let auth = authority(&[]);
-        let token = auth
-            .issue(&request(false, &["web"], Access::ReadOnly))
-            .unwrap();
+        let token = issue(&auth, &request(false, &["web"], Access::ReadOnly));
         let grant = auth
             .verify_header(Some(&format!("Bearer {token}")))
             .unwrap();
@@ -428,7 +469,7 @@ mod tests {
     #[test]
     fn read_write_org_token_cannot_touch_teams() {
         let auth = authority(&[]);
-        let token = auth.issue(&request(true, &[], Access::ReadWrite)).unwrap();
+        let token = issue(&auth, &request(true, &[], Access::ReadWrite));
         let grant = auth.verify(&token).unwrap();
         assert!(grant.can_write(&Namespace::Org));
         assert!(!grant.covers(&team("web")));
@@ -503,7 +544,8 @@ mod tests {
     fn time_and_audience_rules() {
         let auth = authority(&[]);
         let h = r#"{"alg":"HS256"}"#;
-        let expired = forge(h, &claims_json(-3600, -7200), &[7u8; 32]);
+        // Past the grace period (12 h here): refused.
+        let expired = forge(h, &claims_json(-13 * 3600, -14 * 3600), &[7u8; 32]);
         assert_eq!(auth.verify(&expired).unwrap_err(), AuthError::Expired);
         let future = forge(h, &claims_json(7200, 3600), &[7u8; 32]);
         assert_eq!(auth.verify(&future).unwrap_err(), AuthError::NotYetValid);
@@ -542,6 +584,90 @@ mod tests {
             authority(&["id1"]).verify(&token).unwrap_err(),
             AuthError::Revoked
         );
+    }
+
+    #[test]
+    fn a_recently_expired_token_gets_an_expired_grant_not_an_error() {
+        let auth = authority(&[]);
+        let h = r#"{"alg":"HS256"}"#;
+        let recent = forge(h, &claims_json(-3600, -7200), &[7u8; 32]);
+        let grant = auth.verify(&recent).unwrap();
+        assert!(grant.expired);
+        assert_eq!(grant.subject, "x");
+        // Within the leeway it is not expired at all.
+        let barely = forge(h, &claims_json(-10, -7200), &[7u8; 32]);
+        assert!(!auth.verify(&barely).unwrap().expired);
+        // Revocation wins over the grace period.
+        let revoked = authority(&["id1"]);
+        assert_eq!(revoked.verify(&recent).unwrap_err(), AuthError::Revoked);
+    }
+
+    #[test]
+    fn an_issued_at_in_the_future_is_refused() {
+        // It would stretch a capped lifetime: iat and exp a century ahead, nbf now.
+        let mut claims = claims_json(600, 0);
+        let century = 100 * 365 * 24 * 3600;
+        claims["iat"] = serde_json::json!(unix_now() + century);
+        claims["exp"] = serde_json::json!(unix_now() + century + 600);
+        let token = forge(r#"{"alg":"HS256"}"#, &claims, &[7u8; 32]);
+        assert_eq!(
+            authority(&[]).verify(&token).unwrap_err(),
+            AuthError::NotYetValid
+        );
+    }
+
+    #[test]
+    fn previous_secrets_verify_and_new_tokens_use_the_current_one() {
+        let old = TokenAuthority::new(&secret(1), &[], rules(&[]));
+        let rotated = TokenAuthority::new(&secret(2), &[secret(1)], rules(&[]));
+        let forgotten = TokenAuthority::new(&secret(2), &[], rules(&[]));
+        let before = issue(&old, &request(true, &[], Access::ReadWrite));
+        assert!(
+            rotated.verify(&before).is_ok(),
+            "an old token survives the rotation"
+        );
+        assert_eq!(
+            forgotten.verify(&before).unwrap_err(),
+            AuthError::UnknownKey
+        );
+        let after = issue(&rotated, &request(true, &[], Access::ReadWrite));
+        let kid = jsonwebtoken::decode_header(&after).unwrap().kid.unwrap();
+        assert_eq!(kid, secret(2).key_id(), "signed with the current secret");
+        assert_ne!(secret(1).key_id(), secret(2).key_id());
+        assert_eq!(kid.len(), 16);
+        assert!(
+            old.verify(&after).is_err(),
+            "the old server cannot read new tokens"
+        );
+    }
+
+    #[test]
+    fn a_token_names_its_key_so_one_secret_is_tried() {
+        let rotated = TokenAuthority::new(&secret(2), &[secret(1)], rules(&[]));
+        // Signed with the previous secret but claiming the current key id: refused, although
+        // trying every secret would have accepted it.
+        let claims = claims_json(600, 0);
+        let header = format!(r#"{{"alg":"HS256","kid":"{}"}}"#, secret(2).key_id());
+        let mislabelled = forge(&header, &claims, &[1u8; 32]);
+        assert_eq!(
+            rotated.verify(&mislabelled).unwrap_err(),
+            AuthError::Invalid
+        );
+        // Tokens issued before key ids existed carry none: each secret is tried.
+        let legacy = forge(r#"{"alg":"HS256"}"#, &claims, &[1u8; 32]);
+        assert!(rotated.verify(&legacy).is_ok());
+    }
+
+    #[test]
+    fn exchanged_tokens_carry_their_rule() {
+        let auth = authority(&[]);
+        let mut asked = request(false, &["web"], Access::ReadOnly);
+        asked.rule = Some("web-prs".into());
+        let issued = auth.issue(&asked).unwrap();
+        assert!(issued.expires_at >= unix_now() + 3599);
+        let grant = auth.verify(&issued.token).unwrap();
+        assert_eq!(grant.rule.as_deref(), Some("web-prs"));
+        assert!(!grant.expired);
     }
 
     #[test]

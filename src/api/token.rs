@@ -1,0 +1,143 @@
+//! `POST /token`: keyless access. The caller sends `Authorization: Bearer <identity token>` (an
+//! OIDC ID token of its CI system, or an Entra ID access token) and, optionally, a JSON body
+//! asking for less than its rule grants: `{"org": false, "teams": ["web"], "access": "read-only"}`.
+//!
+//! - 200: the token alone as `text/plain` (so `$(curl ...)` works), or, with
+//!   `Accept: application/json`, `{"token", "expires_at", "subject", "org", "teams", "access",
+//!   "rule"}`.
+//! - 400 malformed body, 401 identity token missing or not valid, 403 valid but no rule matches
+//!   (or more was asked than the rule grants), 503 the issuer's keys cannot be fetched. Always
+//!   `text/plain`, saying what to fix, never echoing the token. Cache requests are never affected
+//!   by an issuer's trouble.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::{AppState, WithOutcome, text};
+use crate::auth::exchange::{Exchanged, Refusal};
+use crate::auth::policy::Ask;
+use crate::telemetry::{Caller, Outcome};
+
+/// Largest request body read (a JSON object of a few fields).
+const MAX_BODY: usize = 4 * 1024;
+
+pub(super) async fn exchange(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(exchange) = state.exchange.clone() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "token exchange is off on this server (set NX_CACHE_TRUST_POLICY)".into(),
+        );
+    };
+    let ask = match read_ask(&state, body).await {
+        Ok(ask) => ask,
+        Err(refusal) => {
+            state.metrics.exchange_refused(refusal.reason);
+            let mut response = refused(refusal);
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+    };
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
+    match exchange.exchange(authorization, &ask).await {
+        Ok(exchanged) => {
+            state.metrics.exchanged(&exchanged.rule);
+            tracing::info!(subject = %exchanged.subject, rule = %exchanged.rule,
+                access = exchanged.scope.access.as_str(), expires_at = exchanged.issued.expires_at,
+                "token exchanged");
+            let mut response = granted(&exchanged, wants_json(&headers));
+            response.extensions_mut().insert(Caller {
+                subject: exchanged.subject,
+                rule: Some(exchanged.rule),
+            });
+            response
+        }
+        Err(refusal) => {
+            state.metrics.exchange_refused(refusal.reason);
+            tracing::info!(reason = refusal.reason.as_str(), status = refusal.status,
+                problem = %refusal.message, "token exchange refused");
+            refused(refusal)
+        }
+    }
+}
+
+/// The optional body: at most [`MAX_BODY`] bytes of JSON, held to the body pace.
+async fn read_ask(state: &AppState, body: Body) -> Result<Ask, Refusal> {
+    let mut stream = state.bodies.paced(body);
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| Refusal::bad_request(format!("reading the body failed: {e}")))?;
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() > MAX_BODY {
+            // The rest is not read: dropping the body closes the connection after the answer.
+            return Err(Refusal::bad_request(format!(
+                "the request body is limited to {MAX_BODY} bytes"
+            )));
+        }
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Ask::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Refusal::bad_request(format!(
+            "the request body must be JSON such as {{\"teams\": [\"web\"], \"access\": \"read-only\"}} ({e})"
+        ))
+    })
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/json"))
+}
+
+fn granted(exchanged: &Exchanged, json: bool) -> Response {
+    let mut response = if json {
+        let expires_at = OffsetDateTime::from_unix_timestamp(exchanged.issued.expires_at as i64)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_default();
+        let body = serde_json::json!({
+            "token": exchanged.issued.token,
+            "expires_at": expires_at,
+            "subject": exchanged.subject,
+            "org": exchanged.scope.org,
+            "teams": exchanged.scope.teams.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+            "access": exchanged.scope.access.as_str(),
+            "rule": exchanged.rule,
+        });
+        let mut response = (StatusCode::OK, body.to_string()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    } else {
+        text(StatusCode::OK, exchanged.issued.token.clone())
+    };
+    // A token is in the body: no cache on the way may keep it.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.with(Outcome::Exchanged)
+}
+
+fn refused(refusal: Refusal) -> Response {
+    let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
+    text(status, refusal.message).with(Outcome::ExchangeRefused)
+}

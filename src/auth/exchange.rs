@@ -1,0 +1,341 @@
+//! `POST /token`: a CI job or a developer sends the identity token it already has and gets a
+//! short-lived token of this cache, scoped by the first trust rule that matches.
+//!
+//! Nothing to store in a CI system, nothing for a person to mint: the identity token proves
+//! where the caller runs (repository, branch, pipeline, tenant and user), and the trust policy
+//! decides what that is worth. Builds of protected branches get read-write tokens; pull requests
+//! of the same repository get read-only ones, so a pull request cannot poison the cache.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::oidc::{Identity, OidcError, Verifier};
+use super::policy::{Ask, Decision, Scope, TrustPolicy};
+use super::tokens::{Issued, TokenAuthority, TokenRequest};
+use super::{AuthError, bearer_token};
+
+/// Longest subject written into an exchanged token.
+const MAX_SUBJECT: usize = 200;
+
+/// Exchanges identity tokens for cache tokens.
+pub struct Exchange {
+    policy: TrustPolicy,
+    verifier: Verifier,
+    tokens: Arc<TokenAuthority>,
+}
+
+/// A successful exchange.
+#[derive(Debug, Clone)]
+pub struct Exchanged {
+    pub issued: Issued,
+    /// Where the identity came from, e.g. `github:acme/web:refs/heads/main`.
+    pub subject: String,
+    pub scope: Scope,
+    pub rule: String,
+}
+
+/// Why an exchange was refused, for the metrics' `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    Missing,
+    Malformed,
+    Algorithm,
+    Signature,
+    Expired,
+    UnknownIssuer,
+    Audience,
+    NoRule,
+    Scope,
+    Unavailable,
+    BadRequest,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 11] = [
+        Reason::Missing,
+        Reason::Malformed,
+        Reason::Algorithm,
+        Reason::Signature,
+        Reason::Expired,
+        Reason::UnknownIssuer,
+        Reason::Audience,
+        Reason::NoRule,
+        Reason::Scope,
+        Reason::Unavailable,
+        Reason::BadRequest,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Missing => "missing",
+            Reason::Malformed => "malformed",
+            Reason::Algorithm => "algorithm",
+            Reason::Signature => "signature",
+            Reason::Expired => "expired",
+            Reason::UnknownIssuer => "unknown-issuer",
+            Reason::Audience => "audience",
+            Reason::NoRule => "no-rule",
+            Reason::Scope => "scope",
+            Reason::Unavailable => "issuer-unavailable",
+            Reason::BadRequest => "bad-request",
+        }
+    }
+}
+
+/// A refused exchange: the HTTP status (400, 401, 403 or 503), the reason and a message that
+/// says what to fix. Never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(status: u16, reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// A request the server cannot make sense of (e.g. a malformed body).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, Reason::BadRequest, message)
+    }
+}
+
+impl Exchange {
+    pub fn new(policy: TrustPolicy, tokens: Arc<TokenAuthority>) -> Result<Self, String> {
+        for rule in policy.rules() {
+            if rule.ttl > tokens.max_lifetime() {
+                return Err(format!(
+                    "rule '{}': ttl is longer than NX_CACHE_MAX_TOKEN_LIFETIME",
+                    rule.name
+                ));
+            }
+        }
+        let verifier = Verifier::new(policy.issuers())?;
+        Ok(Self {
+            policy,
+            verifier,
+            tokens,
+        })
+    }
+
+    pub fn policy(&self) -> &TrustPolicy {
+        &self.policy
+    }
+
+    /// Verifies the identity token in `authorization`, finds the rule, narrows its grant to what
+    /// was asked, and issues a token.
+    pub async fn exchange(
+        &self,
+        authorization: Option<&str>,
+        ask: &Ask,
+    ) -> Result<Exchanged, Refusal> {
+        let missing = || {
+            Refusal::new(
+                401,
+                Reason::Missing,
+                "no identity token: send `Authorization: Bearer <token>` with your CI system's OIDC ID token (audience as the trust policy says) or an Entra ID access token",
+            )
+        };
+        let token = match authorization.map(bearer_token) {
+            None | Some(Err(AuthError::Missing)) => return Err(missing()),
+            Some(Err(_)) => {
+                return Err(Refusal::new(
+                    401,
+                    Reason::Malformed,
+                    "the Authorization header must be `Bearer <identity token>`",
+                ));
+            }
+            Some(Ok(token)) => token,
+        };
+        let identity = self.verifier.verify(token).await.map_err(refusal_of)?;
+        let rule = match self
+            .policy
+            .decide(&identity.issuer, &identity.audiences, &identity.claims)
+        {
+            Decision::Matched(rule) => rule,
+            Decision::UnknownIssuer => return Err(refusal_of(OidcError::UnknownIssuer)),
+            Decision::WrongAudience => {
+                let mut expected: Vec<&str> = self
+                    .policy
+                    .rules()
+                    .iter()
+                    .filter(|r| r.issuer == identity.issuer)
+                    .map(|r| r.audience.as_str())
+                    .collect();
+                expected.dedup();
+                return Err(Refusal::new(
+                    401,
+                    Reason::Audience,
+                    format!(
+                        "the identity token's audience is not one this cache trusts for its issuer; request it for audience {}",
+                        expected.join(" or ")
+                    ),
+                ));
+            }
+            Decision::NoRule { compared } => {
+                return Err(Refusal::new(
+                    403,
+                    Reason::NoRule,
+                    format!("no trust rule matches this identity: {compared}"),
+                ));
+            }
+        };
+        let scope = rule.grant.narrow(ask).map_err(|refused| {
+            Refusal::new(
+                403,
+                Reason::Scope,
+                format!(
+                    "rule '{}' grants {}; refused: {}",
+                    rule.name,
+                    rule.grant.describe(),
+                    refused.join(", ")
+                ),
+            )
+        })?;
+        if !scope.org && scope.teams.is_empty() {
+            return Err(Refusal::bad_request(
+                "the request asks for no scope: ask for \"org\": true or some \"teams\", or send no body",
+            ));
+        }
+        let subject = subject_of(&identity);
+        let issued = self
+            .tokens
+            .issue(&TokenRequest {
+                org: scope.org,
+                teams: scope.teams.clone(),
+                access: scope.access,
+                expires_in: rule.ttl,
+                subject: subject.clone(),
+                rule: Some(rule.name.clone()),
+            })
+            .map_err(|e| Refusal::new(503, Reason::Unavailable, e))?;
+        Ok(Exchanged {
+            issued,
+            subject,
+            scope,
+            rule: rule.name.clone(),
+        })
+    }
+}
+
+fn refusal_of(error: OidcError) -> Refusal {
+    let reason = match &error {
+        OidcError::Malformed | OidcError::MissingClaim(_) => Reason::Malformed,
+        OidcError::Algorithm(_) => Reason::Algorithm,
+        OidcError::UnknownIssuer => Reason::UnknownIssuer,
+        OidcError::UnknownKey | OidcError::Signature => Reason::Signature,
+        OidcError::Expired | OidcError::NotYetValid => Reason::Expired,
+        OidcError::Unavailable => Reason::Unavailable,
+    };
+    let status = if reason == Reason::Unavailable {
+        503
+    } else {
+        401
+    };
+    Refusal::new(status, reason, error.to_string())
+}
+
+/// Where an identity comes from, for the exchanged token's subject and the logs:
+/// `github:acme/web:refs/heads/main`, `gitlab:acme/web:branch:main`,
+/// `entra:dev@acme.example:OID`, or `HOST:SUB` for any other issuer.
+pub fn subject_of(identity: &Identity) -> String {
+    let claim = |name: &str| identity.claims.get(name).and_then(Value::as_str);
+    let subject = if let Some(repository) = claim("repository") {
+        format!(
+            "github:{repository}:{}",
+            claim("ref").or(claim("sub")).unwrap_or("-")
+        )
+    } else if let Some(project) = claim("project_path") {
+        format!(
+            "gitlab:{project}:{}:{}",
+            claim("ref_type").unwrap_or("-"),
+            claim("ref").unwrap_or("-")
+        )
+    } else if let (Some(_), Some(oid)) = (claim("tid"), claim("oid")) {
+        let name = ["upn", "preferred_username", "unique_name", "appid", "azp"]
+            .iter()
+            .find_map(|n| claim(n))
+            .unwrap_or("-");
+        format!("entra:{name}:{oid}")
+    } else {
+        let host = identity
+            .issuer
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or("-");
+        format!("{host}:{}", claim("sub").unwrap_or("-"))
+    };
+    subject
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(MAX_SUBJECT)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn identity(issuer: &str, claims: Value) -> Identity {
+        Identity {
+            issuer: issuer.into(),
+            audiences: vec!["nx-cache".into()],
+            claims: claims.as_object().unwrap().clone(),
+        }
+    }
+
+    #[test]
+    fn subjects_say_where_an_identity_comes_from() {
+        let cases = [
+            (
+                identity(
+                    "https://token.actions.githubusercontent.com",
+                    json!({"repository": "acme/web", "ref": "refs/heads/main", "sub": "repo:acme/web:ref:refs/heads/main"}),
+                ),
+                "github:acme/web:refs/heads/main",
+            ),
+            (
+                identity(
+                    "https://gitlab.com",
+                    json!({"project_path": "acme/web", "ref_type": "branch", "ref": "main"}),
+                ),
+                "gitlab:acme/web:branch:main",
+            ),
+            (
+                identity(
+                    "https://sts.windows.net/t/",
+                    json!({"tid": "t", "oid": "o-1", "upn": "dev@acme.example"}),
+                ),
+                "entra:dev@acme.example:o-1",
+            ),
+            (
+                identity(
+                    "https://login.microsoftonline.com/t/v2.0",
+                    json!({"tid": "t", "oid": "o-2", "azp": "app-1"}),
+                ),
+                "entra:app-1:o-2",
+            ),
+            (
+                identity(
+                    "https://ci.example.com/oidc",
+                    json!({"sub": "pipeline:7\n"}),
+                ),
+                "ci.example.com:pipeline:7?",
+            ),
+        ];
+        for (identity, expected) in cases {
+            assert_eq!(subject_of(&identity), expected);
+        }
+        let long = identity("https://x.example", json!({"sub": "s".repeat(1000)}));
+        assert_eq!(subject_of(&long).chars().count(), MAX_SUBJECT);
+    }
+}

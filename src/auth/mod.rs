@@ -1,0 +1,125 @@
+//! Who may use the cache, and for what.
+//!
+//! - [`tokens`]: this cache's own tokens (HMAC JWTs): issuing them, verifying them on every
+//!   request, rotating the secret without a cliff, and the grace period of a token that expired
+//!   during a build.
+//! - [`policy`]: the trust policy: which identity tokens, from which issuers, may be exchanged
+//!   for which grant. Checked at startup; a mistake stops the server.
+//! - [`oidc`]: verification of identity tokens (OIDC ID tokens, Entra ID access tokens): OIDC
+//!   discovery and a JWKS cache per trusted issuer, signature, algorithm and time checks.
+//! - [`exchange`]: `POST /token`: a verified identity token in, a short-lived token of this
+//!   cache out, scoped by the first rule that matches.
+//!
+//! The API layer sees one thing of all this on a cache request: a [`Grant`]. It never learns
+//! where a grant came from (issued by an operator or exchanged).
+
+pub mod exchange;
+pub mod oidc;
+pub mod policy;
+pub mod tokens;
+
+use serde::{Deserialize, Serialize};
+
+use crate::key::{Namespace, TeamName};
+
+pub use tokens::{
+    Issued, MIN_SECRET_LEN, Secret, TokenAuthority, TokenRequest, TokenRules, min_secret_len,
+    parse_algorithm,
+};
+
+/// What a token allows besides its namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::ReadOnly => "read-only",
+            Access::ReadWrite => "read-write",
+        }
+    }
+}
+
+/// A verified token: who it is and what it may touch.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub subject: String,
+    pub token_id: String,
+    pub org: bool,
+    pub teams: Vec<TeamName>,
+    pub access: Access,
+    /// The trust rule the token was exchanged under, if it was exchanged.
+    pub rule: Option<String>,
+    /// Authentic, but expired less than `NX_CACHE_EXPIRED_GRACE` ago. Such a token reads and
+    /// writes nothing, yet is not answered 401: a 401 aborts the build the token expired in.
+    pub expired: bool,
+}
+
+impl Grant {
+    /// Whether the token covers this namespace at all.
+    pub fn covers(&self, namespace: &Namespace) -> bool {
+        match namespace {
+            Namespace::Org => self.org,
+            Namespace::Team(team) => self.teams.contains(team),
+        }
+    }
+
+    pub fn can_write(&self, namespace: &Namespace) -> bool {
+        self.covers(namespace) && self.access == Access::ReadWrite
+    }
+}
+
+/// Why a request's token was refused. Each message tells the user what to fix; the Nx client
+/// prints it after "Unauthorized:". No message ever echoes the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error(
+        "no access token: set NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN to a token of this cache (from POST /token or `handler token issue`)"
+    )]
+    Missing,
+    #[error("the Authorization header must be `Bearer <token>`")]
+    NotBearer,
+    #[error("the access token is not a valid token for this cache; ask for a new one")]
+    Invalid,
+    #[error(
+        "the access token was signed with a secret this cache no longer accepts; ask for a new one"
+    )]
+    UnknownKey,
+    #[error("the access token has expired; ask for a new one")]
+    Expired,
+    #[error("the access token is not valid yet; check the clock of the machine that issued it")]
+    NotYetValid,
+    #[error("the access token was issued for another cache (issuer or audience differ)")]
+    WrongIssuer,
+    #[error("the access token has been revoked; ask for a new one")]
+    Revoked,
+    #[error(
+        "the access token lives longer than this cache accepts (NX_CACHE_MAX_TOKEN_LIFETIME); ask for a new one"
+    )]
+    TooLong,
+}
+
+/// Extracts the token from `Bearer <token>` (the scheme is case-insensitive, RFC 7235).
+pub fn bearer_token(header: &str) -> Result<&str, AuthError> {
+    let (scheme, token) = header.split_once(' ').ok_or(AuthError::NotBearer)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::NotBearer);
+    }
+    if token.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    Ok(token)
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

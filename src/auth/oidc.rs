@@ -1,0 +1,478 @@
+//! Verification of identity tokens: OIDC ID tokens (GitHub Actions, GitLab CI, any OIDC issuer)
+//! and Microsoft Entra ID access tokens.
+//!
+//! - **Only trusted issuers are ever contacted.** The issuers are the ones the trust policy
+//!   names, fixed at startup. A token's `iss` only selects among them (a token from any other
+//!   issuer is refused before anything is fetched), and `jku`/`x5u` headers are ignored, so no
+//!   token can make the server fetch a URL of its choosing. Discovery
+//!   (`{issuer}/.well-known/openid-configuration`) and the JWKS it names are fetched over https
+//!   (plain http only on loopback, for tests), without following redirects, within a timeout and
+//!   a size limit.
+//! - **Asymmetric signatures only**: RS256/384/512, PS256/384/512, ES256, ES384. Never HS* (a
+//!   token "signed" with the issuer's public key as an HMAC secret is the classic confusion),
+//!   never `none`; symmetric keys in a JWKS are ignored.
+//! - **Keys are cached.** An unknown `kid` (the issuer rotated its keys) triggers a re-fetch, but
+//!   at most once every [`MIN_REFRESH`] per issuer, so a real rotation is picked up within
+//!   seconds and junk tokens cannot make the server hammer an issuer. Cached keys older than
+//!   [`MAX_KEY_AGE`] are refreshed on use, and kept if the issuer cannot be reached.
+//! - `exp`, `nbf`, `iat` and `iss` are checked with a small leeway; the audience is the trust
+//!   policy's business ([`super::policy`]).
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use super::unix_now;
+
+/// Fewest seconds between two key fetches from one issuer.
+pub const MIN_REFRESH: Duration = Duration::from_secs(10);
+/// Cached keys older than this are refreshed on their next use.
+pub const MAX_KEY_AGE: Duration = Duration::from_secs(3600);
+/// Bound on each fetch (discovery, JWKS).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest discovery document or JWKS read.
+const MAX_DOCUMENT: usize = 256 * 1024;
+/// Most keys kept per issuer.
+const MAX_KEYS: usize = 64;
+/// Largest identity token looked at.
+const MAX_TOKEN: usize = 16 * 1024;
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
+const LEEWAY: u64 = 60;
+
+/// Why an identity token was refused. Messages say what to fix and never echo the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OidcError {
+    #[error("the identity token is not a JWT")]
+    Malformed,
+    #[error(
+        "the identity token is signed with {0}; only asymmetric signatures are accepted (RS256, ES256, ...)"
+    )]
+    Algorithm(String),
+    #[error("no trust rule names the identity token's issuer")]
+    UnknownIssuer,
+    #[error("the identity token was signed with a key its issuer does not publish")]
+    UnknownKey,
+    #[error("the identity token's signature is not valid")]
+    Signature,
+    #[error("the identity token has expired; get a fresh one")]
+    Expired,
+    #[error("the identity token is not valid yet; check the clocks")]
+    NotYetValid,
+    #[error("the identity token lacks the claim '{0}'")]
+    MissingClaim(String),
+    #[error("the issuer's signing keys cannot be fetched right now; try again later")]
+    Unavailable,
+}
+
+/// A verified identity token: who issued it, for whom, and every claim.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub claims: Map<String, Value>,
+}
+
+/// Verifies identity tokens of a fixed set of issuers.
+pub struct Verifier {
+    issuers: HashMap<String, IssuerKeys>,
+    http: reqwest::Client,
+}
+
+/// One issuer's keys and when they were last fetched.
+struct IssuerKeys {
+    issuer: String,
+    discovery: String,
+    cache: RwLock<KeySet>,
+    /// Held while fetching: one fetch per issuer at a time. Remembers the last attempt.
+    refresh: tokio::sync::Mutex<Attempt>,
+}
+
+#[derive(Default)]
+struct KeySet {
+    keys: HashMap<String, Key>,
+    fetched: Option<Instant>,
+}
+
+#[derive(Clone)]
+struct Key {
+    decoding: DecodingKey,
+    /// The JWK's `alg`, when it names one: tokens must then use exactly it.
+    algorithm: Option<Algorithm>,
+}
+
+#[derive(Default)]
+struct Attempt {
+    at: Option<Instant>,
+    failed: bool,
+}
+
+impl Verifier {
+    /// A verifier for exactly these issuers (the trust policy's).
+    pub fn new(issuers: Vec<String>) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(FETCH_TIMEOUT)
+            .build()
+            .map_err(|e| format!("cannot create the HTTP client for identity issuers: {e}"))?;
+        let issuers = issuers
+            .into_iter()
+            .map(|issuer| {
+                let keys = IssuerKeys {
+                    discovery: discovery_url(&issuer),
+                    issuer: issuer.clone(),
+                    cache: RwLock::new(KeySet::default()),
+                    refresh: tokio::sync::Mutex::new(Attempt::default()),
+                };
+                (issuer, keys)
+            })
+            .collect();
+        Ok(Self { issuers, http })
+    }
+
+    /// Verifies `token`'s issuer, key, algorithm, signature and times.
+    pub async fn verify(&self, token: &str) -> Result<Identity, OidcError> {
+        if token.len() > MAX_TOKEN {
+            return Err(OidcError::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| OidcError::Malformed)?;
+        if !ASYMMETRIC.contains(&header.alg) {
+            return Err(OidcError::Algorithm(format!("{:?}", header.alg)));
+        }
+        // The unverified payload only picks the issuer; nothing else in it is used before the
+        // signature is checked with that issuer's key.
+        let issuer = unverified_issuer(token)?;
+        let keys = self.issuers.get(&issuer).ok_or(OidcError::UnknownIssuer)?;
+        let key = keys.key(header.kid.as_deref(), &self.http).await?;
+        if key.algorithm.is_some_and(|alg| alg != header.alg) {
+            return Err(OidcError::Algorithm(format!("{:?}", header.alg)));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&issuer]);
+        validation.validate_aud = false;
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY;
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => OidcError::Expired,
+                ErrorKind::ImmatureSignature => OidcError::NotYetValid,
+                ErrorKind::InvalidSignature => OidcError::Signature,
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    OidcError::Algorithm(format!("{:?}", header.alg))
+                }
+                ErrorKind::MissingRequiredClaim(claim) => OidcError::MissingClaim(claim.clone()),
+                _ => OidcError::Malformed,
+            })?;
+        let claims = data.claims;
+        if claims
+            .get("iat")
+            .and_then(Value::as_u64)
+            .is_some_and(|iat| iat > unix_now() + LEEWAY)
+        {
+            return Err(OidcError::NotYetValid);
+        }
+        let audiences = match claims.get("aud") {
+            Some(Value::String(one)) => vec![one.clone()],
+            Some(Value::Array(many)) => many
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect(),
+            _ => return Err(OidcError::MissingClaim("aud".into())),
+        };
+        Ok(Identity {
+            issuer,
+            audiences,
+            claims,
+        })
+    }
+}
+
+/// The algorithms an identity token may be signed with.
+const ASYMMETRIC: [Algorithm; 8] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+];
+
+impl IssuerKeys {
+    /// The key `kid` names (or the only key, for a token without `kid`), fetching the issuer's
+    /// keys when it is unknown or the cache is old, at most once per [`MIN_REFRESH`].
+    async fn key(&self, kid: Option<&str>, http: &reqwest::Client) -> Result<Key, OidcError> {
+        if let Some(key) = self.cached(kid, true) {
+            return Ok(key);
+        }
+        let mut attempt = self.refresh.lock().await;
+        // Another request may have fetched while this one waited.
+        if let Some(key) = self.cached(kid, true) {
+            return Ok(key);
+        }
+        let recent = attempt.at.is_some_and(|at| at.elapsed() < MIN_REFRESH);
+        if !recent {
+            attempt.at = Some(Instant::now());
+            match self.fetch(http).await {
+                Ok(keys) => {
+                    tracing::info!(issuer = %self.issuer, keys = keys.len(), "identity issuer keys fetched");
+                    *self.cache.write().unwrap_or_else(|e| e.into_inner()) = KeySet {
+                        keys,
+                        fetched: Some(Instant::now()),
+                    };
+                    attempt.failed = false;
+                }
+                Err(problem) => {
+                    tracing::warn!(issuer = %self.issuer, %problem, "cannot fetch the identity issuer's keys");
+                    attempt.failed = true;
+                }
+            }
+        }
+        // A stale key is better than none while the issuer cannot be reached.
+        match self.cached(kid, false) {
+            Some(key) => Ok(key),
+            None if attempt.failed => Err(OidcError::Unavailable),
+            None => Err(OidcError::UnknownKey),
+        }
+    }
+
+    fn cached(&self, kid: Option<&str>, fresh_only: bool) -> Option<Key> {
+        let set = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        let fresh = set.fetched.is_some_and(|at| at.elapsed() < MAX_KEY_AGE);
+        if fresh_only && !fresh {
+            return None;
+        }
+        match kid {
+            Some(kid) => set.keys.get(kid).cloned(),
+            None if set.keys.len() == 1 => set.keys.values().next().cloned(),
+            None => None,
+        }
+    }
+
+    /// Discovery, then the JWKS it names. The error is for the log.
+    async fn fetch(&self, http: &reqwest::Client) -> Result<HashMap<String, Key>, String> {
+        let document = get_json(http, &self.discovery).await?;
+        if document.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
+            return Err(format!(
+                "the discovery document at {} names another issuer",
+                self.discovery
+            ));
+        }
+        let jwks_uri = document
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .ok_or("the discovery document has no jwks_uri")?;
+        if !allowed_url(jwks_uri) {
+            return Err(format!("jwks_uri {jwks_uri} is not https"));
+        }
+        let jwks = get_json(http, jwks_uri).await?;
+        let keys = parse_jwks(&jwks);
+        if keys.is_empty() {
+            return Err(format!("no usable signing key at {jwks_uri}"));
+        }
+        Ok(keys)
+    }
+}
+
+/// Signing keys of a JWKS by `kid`: RSA and EC keys meant for signatures. Symmetric keys and
+/// keys without `kid` are ignored.
+fn parse_jwks(jwks: &Value) -> HashMap<String, Key> {
+    let mut keys = HashMap::new();
+    let Some(list) = jwks.get("keys").and_then(Value::as_array) else {
+        return keys;
+    };
+    for value in list {
+        if keys.len() == MAX_KEYS {
+            break;
+        }
+        let Ok(jwk) = serde_json::from_value::<Jwk>(value.clone()) else {
+            continue;
+        };
+        let asymmetric = matches!(
+            jwk.algorithm,
+            AlgorithmParameters::RSA(_) | AlgorithmParameters::EllipticCurve(_)
+        );
+        let for_signing =
+            !matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature);
+        let (Some(kid), true, true) = (jwk.common.key_id.clone(), asymmetric, for_signing) else {
+            continue;
+        };
+        let Ok(decoding) = DecodingKey::from_jwk(&jwk) else {
+            continue;
+        };
+        let algorithm = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| a.to_string().parse::<Algorithm>().ok());
+        keys.insert(
+            kid,
+            Key {
+                decoding,
+                algorithm,
+            },
+        );
+    }
+    keys
+}
+
+/// GETs a JSON document: no redirects, bounded in time and size.
+async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
+    let mut response = http
+        .get(url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {}", e.without_url()))?;
+    if !response.status().is_success() {
+        return Err(format!("{url} answered {}", response.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("{url}: {}", e.without_url()))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_DOCUMENT {
+            return Err(format!("{url} is larger than {MAX_DOCUMENT} bytes"));
+        }
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("{url} is not JSON: {e}"))
+}
+
+/// Where an issuer's discovery document is. Entra ID's v1 issuer (`https://sts.windows.net/{tid}/`)
+/// publishes it under `login.microsoftonline.com`, which names `sts.windows.net` as the issuer.
+fn discovery_url(issuer: &str) -> String {
+    if let Some(tenant) = issuer
+        .strip_prefix("https://sts.windows.net/")
+        .map(|rest| rest.trim_end_matches('/'))
+    {
+        return format!(
+            "https://login.microsoftonline.com/{tenant}/.well-known/openid-configuration"
+        );
+    }
+    format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    )
+}
+
+/// https, or plain http to this machine (tests).
+fn allowed_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<hyper::Uri>() else {
+        return false;
+    };
+    match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => uri.host().is_some_and(|host| {
+            host == "localhost"
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }),
+        _ => false,
+    }
+}
+
+/// The `iss` of a token's payload, read without verifying anything.
+fn unverified_issuer(token: &str) -> Result<String, OidcError> {
+    let payload = token.split('.').nth(1).ok_or(OidcError::Malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| OidcError::Malformed)?;
+    let claims: Map<String, Value> =
+        serde_json::from_slice(&bytes).map_err(|_| OidcError::Malformed)?;
+    claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| OidcError::MissingClaim("iss".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_urls() {
+        assert_eq!(
+            discovery_url("https://token.actions.githubusercontent.com"),
+            "https://token.actions.githubusercontent.com/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            discovery_url("https://login.microsoftonline.com/t1/v2.0"),
+            "https://login.microsoftonline.com/t1/v2.0/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            discovery_url("https://sts.windows.net/t1/"),
+            "https://login.microsoftonline.com/t1/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            discovery_url("https://gitlab.com"),
+            "https://gitlab.com/.well-known/openid-configuration"
+        );
+    }
+
+    #[test]
+    fn only_https_or_loopback_urls_are_fetched() {
+        assert!(allowed_url(
+            "https://token.actions.githubusercontent.com/.well-known/jwks"
+        ));
+        assert!(allowed_url("http://127.0.0.1:8080/keys"));
+        assert!(allowed_url("http://localhost/keys"));
+        assert!(!allowed_url("http://169.254.169.254/metadata"));
+        assert!(!allowed_url("http://example.com/keys"));
+        assert!(!allowed_url("file:///etc/passwd"));
+        assert!(!allowed_url("not a url"));
+    }
+
+    #[test]
+    fn symmetric_and_unnamed_keys_are_ignored() {
+        let jwks = serde_json::json!({"keys": [
+            {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
+            {"kty": "RSA", "n": "sXch", "e": "AQAB"},
+            {"kty": "RSA", "kid": "enc", "use": "enc", "n": "sXch", "e": "AQAB"},
+            {"kty": "RSA", "kid": "good", "use": "sig", "alg": "RS256", "n": "sXch", "e": "AQAB"},
+            {"kty": "EC", "kid": "ec", "crv": "P-256",
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+             "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+            {"kty": "weird", "kid": "x"}
+        ]});
+        let keys = parse_jwks(&jwks);
+        let mut kids: Vec<_> = keys.keys().cloned().collect();
+        kids.sort();
+        assert_eq!(kids, vec!["ec", "good"]);
+        assert_eq!(keys["good"].algorithm, Some(Algorithm::RS256));
+        assert_eq!(keys["ec"].algorithm, None);
+    }
+
+    #[test]
+    fn the_issuer_is_read_before_anything_is_verified() {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let token = format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"RS256"}"#),
+            b64(r#"{"iss":"https://x"}"#)
+        );
+        assert_eq!(unverified_issuer(&token).unwrap(), "https://x");
+        assert_eq!(unverified_issuer("a.b").unwrap_err(), OidcError::Malformed);
+        let no_iss = format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"RS256"}"#),
+            b64(r#"{"sub":"x"}"#)
+        );
+        assert!(matches!(
+            unverified_issuer(&no_iss),
+            Err(OidcError::MissingClaim(_))
+        ));
+    }
+}

@@ -1,0 +1,1225 @@
+//! Keyless access end to end: `POST /token` against stand-in identity issuers on loopback
+//! (discovery, a JWKS of RS256 keys generated here, rotated mid-test), the real `nx` CLI using
+//! the exchanged tokens, and every client snippet of `docs/keyless.md` run as written there.
+//!
+//! The identity tokens have the shapes their vendors document:
+//! - GitHub Actions: github/docs `content/actions/reference/security/oidc.md` (claims, all strings;
+//!   `sub` formats) and `content/actions/concepts/security/openid-connect.md` (example token);
+//!   the runner's request endpoint answers `{"value": ...}` (actions/toolkit `oidc-utils.ts`).
+//! - GitLab CI `id_tokens`: gitlab `doc/ci/secrets/id_token_authentication.md` (claims; strings
+//!   except `runner_id`; `sub` = `project_path:...:ref_type:...:ref:...`).
+//! - Microsoft Entra ID access tokens, v1 and v2: entra-docs
+//!   `docs/identity-platform/access-token-claims-reference.md` (v1 `iss`
+//!   `https://sts.windows.net/{tid}/` with `appid`, `upn`, `unique_name`; v2 `iss`
+//!   `.../{tid}/v2.0` with `azp`, `aud` = client id; `roles`, `groups` arrays; app-only tokens
+//!   have `oid == sub`, `idtyp: app`).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use base64::Engine;
+use common::nx::{PROJECTS, Workspace, remote_hits};
+use common::oidc::{Issuer, RUNNER_REQUEST_TOKEN};
+use common::{Handler, issue_token};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const AUDIENCE: &str = "nx-cache";
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const CACHE_APP_ID: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
+const PIPELINE_OID: &str = "0f0e0d0c-aaaa-bbbb-cccc-111122223333";
+const DEVELOPERS: &str = "5b7c1e2a-3d4f-4a6b-8c9d-0e1f2a3b4c5d";
+const AZURE_CLI: &str = "04b07795-8ddb-461a-bbee-02f9e1bf7b46";
+
+fn cache_app_uri() -> String {
+    format!("api://{CACHE_APP_ID}")
+}
+
+/// The issuers of one test: GitHub-, GitLab- and Entra-shaped (v1 and v2), all on loopback.
+struct Issuers {
+    github: Issuer,
+    gitlab: Issuer,
+    entra_v1: Issuer,
+    entra_v2: Issuer,
+}
+
+impl Issuers {
+    async fn start() -> Issuers {
+        Issuers {
+            github: Issuer::start("").await,
+            gitlab: Issuer::start("/gitlab").await,
+            entra_v1: Issuer::start(&format!("/{TENANT}/")).await,
+            entra_v2: Issuer::start(&format!("/{TENANT}/v2.0")).await,
+        }
+    }
+
+    /// The trust policy of the tests, written as text so the rules' claim order is kept.
+    fn policy(&self) -> String {
+        let (github, gitlab) = (self.github.issuer(), self.gitlab.issuer());
+        let (v1, v2) = (self.entra_v1.issuer(), self.entra_v2.issuer());
+        let app = cache_app_uri();
+        format!(
+            r#"{{"rules": [
+  {{"name": "web-main", "issuer": "{github}", "audience": "{AUDIENCE}",
+   "claims": {{"repository": "acme/web", "ref": "refs/heads/main"}},
+   "grant": {{"teams": ["web"], "access": "read-write"}}, "ttl": "2h"}},
+  {{"name": "web-prs", "issuer": "{github}", "audience": "{AUDIENCE}",
+   "claims": {{"repository": "acme/web"}},
+   "grant": {{"org": true, "teams": ["web"], "access": "read-only"}}}},
+  {{"name": "gitlab-protected", "issuer": "{gitlab}", "audience": "{AUDIENCE}",
+   "claims": {{"project_path": "acme/web", "ref_protected": "true"}},
+   "grant": {{"teams": ["web"], "access": "read-write"}}}},
+  {{"name": "web-pipeline", "issuer": "{v1}", "audience": "{app}",
+   "claims": {{"tid": "{TENANT}", "oid": "{PIPELINE_OID}"}},
+   "grant": {{"teams": ["web"], "access": "read-write"}}}},
+  {{"name": "developers", "issuer": "{v1}", "audience": "{app}",
+   "claims": {{"tid": "{TENANT}", "groups": "{DEVELOPERS}"}},
+   "grant": {{"org": true, "teams": ["web", "api"], "access": "read-only"}}, "ttl": "12h"}},
+  {{"name": "developers-v2", "issuer": "{v2}", "audience": "{CACHE_APP_ID}",
+   "claims": {{"tid": "{TENANT}", "groups": "{DEVELOPERS}"}},
+   "grant": {{"org": true, "access": "read-only"}}}}
+]}}"#
+        )
+    }
+
+    fn handler(&self, extra: &[(&str, &str)]) -> Handler {
+        let policy = self.policy();
+        let mut vars = vec![("NX_CACHE_TRUST_POLICY", policy.as_str())];
+        vars.extend_from_slice(extra);
+        Handler::start(&vars)
+    }
+}
+
+/// GitHub Actions ID-token claims for a push to `git_ref`, or a pull request when `git_ref` is
+/// `refs/pull/N/merge` (github/docs example token; every custom claim is a string).
+fn github_claims(repository: &str, git_ref: &str) -> Value {
+    let owner = repository.split('/').next().unwrap();
+    let pull = git_ref.starts_with("refs/pull/");
+    let sha = "95d18d66afd2c0609f6c41bd537a827beb698e64";
+    let workflow_ref = format!("{repository}/.github/workflows/build.yml@{git_ref}");
+    json!({
+        "sub": if pull { format!("repo:{repository}:pull_request") } else { format!("repo:{repository}:ref:{git_ref}") },
+        "ref": git_ref,
+        "sha": sha,
+        "repository": repository,
+        "repository_owner": owner,
+        "actor_id": "12",
+        "repository_visibility": "private",
+        "repository_id": "74",
+        "repository_owner_id": "65",
+        "run_id": "12345678901",
+        "run_number": "10",
+        "run_attempt": "1",
+        "runner_environment": "github-hosted",
+        "actor": "octocat",
+        "workflow": "build",
+        "workflow_ref": workflow_ref,
+        "workflow_sha": sha,
+        "job_workflow_ref": workflow_ref,
+        "job_workflow_sha": sha,
+        "head_ref": if pull { "feature" } else { "" },
+        "base_ref": if pull { "main" } else { "" },
+        "event_name": if pull { "pull_request" } else { "push" },
+        "ref_type": "branch",
+    })
+}
+
+/// GitLab CI `id_tokens` claims (gitlab docs example; strings except `runner_id`).
+fn gitlab_claims(project: &str, branch: &str, protected: bool) -> Value {
+    let namespace = project.split('/').next().unwrap();
+    json!({
+        "namespace_id": "72",
+        "namespace_path": namespace,
+        "project_id": "20",
+        "project_path": project,
+        "user_id": "1",
+        "user_login": "sample-user",
+        "user_email": "sample-user@example.com",
+        "user_access_level": "maintainer",
+        "pipeline_id": "574",
+        "pipeline_source": "push",
+        "job_id": "302",
+        "ref": branch,
+        "ref_type": "branch",
+        "ref_path": format!("refs/heads/{branch}"),
+        "ref_protected": protected.to_string(),
+        "runner_id": 1,
+        "runner_environment": "gitlab-hosted",
+        "sha": "714a629c0b401fdce83e847fc9589983fc6f46bc",
+        "project_visibility": "private",
+        "ci_config_ref_uri": format!("gitlab.com/{project}//.gitlab-ci.yml@refs/heads/{branch}"),
+        "ci_config_sha": "714a629c0b401fdce83e847fc9589983fc6f46bc",
+        "sub": format!("project_path:{project}:ref_type:branch:ref:{branch}"),
+    })
+}
+
+/// An Entra ID v1 app-only access token of a pipeline's service connection (`oid == sub`).
+fn entra_pipeline_claims(issuer: &str) -> Value {
+    json!({
+        "aio": "E2RgYDj8qP3+oJmbhj4vlxuJwBwA",
+        "appid": "a1b2c3d4-1111-2222-3333-444455556666",
+        "appidacr": "2",
+        "idp": issuer,
+        "idtyp": "app",
+        "oid": PIPELINE_OID,
+        "rh": "1.AXQAv4j5cvGGr0GRqy180BHbRw.",
+        "roles": ["Cache.Write"],
+        "sub": PIPELINE_OID,
+        "tid": TENANT,
+        "uti": "fqiBqXLPj0eQa82S-IYFAA",
+        "ver": "1.0",
+    })
+}
+
+/// An Entra ID v1 delegated access token of a developer signed in with the Azure CLI.
+fn entra_developer_claims(groups: &[&str]) -> Value {
+    json!({
+        "acr": "1",
+        "aio": "AVQAq/8TAAAA",
+        "amr": ["pwd", "mfa"],
+        "appid": AZURE_CLI,
+        "appidacr": "0",
+        "family_name": "Dev",
+        "given_name": "Ada",
+        "groups": groups,
+        "ipaddr": "203.0.113.7",
+        "name": "Ada Dev",
+        "oid": "6f9d2e8a-1b3c-4d5e-8f70-112233445566",
+        "rh": "0.AXQAv4j5cvGGr0GRqy180BHbRw.",
+        "scp": "user_impersonation",
+        "sub": "l3_roISQU222bULS9yi2k0XpqpOiMz5H3ZACo1GeXA",
+        "tid": TENANT,
+        "unique_name": "ada@acme.example",
+        "upn": "ada@acme.example",
+        "uti": "fqiBqXLPj0eQa82S-IYFAA",
+        "ver": "1.0",
+    })
+}
+
+/// POSTs to `/token` with `identity` as the bearer token; returns (status, content type, body).
+async fn exchange(
+    handler: &Handler,
+    identity: Option<&str>,
+    body: Option<&str>,
+    json_answer: bool,
+) -> (StatusCode, String, String) {
+    let mut request = reqwest::Client::new().post(format!("{}/token", handler.base_url));
+    if let Some(identity) = identity {
+        request = request.bearer_auth(identity);
+    }
+    if let Some(body) = body {
+        request = request.body(body.to_owned());
+    }
+    if json_answer {
+        request = request.header("accept", "application/json");
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, content_type, response.text().await.unwrap())
+}
+
+/// The claims of one of this cache's tokens (not verified: the server does that).
+fn cache_claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+/// The value of a metrics line, e.g. `nx_cache_token_exchanges_total{rule="web-main"}`.
+async fn metric(handler: &Handler, name: &str) -> u64 {
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", handler.base_url))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .map(|v| v.parse().unwrap())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+const METRICS_TOKEN: &str = "metrics-token-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_identity_token_gets_exactly_its_answer() {
+    let issuers = Issuers::start().await;
+    let stranger = Issuer::start("").await;
+    let handler = issuers.handler(&[("NX_CACHE_METRICS_TOKEN", METRICS_TOKEN)]);
+    let github = &issuers.github;
+    let main = github.sign(&github.claims(AUDIENCE, github_claims("acme/web", "refs/heads/main")));
+    let pull =
+        github.sign(&github.claims(AUDIENCE, github_claims("acme/web", "refs/pull/7/merge")));
+
+    // A main-branch build: read-write for team web, as plain text, usable at once.
+    let (status, content_type, token) = exchange(&handler, Some(&main), None, false).await;
+    assert_eq!(status, StatusCode::OK, "{token}");
+    assert_eq!(content_type, "text/plain");
+    let claims = cache_claims(&token);
+    assert_eq!(claims["sub"], "github:acme/web:refs/heads/main");
+    assert_eq!(claims["teams"], json!(["web"]));
+    assert_eq!(claims["org"], false);
+    assert_eq!(claims["access"], "read-write");
+    assert_eq!(claims["rule"], "web-main");
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert_eq!(lifetime, 2 * 3600, "the rule's ttl");
+    let client = reqwest::Client::new();
+    let stored = client
+        .put(format!("{}/teams/web/v1/cache/1", handler.base_url))
+        .bearer_auth(&token)
+        .body("artifact")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), StatusCode::OK);
+
+    // A pull request of the same repository: read-only, org and web, as JSON on request.
+    let (status, content_type, body) = exchange(&handler, Some(&pull), None, true).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(content_type, "application/json");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["access"], "read-only");
+    assert_eq!(answer["org"], true);
+    assert_eq!(answer["teams"], json!(["web"]));
+    assert_eq!(answer["rule"], "web-prs");
+    assert_eq!(answer["subject"], "github:acme/web:refs/pull/7/merge");
+    let expires_at = time::OffsetDateTime::parse(
+        answer["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let in_an_hour = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    assert!((expires_at - in_an_hour).abs() < time::Duration::minutes(1));
+    let refused = client
+        .put(format!("{}/teams/web/v1/cache/2", handler.base_url))
+        .bearer_auth(answer["token"].as_str().unwrap())
+        .body("poison")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        StatusCode::FORBIDDEN,
+        "a pull request cannot write"
+    );
+
+    // Least privilege: less than the rule grants is given, more is refused by name.
+    let (status, _, token) = exchange(
+        &handler,
+        Some(&main),
+        Some(r#"{"access": "read-only"}"#),
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cache_claims(&token)["access"], "read-only");
+    let (status, content_type, message) = exchange(
+        &handler,
+        Some(&pull),
+        Some(r#"{"access": "read-write", "teams": ["web", "api"]}"#),
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(content_type, "text/plain");
+    assert_eq!(
+        message,
+        "rule 'web-prs' grants read-only access to org, team web; refused: team api, read-write"
+    );
+    let (status, _, message) = exchange(&handler, Some(&main), Some("{not json"), false).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{message}");
+
+    // Refusals, each with its status, as plain text, never echoing the token.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let another_repository =
+        github.sign(&github.claims(AUDIENCE, github_claims("acme/api", "refs/heads/main")));
+    let another_audience =
+        github.sign(&github.claims("someone-else", github_claims("acme/web", "refs/heads/main")));
+    let mut expired_claims = github.claims(AUDIENCE, github_claims("acme/web", "refs/heads/main"));
+    expired_claims["iat"] = (now - 3900).into();
+    expired_claims["nbf"] = (now - 4500).into();
+    expired_claims["exp"] = (now - 3600).into();
+    let expired = github.sign(&expired_claims);
+    let main_claims = github.claims(AUDIENCE, github_claims("acme/web", "refs/heads/main"));
+    let kid = github.public_jwk()["kid"].as_str().unwrap().to_owned();
+    let none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(main_claims.to_string().as_bytes())
+    );
+    let confused = {
+        // HS256 "signed" with the issuer's public key, the classic algorithm confusion.
+        use hmac::{Hmac, Mac};
+        let input = format!(
+            "{}.{}",
+            b64(format!(r#"{{"alg":"HS256","typ":"JWT","kid":"{kid}"}}"#).as_bytes()),
+            b64(main_claims.to_string().as_bytes())
+        );
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&github.public_key_der()).unwrap();
+        mac.update(input.as_bytes());
+        format!("{input}.{}", b64(&mac.finalize().into_bytes()))
+    };
+    // One character in the middle of the signature changed.
+    let mut tampered = main.clone().into_bytes();
+    let at = tampered.len() - 20;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let foreign =
+        stranger.sign(&stranger.claims(AUDIENCE, github_claims("acme/web", "refs/heads/main")));
+    let cases: Vec<(&str, Option<&str>, StatusCode, &str)> = vec![
+        (
+            "no identity token",
+            None,
+            StatusCode::UNAUTHORIZED,
+            "no identity token",
+        ),
+        (
+            "not a JWT",
+            Some("not-a-jwt"),
+            StatusCode::UNAUTHORIZED,
+            "not a JWT",
+        ),
+        (
+            "another repository",
+            Some(&another_repository),
+            StatusCode::FORBIDDEN,
+            "no trust rule matches this identity: repository=acme/api ref=refs/heads/main",
+        ),
+        (
+            "another audience",
+            Some(&another_audience),
+            StatusCode::UNAUTHORIZED,
+            "audience nx-cache",
+        ),
+        (
+            "expired",
+            Some(&expired),
+            StatusCode::UNAUTHORIZED,
+            "expired",
+        ),
+        (
+            "alg none",
+            Some(&none),
+            StatusCode::UNAUTHORIZED,
+            "not a JWT",
+        ),
+        (
+            "HS256 with the public key",
+            Some(&confused),
+            StatusCode::UNAUTHORIZED,
+            "asymmetric",
+        ),
+        (
+            "bad signature",
+            Some(&tampered),
+            StatusCode::UNAUTHORIZED,
+            "signature",
+        ),
+        (
+            "unknown issuer",
+            Some(&foreign),
+            StatusCode::UNAUTHORIZED,
+            "issuer",
+        ),
+    ];
+    for (name, identity, expected, message) in &cases {
+        let (status, content_type, body) = exchange(&handler, *identity, None, false).await;
+        assert_eq!(status, *expected, "{name}: {body}");
+        assert_eq!(content_type, "text/plain", "{name}");
+        assert!(body.contains(message), "{name}: {body:?} lacks {message:?}");
+        if let Some(identity) = identity {
+            assert!(!body.contains(identity), "{name}: the token is echoed");
+        }
+    }
+    assert_eq!(
+        stranger.key_requests(),
+        0,
+        "an issuer no rule names is never contacted"
+    );
+
+    // Keys are fetched once (discovery + JWKS), then no issuer request per exchange.
+    let fetched = github.key_requests();
+    assert_eq!(fetched, 2, "one discovery and one JWKS request so far");
+    for _ in 0..20 {
+        let (status, _, _) = exchange(&handler, Some(&main), None, false).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(
+        github.key_requests(),
+        fetched,
+        "warm keys: no issuer request"
+    );
+
+    // The issuer rotates its key: the unknown kid makes the server fetch again, then succeed.
+    let new_kid = github.rotate();
+    let refetched_at = std::time::Instant::now();
+    let rotated =
+        github.sign(&github.claims(AUDIENCE, github_claims("acme/web", "refs/heads/main")));
+    assert_eq!(
+        jsonwebtoken::decode_header(&rotated)
+            .unwrap()
+            .kid
+            .as_deref(),
+        Some(new_kid.as_str())
+    );
+    // The keys were fetched moments ago, and an unknown kid makes the server fetch again at most
+    // once every 10 s: the new key is picked up within that interval, by a single re-fetch.
+    let mut waited_out = 0;
+    loop {
+        let (status, _, body) = exchange(&handler, Some(&rotated), None, false).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        waited_out += 1;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(
+            refetched_at.elapsed() < std::time::Duration::from_secs(20),
+            "the rotated key is not picked up: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        github.key_requests(),
+        fetched + 2,
+        "fetched again exactly once"
+    );
+    let refetched_at = std::time::Instant::now();
+
+    // Junk tokens naming unknown keys cannot make the server hammer the issuer: within the
+    // refresh interval, not one more fetch.
+    for i in 0..20 {
+        let junk = format!(
+            "{}.{}.{}",
+            b64(format!(r#"{{"alg":"RS256","kid":"junk-{i}"}}"#).as_bytes()),
+            b64(main_claims.to_string().as_bytes()),
+            b64(b"not a signature")
+        );
+        let (status, _, body) = exchange(&handler, Some(&junk), None, false).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(body.contains("key its issuer does not publish"), "{body}");
+    }
+    // At most one fetch per 10 s: none at all unless this loop outlasted the interval.
+    let allowed = 2 * (refetched_at.elapsed().as_secs() / 10) as usize;
+    assert!(
+        github.key_requests() <= fetched + 2 + allowed,
+        "junk kids cause no fetch: {} requests",
+        github.key_requests()
+    );
+
+    // Entra ID v2 and GitLab shapes, straight to the exchange.
+    let v2 = &issuers.entra_v2;
+    let mut developer = entra_developer_claims(&[DEVELOPERS]);
+    let object = developer.as_object_mut().unwrap();
+    for v1_only in [
+        "appid",
+        "appidacr",
+        "upn",
+        "unique_name",
+        "ipaddr",
+        "family_name",
+        "given_name",
+        "amr",
+        "acr",
+    ] {
+        object.remove(v1_only);
+    }
+    object.insert("azp".into(), AZURE_CLI.into());
+    object.insert("azpacr".into(), "0".into());
+    object.insert("preferred_username".into(), "ada@acme.example".into());
+    object.insert("ver".into(), "2.0".into());
+    let v2_token = v2.sign(&v2.claims(CACHE_APP_ID, developer));
+    let (status, _, token) = exchange(&handler, Some(&v2_token), None, false).await;
+    assert_eq!(status, StatusCode::OK, "{token}");
+    let claims = cache_claims(&token);
+    assert_eq!(claims["rule"], "developers-v2");
+    assert_eq!(
+        claims["sub"],
+        "entra:ada@acme.example:6f9d2e8a-1b3c-4d5e-8f70-112233445566"
+    );
+    let gitlab = &issuers.gitlab;
+    let unprotected =
+        gitlab.sign(&gitlab.claims(AUDIENCE, gitlab_claims("acme/web", "feature", false)));
+    let (status, _, body) = exchange(&handler, Some(&unprotected), None, false).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        body,
+        "no trust rule matches this identity: project_path=acme/web ref_protected=false"
+    );
+
+    // The metrics count exchanges by rule and refusals by reason; the log names rule and subject.
+    assert_eq!(
+        metric(
+            &handler,
+            r#"nx_cache_token_exchanges_total{rule="web-main"}"#
+        )
+        .await,
+        23
+    );
+    assert_eq!(
+        metric(
+            &handler,
+            r#"nx_cache_token_exchanges_total{rule="web-prs"}"#
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        metric(
+            &handler,
+            r#"nx_cache_token_exchange_refusals_total{reason="no-rule"}"#
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        metric(
+            &handler,
+            r#"nx_cache_token_exchange_refusals_total{reason="scope"}"#
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        metric(
+            &handler,
+            r#"nx_cache_token_exchange_refusals_total{reason="unknown-issuer"}"#
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        metric(
+            &handler,
+            r#"nx_cache_token_exchange_refusals_total{reason="signature"}"#
+        )
+        .await,
+        1 + 20 + waited_out
+    );
+    assert!(
+        handler
+            .logs()
+            .iter()
+            .any(|l| l.contains("\"message\":\"request\"")
+                && l.contains("\"path\":\"/token\"")
+                && l.contains("\"rule\":\"web-main\"")
+                && l.contains("\"subject\":\"github:acme/web:refs/heads/main\""))
+    );
+    assert!(
+        handler
+            .logs()
+            .iter()
+            .any(|l| l.contains("\"path\":\"/teams/web/v1/cache/1\"")
+                && l.contains("\"rule\":\"web-main\""))
+    );
+    for line in handler.logs() {
+        for token in [&main, &pull, &rotated] {
+            assert!(
+                !line.contains(token.as_str()),
+                "an identity token in the log: {line}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_that_cannot_be_reached_gets_503_and_the_cache_goes_on() {
+    let issuers = Issuers::start().await;
+    let handler = issuers.handler(&[]);
+    let github = &issuers.github;
+    github.set_down(true);
+    let main = github.sign(&github.claims(AUDIENCE, github_claims("acme/web", "refs/heads/main")));
+    let (status, content_type, body) = exchange(&handler, Some(&main), None, false).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(content_type, "text/plain");
+    assert!(body.contains("cannot be fetched"), "{body}");
+    // Cache requests do not depend on any issuer.
+    let token = issue_token(&["--team", "web"]);
+    let client = reqwest::Client::new();
+    let url = format!("{}/teams/web/v1/cache/9", handler.base_url);
+    let put = client
+        .put(&url)
+        .bearer_auth(&token)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    let get = client.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(get.status(), StatusCode::OK);
+    // The issuer comes back: the next exchange past the refresh interval works. (The interval
+    // keeps a failing issuer from being asked more than once every 10 s.)
+    github.set_down(false);
+    let (status, _, _) = exchange(&handler, Some(&main), None, false).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "within the refresh interval"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, _, body) = exchange(&handler, Some(&main), None, false).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+#[test]
+fn a_main_branch_build_stores_and_hits_and_a_pull_request_build_only_reads() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let issuers = runtime.block_on(Issuers::start());
+    let handler = issuers.handler(&[]);
+    let github = &issuers.github;
+    let web = format!("{}/teams/web", handler.base_url);
+    let token_for = |git_ref: &str| {
+        let identity = github.sign(&github.claims(AUDIENCE, github_claims("acme/web", git_ref)));
+        let (status, _, token) = runtime.block_on(exchange(&handler, Some(&identity), None, false));
+        assert_eq!(status, StatusCode::OK, "{token}");
+        token
+    };
+    let writer = token_for("refs/heads/main");
+    let workspace = Workspace::new();
+    let (ok, first) = workspace.build(&web, Some(&writer));
+    assert!(ok, "{first}");
+    assert_eq!(
+        handler.entries("teams/web"),
+        PROJECTS.len(),
+        "the main build stores"
+    );
+    workspace.forget_local_results(&web);
+    let (ok, second) = workspace.build(&web, Some(&writer));
+    assert!(ok, "{second}");
+    assert_eq!(remote_hits(&second), PROJECTS.len(), "{second}");
+
+    let reader = token_for("refs/pull/7/merge");
+    workspace.forget_local_results(&web);
+    let (ok, hits) = workspace.build(&web, Some(&reader));
+    assert!(ok, "{hits}");
+    assert_eq!(
+        remote_hits(&hits),
+        PROJECTS.len(),
+        "a pull request reads: {hits}"
+    );
+    workspace.touch_sources("changed in the pull request");
+    let (ok, changed) = workspace.build(&web, Some(&reader));
+    assert!(ok, "a read-only token never fails the build: {changed}");
+    assert_eq!(
+        handler.entries("teams/web"),
+        PROJECTS.len(),
+        "a pull request stores nothing"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client snippets of docs/keyless.md, run as written there.
+
+/// The fenced block of docs/keyless.md whose info string is `info`.
+fn doc_snippet(info: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/keyless.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines = text.lines();
+    let mut found = None;
+    while let Some(line) = lines.next() {
+        if line.trim_end() == format!("```{info}") {
+            let block: Vec<&str> = lines
+                .by_ref()
+                .take_while(|l| l.trim_end() != "```")
+                .collect();
+            assert!(found.is_none(), "two ```{info} blocks in docs/keyless.md");
+            found = Some(block.join("\n") + "\n");
+        }
+    }
+    found.unwrap_or_else(|| panic!("no ```{info} block in docs/keyless.md"))
+}
+
+/// The literal block scalar (`key: |`) that follows the line `after` (or the first `key: |`),
+/// dedented: a script as the CI system would run it.
+fn block_scalar(yaml: &str, after: Option<&str>, key: &str) -> String {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let start = match after {
+        Some(marker) => lines.iter().position(|l| l.contains(marker)).expect(marker),
+        None => 0,
+    };
+    let opening = lines[start..]
+        .iter()
+        .position(|l| l.trim_end().ends_with(&format!("{key} |")))
+        .map(|i| i + start)
+        .unwrap_or_else(|| panic!("no `{key} |` after {after:?}"));
+    let key_indent = lines[opening].len() - lines[opening].trim_start().len();
+    let body: Vec<&str> = lines[opening + 1..]
+        .iter()
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > key_indent)
+        .copied()
+        .collect();
+    let indent = body
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap();
+    body.iter()
+        .map(|l| if l.len() >= indent { &l[indent..] } else { "" })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// Runs `program args...` with exactly `env` (and `PATH`); returns (success, stdout, stderr).
+fn run(
+    program: &str,
+    args: &[&str],
+    env: &[(String, String)],
+    path_front: Option<&Path>,
+) -> (bool, String, String) {
+    let mut path = std::env::var("PATH").unwrap_or_default();
+    if let Some(front) = path_front {
+        path = format!("{}:{path}", front.display());
+    }
+    let output = Command::new(program)
+        .args(args)
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", std::env::temp_dir())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The environment variables the GitHub Actions step exported through `$GITHUB_ENV`.
+fn github_env(file: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn value_of<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Builds with `env` after the local cache is forgotten; returns nx's output, which must show a
+/// successful build.
+fn build_with(workspace: &Workspace, env: &[(String, String)], server: &str) -> String {
+    workspace.forget_local_results(server);
+    let (ok, output) = workspace.build_env(env);
+    assert!(ok, "the build must succeed:\n{output}");
+    output
+}
+
+/// A job whose snippet turned the remote cache off: the build runs, contacts no cache.
+fn assert_cache_off(
+    workspace: &Workspace,
+    env: &[(String, String)],
+    handler: &Handler,
+    server: &str,
+) {
+    assert_eq!(
+        value_of(env, "NX_SKIP_REMOTE_CACHE"),
+        Some("true"),
+        "{env:?}"
+    );
+    assert!(
+        value_of(env, "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN")
+            .is_none_or(|t| t.starts_with("$("))
+    );
+    let requests_before = handler
+        .logs()
+        .iter()
+        .filter(|l| l.contains("/v1/cache/"))
+        .count();
+    // Even with the server URL set by the job's own configuration, nothing reaches the cache.
+    let mut env = env.to_vec();
+    env.push(("NX_SELF_HOSTED_REMOTE_CACHE_SERVER".into(), server.into()));
+    let output = build_with(workspace, &env, server);
+    assert_eq!(remote_hits(&output), 0);
+    let requests_after = handler
+        .logs()
+        .iter()
+        .filter(|l| l.contains("/v1/cache/"))
+        .count();
+    assert_eq!(
+        requests_before, requests_after,
+        "no cache request with the cache off"
+    );
+}
+
+#[test]
+fn the_github_actions_snippet_works_as_documented() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let issuers = runtime.block_on(Issuers::start());
+    let handler = issuers.handler(&[]);
+    let workflow = doc_snippet("yaml github-workflow");
+    let script = block_scalar(&workflow, Some("name: Nx remote cache token"), "run:");
+    let dir = tempfile::tempdir().unwrap();
+    let script_file = dir.path().join("step.sh");
+    std::fs::write(&script_file, &script).unwrap();
+    let web = format!("{}/teams/web", handler.base_url);
+    // What the runner gives the step: its `env:` (the values a user sets) and the ID token
+    // request variables (`permissions: id-token: write`), GitHub's default bash flags.
+    let run_step = |github_env_file: &Path, with_id_token: bool| {
+        let mut env = vars(&[
+            ("NX_CACHE_URL", &web),
+            ("NX_CACHE_TOKEN_URL", &format!("{}/token", handler.base_url)),
+            ("NX_CACHE_AUDIENCE", AUDIENCE),
+            ("GITHUB_ENV", github_env_file.to_str().unwrap()),
+        ]);
+        if with_id_token {
+            env.extend(vars(&[
+                (
+                    "ACTIONS_ID_TOKEN_REQUEST_URL",
+                    &format!("{}/github/token?api-version=2.0", issuers.github.base),
+                ),
+                ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", RUNNER_REQUEST_TOKEN),
+            ]));
+        }
+        let (ok, stdout, stderr) = run(
+            "bash",
+            &[
+                "--noprofile",
+                "--norc",
+                "-eo",
+                "pipefail",
+                script_file.to_str().unwrap(),
+            ],
+            &env,
+            None,
+        );
+        assert!(ok, "the step must never fail the job:\n{stdout}\n{stderr}");
+        (stdout, github_env(github_env_file))
+    };
+
+    // A push to main: read-write; nx stores, then hits.
+    issuers
+        .github
+        .set_ci_claims(github_claims("acme/web", "refs/heads/main"));
+    let (stdout, env) = run_step(&dir.path().join("env-main"), true);
+    let token = value_of(&env, "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN").expect("a token");
+    assert!(
+        stdout.contains(&format!("::add-mask::{token}")),
+        "the token is masked"
+    );
+    assert_eq!(
+        value_of(&env, "NX_SELF_HOSTED_REMOTE_CACHE_SERVER"),
+        Some(web.as_str())
+    );
+    let workspace = Workspace::new();
+    build_with(&workspace, &env, &web);
+    assert_eq!(handler.entries("teams/web"), PROJECTS.len());
+    let output = build_with(&workspace, &env, &web);
+    assert_eq!(remote_hits(&output), PROJECTS.len(), "{output}");
+
+    // A pull request: read-only; hits, stores nothing new.
+    issuers
+        .github
+        .set_ci_claims(github_claims("acme/web", "refs/pull/7/merge"));
+    let (_, env) = run_step(&dir.path().join("env-pr"), true);
+    let output = build_with(&workspace, &env, &web);
+    assert_eq!(remote_hits(&output), PROJECTS.len(), "{output}");
+    workspace.touch_sources("pull request change");
+    build_with(&workspace, &env, &web);
+    assert_eq!(
+        handler.entries("teams/web"),
+        PROJECTS.len(),
+        "nothing stored"
+    );
+
+    // A pull request from a fork gets no ID token: the cache is off, the job goes on.
+    let (stdout, env) = run_step(&dir.path().join("env-fork"), false);
+    assert!(
+        stdout.contains("::warning::Nx remote cache is off"),
+        "{stdout}"
+    );
+    assert_cache_off(&workspace, &env, &handler, &web);
+
+    // Another repository's workflow: refused (403), said so, and the cache is off.
+    issuers
+        .github
+        .set_ci_claims(github_claims("acme/api", "refs/heads/main"));
+    let (stdout, env) = run_step(&dir.path().join("env-other"), true);
+    assert!(
+        stdout.contains("token exchange refused: no trust rule matches"),
+        "{stdout}"
+    );
+    assert_cache_off(&workspace, &env, &handler, &web);
+}
+
+#[test]
+fn the_gitlab_ci_snippet_works_as_documented() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let issuers = runtime.block_on(Issuers::start());
+    let handler = issuers.handler(&[]);
+    let pipeline = doc_snippet("yaml gitlab-ci");
+    let before_script = block_scalar(&pipeline, Some("before_script:"), "-");
+    let web = format!("{}/teams/web", handler.base_url);
+    let gitlab = &issuers.gitlab;
+    // GitLab runs before_script and script in one shell: the exports reach nx. The probe prints
+    // what a later `script` line would see.
+    let probe = "\nfor v in NX_SELF_HOSTED_REMOTE_CACHE_SERVER NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN NX_SKIP_REMOTE_CACHE; do\n  eval \"x=\\${$v-}\"; if [ -n \"$x\" ]; then echo \"$v=$x\"; fi\ndone\n";
+    let job = |identity: Option<String>, shell: &str| {
+        let mut env = vars(&[
+            ("NX_CACHE_URL", &web),
+            ("NX_CACHE_TOKEN_URL", &format!("{}/token", handler.base_url)),
+        ]);
+        if let Some(identity) = identity {
+            env.push(("NX_CACHE_ID_TOKEN".into(), identity));
+        }
+        let script = format!("{before_script}{probe}");
+        let (ok, stdout, stderr) = run(shell, &["-e", "-c", &script], &env, None);
+        assert!(
+            ok,
+            "before_script must never fail the job:\n{stdout}\n{stderr}"
+        );
+        let exported: Vec<(String, String)> = stdout
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, _)| k.starts_with("NX_"))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        (stdout, exported)
+    };
+    let protected = gitlab.sign(&gitlab.claims(AUDIENCE, gitlab_claims("acme/web", "main", true)));
+    let workspace = Workspace::new();
+    for shell in ["bash", "sh"] {
+        let (_, env) = job(Some(protected.clone()), shell);
+        assert!(
+            value_of(&env, "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN").is_some(),
+            "{shell}: {env:?}"
+        );
+        assert_eq!(
+            value_of(&env, "NX_SELF_HOSTED_REMOTE_CACHE_SERVER"),
+            Some(web.as_str())
+        );
+    }
+    let (_, env) = job(Some(protected), "bash");
+    build_with(&workspace, &env, &web);
+    assert_eq!(handler.entries("teams/web"), PROJECTS.len());
+    let output = build_with(&workspace, &env, &web);
+    assert_eq!(remote_hits(&output), PROJECTS.len(), "{output}");
+
+    // An unprotected branch: no rule, said so, cache off, the build goes on.
+    let feature =
+        gitlab.sign(&gitlab.claims(AUDIENCE, gitlab_claims("acme/web", "feature", false)));
+    let (stdout, env) = job(Some(feature), "bash");
+    assert!(
+        stdout.contains("token exchange refused: no trust rule matches"),
+        "{stdout}"
+    );
+    assert_cache_off(&workspace, &env, &handler, &web);
+    // No ID token at all.
+    let (_, env) = job(None, "sh");
+    assert_cache_off(&workspace, &env, &handler, &web);
+}
+
+/// The variables an Azure Pipelines step set with `##vso[task.setvariable ...]`, as the next
+/// step's environment gets them, and the `env:` mapping of the nx step (`$(NX_CACHE_TOKEN)`
+/// stays literal when the variable was never set, as Azure Pipelines leaves unknown macros).
+fn azure_next_step_env(stdout: &str) -> Vec<(String, String)> {
+    let mut variables = Vec::new();
+    for line in stdout.lines() {
+        let Some(rest) = line.strip_prefix("##vso[task.setvariable variable=") else {
+            continue;
+        };
+        let (properties, value) = rest.split_once(']').unwrap();
+        let name = properties.split(';').next().unwrap();
+        let secret = properties.contains("issecret=true");
+        variables.push((name.to_owned(), value.to_owned(), secret));
+    }
+    let mut env: Vec<(String, String)> = variables
+        .iter()
+        .filter(|(_, _, secret)| !secret)
+        .map(|(k, v, _)| (k.clone(), v.clone()))
+        .collect();
+    let token = variables
+        .iter()
+        .find(|(k, _, _)| k == "NX_CACHE_TOKEN")
+        .map(|(_, v, _)| v.clone())
+        .unwrap_or_else(|| "$(NX_CACHE_TOKEN)".into());
+    env.push(("NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN".into(), token));
+    env
+}
+
+#[test]
+fn the_azure_pipelines_snippet_works_as_documented() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let issuers = runtime.block_on(Issuers::start());
+    let handler = issuers.handler(&[]);
+    let pipeline = doc_snippet("yaml azure-pipelines");
+    let script = block_scalar(&pipeline, Some("task: AzureCLI@2"), "inlineScript:");
+    let bin = tempfile::tempdir().unwrap();
+    let v1 = &issuers.entra_v1;
+    v1.install_az(bin.path());
+    v1.set_ci_claims(entra_pipeline_claims(&v1.issuer()));
+    let web = format!("{}/teams/web", handler.base_url);
+    let step = |extra: &[(&str, &str)]| {
+        let mut env = vars(&[
+            ("NX_CACHE_URL", &web),
+            ("NX_CACHE_TOKEN_URL", &format!("{}/token", handler.base_url)),
+            ("NX_CACHE_APP_ID_URI", &cache_app_uri()),
+        ]);
+        env.extend(vars(extra));
+        let (ok, stdout, stderr) = run(
+            "bash",
+            &["--noprofile", "--norc", "-c", &script],
+            &env,
+            Some(bin.path()),
+        );
+        assert!(ok, "the step must never fail the job:\n{stdout}\n{stderr}");
+        stdout
+    };
+    let stdout = step(&[]);
+    assert!(
+        stdout.contains("##vso[task.setvariable variable=NX_CACHE_TOKEN;issecret=true]"),
+        "{stdout}"
+    );
+    let env = azure_next_step_env(&stdout);
+    let workspace = Workspace::new();
+    build_with(&workspace, &env, &web);
+    assert_eq!(
+        handler.entries("teams/web"),
+        PROJECTS.len(),
+        "the pipeline writes"
+    );
+    let output = build_with(&workspace, &env, &web);
+    assert_eq!(remote_hits(&output), PROJECTS.len(), "{output}");
+    let subject = cache_claims(value_of(&env, "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN").unwrap())
+        ["sub"]
+        .clone();
+    assert_eq!(
+        subject,
+        format!("entra:a1b2c3d4-1111-2222-3333-444455556666:{PIPELINE_OID}")
+    );
+
+    // The service connection cannot sign in: a warning, the cache off, the job goes on.
+    let stdout = step(&[("AZ_STANDIN_LOGGED_OUT", "1")]);
+    assert!(
+        stdout.contains("##vso[task.logissue type=warning]Nx remote cache is off"),
+        "{stdout}"
+    );
+    let env = azure_next_step_env(&stdout);
+    assert_cache_off(&workspace, &env, &handler, &web);
+}
+
+#[test]
+fn the_developer_laptop_snippet_works_as_documented() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let issuers = runtime.block_on(Issuers::start());
+    let handler = issuers.handler(&[]);
+    let snippet = doc_snippet("sh nx-cache-login");
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("profile.sh");
+    // The profile lines as documented, except the two values every organisation sets.
+    let profile_text = snippet
+        .replace("https://acme-nx-cache.azurewebsites.net", &handler.base_url)
+        .replace(
+            "api://00000000-0000-0000-0000-000000000000",
+            &cache_app_uri(),
+        );
+    std::fs::write(&profile, profile_text).unwrap();
+    let v1 = &issuers.entra_v1;
+    v1.install_az(dir.path());
+    let login = |team: &str, extra: &[(&str, &str)]| {
+        let command = format!(
+            "source {}; nx_cache_login {team}; env | grep -E '^NX_(SELF_HOSTED|SKIP)' || true",
+            profile.display()
+        );
+        let (ok, stdout, stderr) = run(
+            "bash",
+            &["--noprofile", "--norc", "-c", &command],
+            &vars(extra),
+            Some(dir.path()),
+        );
+        assert!(ok, "{stdout}\n{stderr}");
+        let env: Vec<(String, String)> = stdout
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        (env, stderr)
+    };
+    // The cache holds team web's entries, built by CI.
+    let web = format!("{}/teams/web", handler.base_url);
+    let writer = issue_token(&["--team", "web"]);
+    let workspace = Workspace::new();
+    let (ok, first) = workspace.build(&web, Some(&writer));
+    assert!(ok, "{first}");
+
+    // A developer of the group: a read-only token for team web; nx hits, stores nothing.
+    v1.set_ci_claims(entra_developer_claims(&[
+        "00000000-0000-0000-0000-000000000001",
+        DEVELOPERS,
+    ]));
+    let (env, _) = login("web", &[]);
+    assert_eq!(
+        value_of(&env, "NX_SELF_HOSTED_REMOTE_CACHE_SERVER"),
+        Some(web.as_str())
+    );
+    let token = value_of(&env, "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN").unwrap();
+    let claims = cache_claims(token);
+    assert_eq!(claims["access"], "read-only");
+    assert_eq!(claims["rule"], "developers");
+    assert_eq!(
+        claims["sub"],
+        "entra:ada@acme.example:6f9d2e8a-1b3c-4d5e-8f70-112233445566"
+    );
+    let output = build_with(&workspace, &env, &web);
+    assert_eq!(remote_hits(&output), PROJECTS.len(), "{output}");
+    workspace.touch_sources("local change");
+    build_with(&workspace, &env, &web);
+    assert_eq!(
+        handler.entries("teams/web"),
+        PROJECTS.len(),
+        "a laptop stores nothing"
+    );
+
+    // Not in the group: refused with the reason, the remote cache off in that shell.
+    v1.set_ci_claims(entra_developer_claims(&[
+        "00000000-0000-0000-0000-000000000001",
+    ]));
+    let (env, stderr) = login("web", &[]);
+    assert!(
+        stderr.contains("no trust rule matches this identity"),
+        "{stderr}"
+    );
+    assert_cache_off(&workspace, &env, &handler, &web);
+    // Not signed in.
+    let (env, stderr) = login("web", &[("AZ_STANDIN_LOGGED_OUT", "1")]);
+    assert!(stderr.contains("az login"), "{stderr}");
+    assert_cache_off(&workspace, &env, &handler, &web);
+}
