@@ -9,7 +9,9 @@
 //!   client understands (see `docs/` and the shared client contract).
 //! - [`key`]: the cache key (namespace + hash) and the rules that validate it before anything
 //!   touches storage.
-//! - [`auth`]: issuing and verifying bearer tokens (JWT) and deciding what a token may read/write.
+//! - [`auth`]: this cache's bearer tokens (issue, verify, rotation, grace period) and keyless
+//!   access: the trust policy and the exchange of verified identity tokens (`POST /token`). The
+//!   API layer sees only a [`auth::Grant`].
 //! - [`storage`]: the one [`storage::Store`] interface and the backends behind it.
 //! - [`limits`]: what one client can make the server hold: the pace of request bodies, drains
 //!   of refused uploads, the send timeout of a client that stops reading.

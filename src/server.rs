@@ -153,6 +153,9 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
             false => "NX_CACHE_JWT_SECRET".into(),
         }),
     });
+    if let Some(policy) = &config.trust.policy {
+        checks.extend(trust_checks(config, policy).await);
+    }
     match &config.backend {
         Backend::Local => {
             let result = match open_store(config) {
@@ -204,6 +207,40 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
                 }
             }
         },
+    }
+    checks
+}
+
+/// The trust policy's rules, and whether each trusted issuer's keys can be fetched now.
+async fn trust_checks(config: &Config, policy: &crate::auth::policy::TrustPolicy) -> Vec<Check> {
+    let rules = policy
+        .rules()
+        .iter()
+        .map(|r| format!("{} ({})", r.name, r.grant.describe()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut checks = vec![Check {
+        what: "trust policy",
+        result: Ok(format!("POST /token on, rules: {rules}")),
+    }];
+    let exchange = resolve_secret(config).and_then(|(secret, _)| {
+        Exchange::new(policy.clone(), Arc::new(token_authority(config, &secret)))
+    });
+    match exchange {
+        Err(e) => checks.push(Check {
+            what: "identity issuer",
+            result: Err(e),
+        }),
+        Ok(exchange) => {
+            for (issuer, result) in exchange.check_issuers().await {
+                checks.push(Check {
+                    what: "identity issuer",
+                    result: result
+                        .map(|keys| format!("{issuer}: {keys} signing key(s)"))
+                        .map_err(|e| format!("{issuer}: cannot fetch its keys ({e}); POST /token answers 503 for its tokens until it can")),
+                });
+            }
+        }
     }
     checks
 }

@@ -140,7 +140,19 @@ async fn the_package_serves_exactly_what_its_functions_declare() {
         "declared by a function but not served: {unserved:?}"
     );
 
-    // Start it as the host does: no arguments, the port in FUNCTIONS_CUSTOMHANDLER_PORT.
+    // Start it as the host does: no arguments, the port in FUNCTIONS_CUSTOMHANDLER_PORT. A
+    // stand-in identity issuer makes POST /token answer too.
+    let issuer = common::oidc::Issuer::start("").await;
+    let policy = serde_json::json!({"rules": [{
+        "name": "ci", "issuer": issuer.issuer(), "audience": "nx-cache",
+        "claims": {"repository": "acme/web"},
+        "grant": {"teams": ["web"], "access": "read-only"}
+    }]})
+    .to_string();
+    let identity = issuer.sign(&issuer.claims(
+        "nx-cache",
+        serde_json::json!({"repository": "acme/web", "sub": "repo:acme/web:ref:refs/heads/main"}),
+    ));
     let data = tempfile::tempdir().unwrap();
     let handler = Handler::launch(
         &unpacked.path().join("handler"),
@@ -150,6 +162,7 @@ async fn the_package_serves_exactly_what_its_functions_declare() {
             ("FUNCTIONS_CUSTOMHANDLER_PORT", "0"),
             ("NX_CACHE_LOG_FORMAT", ""),
             ("NX_CACHE_METRICS_TOKEN", METRICS_TOKEN),
+            ("NX_CACHE_TRUST_POLICY", &policy),
         ],
     );
     let client = reqwest::Client::new();
@@ -170,10 +183,10 @@ async fn the_package_serves_exactly_what_its_functions_declare() {
     calls.sort_by_key(|(_, method)| method != "PUT");
     for (route, method) in calls {
         let url = format!("{}{}", handler.base_url, concrete(route));
-        let token = if route == "/metrics" {
-            METRICS_TOKEN
-        } else {
-            token.as_str()
+        let token = match route.as_str() {
+            "/metrics" => METRICS_TOKEN,
+            "/token" => identity.as_str(),
+            _ => token.as_str(),
         };
         let status = match method.as_str() {
             "PUT" => client
@@ -186,6 +199,13 @@ async fn the_package_serves_exactly_what_its_functions_declare() {
                 .status(),
             "GET" => client
                 .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            "POST" => client
+                .post(&url)
                 .bearer_auth(token)
                 .send()
                 .await

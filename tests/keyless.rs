@@ -1223,3 +1223,51 @@ fn the_developer_laptop_snippet_works_as_documented() {
     assert!(stderr.contains("az login"), "{stderr}");
     assert_cache_off(&workspace, &env, &handler, &web);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_the_trust_policy_and_each_issuer() {
+    let issuers = Issuers::start().await;
+    issuers.gitlab.set_down(true);
+    let data = tempfile::tempdir().unwrap();
+    let output = tokio::task::spawn_blocking({
+        let policy = issuers.policy();
+        let data = data.path().to_owned();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_handler"))
+                .arg("doctor")
+                .env_clear()
+                .env("NX_CACHE_DIR", &data)
+                .env("NX_CACHE_JWT_SECRET", common::TEST_SECRET)
+                .env("NX_CACHE_TRUST_POLICY", policy)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success(),
+        "an unreachable issuer is a problem:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "ok       trust policy: POST /token on, rules: web-main (read-write access to team web)"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "ok       identity issuer: {}: 1 signing key(s)",
+            issuers.github.issuer()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "PROBLEM  identity issuer: {}: cannot fetch its keys",
+            issuers.gitlab.issuer()
+        )),
+        "{stdout}"
+    );
+}

@@ -201,3 +201,60 @@ async fn no_secret_reaches_the_logs_with_managed_identity() {
     );
     check(&handler, &bodies, &secrets);
 }
+
+/// Keyless access: the identity tokens sent to `POST /token` (accepted or refused) and the cache
+/// tokens it answers with never reach a log line; refusals never echo them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs_with_token_exchange() {
+    let issuer = common::oidc::Issuer::start("").await;
+    let policy = serde_json::json!({"rules": [{
+        "name": "ci", "issuer": issuer.issuer(), "audience": "nx-cache",
+        "claims": {"repository": "acme/web"},
+        "grant": {"org": true, "access": "read-write"}
+    }]})
+    .to_string();
+    let handler = Handler::start(&[
+        ("RUST_LOG", "debug"),
+        ("NX_CACHE_METRICS_TOKEN", METRICS_TOKEN),
+        ("NX_CACHE_TRUST_POLICY", &policy),
+    ]);
+    let mut secrets = base_secrets();
+    let mut bodies = exercise(&handler, &mut secrets).await;
+    let client = reqwest::Client::new();
+    let identities = [
+        (
+            "accepted identity token",
+            serde_json::json!({"repository": "acme/web", "sub": "repo:acme/web:ref:refs/heads/main"}),
+        ),
+        (
+            "refused identity token",
+            serde_json::json!({"repository": "acme/api", "sub": "repo:acme/api:ref:refs/heads/main"}),
+        ),
+    ];
+    for (name, claims) in identities {
+        let identity = issuer.sign(&issuer.claims("nx-cache", claims));
+        secrets.add(name, &identity);
+        let answer = client
+            .post(format!("{}/token", handler.base_url))
+            .bearer_auth(&identity)
+            .send()
+            .await
+            .unwrap();
+        let ok = answer.status() == StatusCode::OK;
+        let text = answer.text().await.unwrap();
+        if ok {
+            secrets.add("exchanged cache token", &text);
+            let put = client
+                .put(format!("{}/v1/cache/4242", handler.base_url))
+                .bearer_auth(&text)
+                .body("artifact")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(put.status(), StatusCode::OK);
+        } else {
+            bodies.push(text);
+        }
+    }
+    check(&handler, &bodies, &secrets);
+}

@@ -341,3 +341,160 @@ mod revocation {
         );
     }
 }
+
+mod token_lifecycle {
+    //! Tokens that end while a build runs: an expiry, and a rotation of the signing secret. In
+    //! both the build finishes; neither may cost a 401, which aborts an Nx run.
+
+    use super::*;
+    use common::front::Front;
+
+    /// Each task's build takes this long, so a build of the three projects one at a time
+    /// outlasts a short token or leaves time to rotate the secret.
+    const SLOW_TASK_MS: &str = "4000";
+
+    fn slow_build_env(server: &str, token: &str) -> Vec<(String, String)> {
+        vec![
+            ("NX_SELF_HOSTED_REMOTE_CACHE_SERVER".into(), server.into()),
+            (
+                "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN".into(),
+                token.into(),
+            ),
+            ("E2E_BUILD_DELAY_MS".into(), SLOW_TASK_MS.into()),
+        ]
+    }
+
+    fn one_at_a_time(workspace: &Workspace, env: &[(String, String)]) -> (bool, String) {
+        workspace.nx_env(
+            &[
+                "run-many",
+                "-t",
+                "build",
+                "--parallel=1",
+                "--outputStyle=static",
+            ],
+            env,
+        )
+    }
+
+    fn outcomes(handler: &Handler) -> Vec<String> {
+        handler
+            .logs()
+            .iter()
+            .filter(|l| l.contains("\"path\":\"/v1/cache/"))
+            .filter_map(|l| {
+                let value: serde_json::Value = serde_json::from_str(l).ok()?;
+                Some(format!(
+                    "{} {}",
+                    value["status"],
+                    value["outcome"].as_str()?
+                ))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_build_whose_token_expires_while_it_runs_finishes() {
+        // No leeway, so the token's end is exact; the grace period is the default (12h).
+        let handler = Handler::start(&[("NX_CACHE_TOKEN_LEEWAY", "0s")]);
+        let workspace = Workspace::new();
+        let token = issue_token(&["--org", "--expires-in", "6s", "--subject", "short-lived"]);
+        let (ok, output) = one_at_a_time(&workspace, &slow_build_env(&handler.base_url, &token));
+        assert!(
+            ok,
+            "the build must finish although its token expired:\n{output}"
+        );
+        let seen = outcomes(&handler);
+        assert!(
+            seen.iter().any(|o| o == "404 miss"),
+            "some requests came while the token was valid: {seen:?}"
+        );
+        assert!(
+            seen.iter().any(|o| o.ends_with(" expired")),
+            "some came after it expired: {seen:?}"
+        );
+        assert!(
+            !seen.iter().any(|o| o.starts_with("401")),
+            "no 401: {seen:?}"
+        );
+        assert!(
+            handler
+                .logs()
+                .iter()
+                .any(|l| l.contains("WARN") && l.contains("short-lived") && l.contains("expired")),
+            "a warning names the subject"
+        );
+    }
+
+    #[test]
+    fn rotating_the_secret_under_a_running_build_costs_no_401() {
+        const NEW_SECRET: &str = "the-new-secret-after-rotation-0123456789abcdefghijklmnop";
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        // Before: the test secret signs and verifies; clients hold tokens signed with it.
+        let old = Handler::start_in(data.path(), &[]);
+        let front = runtime.block_on(Front::start(&old.base_url));
+        let token = issue_token(&["--org"]);
+        let workspace = Workspace::new();
+        let env = slow_build_env(&front.base_url, &token);
+        let build = std::thread::spawn(move || {
+            let result = one_at_a_time(&workspace, &env);
+            (workspace, result)
+        });
+        old.wait_for_log(Duration::from_secs(60), |l| {
+            l.contains("\"path\":\"/v1/cache/")
+        })
+        .expect("the build reaches the cache");
+
+        // The rotation: the new secret signs, the old one still verifies. The front end sends
+        // the rest of the build to the new process, as Functions does after a settings change.
+        let new = Handler::start_in(
+            data.path(),
+            &[
+                ("NX_CACHE_JWT_SECRET", NEW_SECRET),
+                ("NX_CACHE_JWT_PREVIOUS_SECRETS", common::TEST_SECRET),
+            ],
+        );
+        front.switch_to(&new.base_url);
+        // The old process finishes what it has in flight (SIGTERM drains), then exits.
+        let mut old = old;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &old.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(old.wait_exit(Duration::from_secs(60)).is_some());
+
+        let (workspace, (ok, output)) = build.join().unwrap();
+        assert!(ok, "the build must finish across the rotation:\n{output}");
+        let after = outcomes(&new);
+        assert!(
+            !after.is_empty(),
+            "the new process served part of the build"
+        );
+        assert!(
+            after.iter().all(|o| !o.starts_with("401")),
+            "no 401 after the rotation: {after:?}"
+        );
+        assert_eq!(new.entries("org"), PROJECTS.len(), "every task stored once");
+
+        // The next build hits with the old token, through the new process.
+        workspace.forget_local_results(&front.base_url);
+        let (ok, second) = workspace.build(&front.base_url, Some(&token));
+        assert!(ok, "{second}");
+        assert_eq!(remote_hits(&second), PROJECTS.len(), "{second}");
+
+        // Without the previous secret, the same token would be a 401 (the cliff this avoids).
+        let forgot = Handler::start(&[("NX_CACHE_JWT_SECRET", NEW_SECRET)]);
+        let status = runtime.block_on(async {
+            reqwest::Client::new()
+                .get(format!("{}/v1/cache/1", forgot.base_url))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED);
+    }
+}

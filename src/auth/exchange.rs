@@ -129,6 +129,11 @@ impl Exchange {
         &self.policy
     }
 
+    /// Fetches every trusted issuer's keys now (`handler doctor`).
+    pub async fn check_issuers(&self) -> Vec<(String, Result<usize, String>)> {
+        self.verifier.check_issuers().await
+    }
+
     /// Verifies the identity token in `authorization`, finds the rule, narrows its grant to what
     /// was asked, and issues a token.
     pub async fn exchange(

@@ -193,6 +193,20 @@ impl Verifier {
     }
 }
 
+impl Verifier {
+    /// Fetches every issuer's keys now (for `handler doctor`): per issuer, how many signing keys
+    /// it publishes, or why they cannot be fetched.
+    pub async fn check_issuers(&self) -> Vec<(String, Result<usize, String>)> {
+        let mut results = Vec::new();
+        for keys in self.issuers.values() {
+            let result = keys.fetch(&self.http).await.map(|found| found.len());
+            results.push((keys.issuer.clone(), result));
+        }
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+        results
+    }
+}
+
 /// The algorithms an identity token may be signed with.
 const ASYMMETRIC: [Algorithm; 8] = [
     Algorithm::RS256,

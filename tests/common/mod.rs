@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod azurite;
+pub mod front;
 pub mod nx;
 pub mod oidc;
 pub mod revoking_proxy;

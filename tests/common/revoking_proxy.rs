@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -129,38 +129,8 @@ async fn forward(State(shared): State<Shared>, request: Request) -> Response {
             return authentication_failed();
         }
     }
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    let url = format!("{}{path_and_query}", shared.upstream);
-    let body = axum::body::to_bytes(body, 256 << 20).await.unwrap();
-    let mut headers = HeaderMap::new();
-    for (name, value) in &parts.headers {
-        if name != "host" && name != "content-length" && name != "connection" {
-            headers.append(name, value.clone());
-        }
-    }
-    let upstream = match shared
-        .client
-        .request(parts.method, url)
-        .headers(headers)
-        .body(body)
-        .send()
-        .await
-    {
-        Ok(upstream) => upstream,
-        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
-    };
-    let mut response = Response::builder().status(upstream.status());
-    for (name, value) in upstream.headers() {
-        if name != "transfer-encoding" && name != "connection" {
-            response = response.header(name, value);
-        }
-    }
-    let bytes = upstream.bytes().await.unwrap_or_default();
-    response.body(Body::from(bytes)).unwrap()
+    let request = Request::from_parts(parts, body);
+    super::front::forward(&shared.client, &shared.upstream, request).await
 }
 
 /// `(skt, ske)` of a user-delegation SAS query, if it is one.

@@ -5,6 +5,9 @@ const path = require("path");
 const crypto = require("crypto");
 
 const [projectRoot, binaryBytes] = process.argv.slice(2);
+// Some tests need builds that take a while (a token expiring, a secret rotated while nx runs).
+const delay = Number(process.env.E2E_BUILD_DELAY_MS || 0);
+if (delay > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, delay);
 const dist = path.join(projectRoot, "dist");
 fs.mkdirSync(path.join(dist, "nested"), { recursive: true });
 const source = fs.readFileSync(path.join(projectRoot, "src", "input.txt"), "utf8");
