@@ -18,7 +18,8 @@
 //
 // Offline checks: tests/infra (run scripts/check-infra). Keep ternary conditions parenthesized
 // unless they are a bare name: the parser the checks use gets `!a ? b : c` and `a > b ? c : d`
-// wrong without the parentheses.
+// wrong without the parentheses. It refuses a spread (`...x`) and a ternary whose `?` or `:`
+// starts a new line, and the checks cannot evaluate lambdas: use none of them.
 
 targetScope = 'resourceGroup'
 
@@ -63,8 +64,20 @@ param tokenSecretKeyVaultUri string = ''
 @description('Resource group of that Key Vault (same subscription), for the role assignment below.')
 param tokenSecretKeyVaultResourceGroup string = resourceGroup().name
 
-@description('Grant the app\'s identity "Key Vault Secrets User" on that one secret. Needs a vault that uses Azure RBAC; set false when the vault uses access policies or its access is managed elsewhere.')
+@description('Grant the app\'s identity "Key Vault Secrets User" on that one secret (and on the tokenPreviousSecretsKeyVaultUri secret). Needs a vault that uses Azure RBAC; set false when the vault uses access policies or its access is managed elsewhere.')
 param grantKeyVaultSecretAccess bool = true
+
+// Rotation: earlier secrets keep verifying the tokens they signed, so a new secret does not cut
+// off running builds (docs/deploy.md, "Rotating the token secret").
+@description('Earlier token signing secrets, comma-separated, that still verify tokens but never sign new ones (NX_CACHE_JWT_PREVIOUS_SECRETS), as a secure parameter. Set this OR tokenPreviousSecretsKeyVaultUri, not both; empty: none.')
+@secure()
+param tokenPreviousSecrets string = ''
+
+@description('URI of a Key Vault secret whose value is the earlier token signing secrets, comma-separated (NX_CACHE_JWT_PREVIOUS_SECRETS), e.g. https://VAULT.vault.azure.net/secrets/nx-cache-jwt-previous-secrets (without a version, the app follows new versions). The app gets "Key Vault Secrets User" on it as on tokenSecretKeyVaultUri. Set this OR tokenPreviousSecrets, not both.')
+param tokenPreviousSecretsKeyVaultUri string = ''
+
+@description('Resource group of the vault of tokenPreviousSecretsKeyVaultUri (same subscription), for its role assignment. Defaults to tokenSecretKeyVaultResourceGroup, as both secrets are usually in the same vault.')
+param tokenPreviousSecretsKeyVaultResourceGroup string = tokenSecretKeyVaultResourceGroup
 
 @description('NX_CACHE_MODE: read-write, read-only (every upload refused) or no-cache (every read a miss, every upload refused).')
 @allowed([
@@ -91,6 +104,12 @@ param sasTtl string = '5m'
 
 @description('NX_CACHE_REVOKED_TOKENS: ids (jti) of tokens refused before they expire.')
 param revokedTokenIds array = []
+
+@description('NX_CACHE_TRUST_POLICY: the trust policy of POST /token (keyless access), as the JSON text of the policy, {"rules": [...]}; see docs/keyless.md. Empty: the setting is not set and POST /token is off. The handler checks the policy when it starts and refuses to start on a mistake; this template only checks that the text is a JSON object.')
+param trustPolicy string = ''
+
+@description('NX_CACHE_EXPIRED_GRACE: for how long after its expiry an authentic token still gets the no-access answers (GET a miss, PUT refused) instead of a 401 that aborts the build; at most 7d.')
+param expiredGrace string = '12h'
 
 @description('RUST_LOG: log level and filters of the handler.')
 param logLevel string = 'info'
@@ -142,6 +161,10 @@ param tags object = {}
 var useUserAssignedIdentity = createUserAssignedIdentity || (!empty(userAssignedIdentityResourceId))
 var createIdentity = createUserAssignedIdentity && empty(userAssignedIdentityResourceId)
 var useKeyVaultSecret = !empty(tokenSecretKeyVaultUri)
+var useKeyVaultPreviousSecrets = !empty(tokenPreviousSecretsKeyVaultUri)
+var usePreviousSecrets = useKeyVaultPreviousSecrets || (!empty(tokenPreviousSecrets))
+// Whitespace alone is no policy (the handler ignores a blank setting): leave the setting out.
+var useTrustPolicy = !empty(trim(trustPolicy))
 
 // The user-assigned identity's resource id, client id and principal id, whichever way it came.
 var identityResourceId = createIdentity ? createdIdentity.id : userAssignedIdentityResourceId
@@ -165,6 +188,23 @@ var tokenSecretSetting = (!empty(secretSourceProblem)) ? string(int(secretSource
 // https://VAULT.vault.azure.net/secrets/NAME[/VERSION] -> VAULT and NAME.
 var keyVaultName = useKeyVaultSecret ? first(split(split(tokenSecretKeyVaultUri, '/')[2], '.')) : ''
 var keyVaultSecretName = useKeyVaultSecret ? split(tokenSecretKeyVaultUri, '/')[4] : ''
+var previousKeyVaultName = useKeyVaultPreviousSecrets ? first(split(split(tokenPreviousSecretsKeyVaultUri, '/')[2], '.')) : ''
+var previousKeyVaultSecretName = useKeyVaultPreviousSecrets ? split(tokenPreviousSecretsKeyVaultUri, '/')[4] : ''
+
+// NX_CACHE_JWT_PREVIOUS_SECRETS, only when given: at most one source, and never the current
+// secret's own Key Vault secret (it holds one secret, not the list of earlier ones, and both role
+// assignments would be the same one). The handler checks the length of each secret at startup;
+// the template, which cannot split the list without lambdas (the checks' parser has none), only
+// refuses a list shorter than one secret.
+var previousSecretsProblem = ((!empty(tokenPreviousSecrets)) && useKeyVaultPreviousSecrets) ? 'Set at most one of the parameters tokenPreviousSecrets and tokenPreviousSecretsKeyVaultUri.' : (((length(tokenPreviousSecrets) > 0) && (length(tokenPreviousSecrets) < 32)) ? 'The parameter tokenPreviousSecrets is shorter than one secret (32 bytes).' : ((useKeyVaultSecret && useKeyVaultPreviousSecrets && (toLower(keyVaultName) == toLower(previousKeyVaultName)) && (toLower(keyVaultSecretName) == toLower(previousKeyVaultSecretName))) ? 'The parameter tokenPreviousSecretsKeyVaultUri must name another Key Vault secret than tokenSecretKeyVaultUri.' : ''))
+var previousSecretsReference = '@Microsoft.KeyVault(SecretUri=${tokenPreviousSecretsKeyVaultUri})'
+var previousSecretsSetting = (!empty(previousSecretsProblem)) ? string(int(previousSecretsProblem)) : (useKeyVaultPreviousSecrets ? previousSecretsReference : tokenPreviousSecrets)
+
+// NX_CACHE_TRUST_POLICY, only when given. The handler parses and checks the policy at startup;
+// here, a value that cannot be a policy (not a JSON object: a file name, a Key Vault reference, a
+// pasted rule list) stops the deployment instead of an app that would not start.
+var trustPolicyProblem = (useTrustPolicy && (!startsWith(trim(trustPolicy), '{'))) ? 'The parameter trustPolicy must be the JSON text of the trust policy, starting with {, or empty.' : ''
+var trustPolicySetting = (!empty(trustPolicyProblem)) ? string(int(trustPolicyProblem)) : trustPolicy
 
 // One number sets both size limits. The handler stores at most maxArtifactSizeMiB and answers a
 // larger upload with 403 (Nx then skips it quietly). The host's request body limit is set to
@@ -296,7 +336,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     // Tokens travel in the Authorization header: never over plain http.
     httpsOnly: true
     clientAffinityEnabled: false
-    // The identity that resolves the Key Vault reference of NX_CACHE_JWT_SECRET.
+    // The identity that resolves the Key Vault references (NX_CACHE_JWT_SECRET and
+    // NX_CACHE_JWT_PREVIOUS_SECRETS).
     keyVaultReferenceIdentity: useUserAssignedIdentity ? identityResourceId : 'SystemAssigned'
     // No ftpsState: the Flex Consumption docs list it among the deprecated properties that
     // "shouldn't be used when creating function app resources".
@@ -387,12 +428,35 @@ module keyVaultAccess 'modules/keyvault-access.bicep' = if (useKeyVaultSecret &&
   }
 }
 
+// The earlier signing secrets: the same role, on that one secret, in its vault's resource group
+// (the same vault as the current secret, or another one).
+module previousSecretsKeyVaultAccess 'modules/keyvault-access.bicep' = if (useKeyVaultPreviousSecrets && grantKeyVaultSecretAccess) {
+  name: take('${appName}-keyvault-access-previous', 64)
+  scope: resourceGroup(tokenPreviousSecretsKeyVaultResourceGroup)
+  params: {
+    keyVaultName: previousKeyVaultName
+    secretName: previousKeyVaultSecretName
+    principalId: appPrincipalId
+    purpose: 'read the earlier token signing secrets'
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // App settings: what the handler and the host read. Written after the role assignments (they
-// depend on cacheAccess's output and on keyVaultAccess), so that the Key Vault reference can be
-// resolved when the settings are applied. This resource owns ALL the app's settings: a setting
-// added by hand (portal, CLI) is removed by the next deployment.
+// depend on cacheAccess's output and on the Key Vault modules), so that the Key Vault references
+// can be resolved when the settings are applied. This resource owns ALL the app's settings: a
+// setting added by hand (portal, CLI) is removed by the next deployment.
 // ---------------------------------------------------------------------------------------------
+
+// Only when given: an absent setting, not an empty one, is what keeps keyless access (POST /token)
+// off and the list of earlier secrets empty.
+var trustPolicySettings = useTrustPolicy ? {
+  NX_CACHE_TRUST_POLICY: trustPolicySetting
+} : {}
+
+var previousSecretsSettings = usePreviousSecrets ? {
+  NX_CACHE_JWT_PREVIOUS_SECRETS: previousSecretsSetting
+} : {}
 
 // Only with a user-assigned identity: which identity the handler (AZURE_CLIENT_ID) and the
 // host's storage client (AzureWebJobsStorage__clientId) use.
@@ -417,9 +481,11 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // The account's own blob endpoint (right in every cloud, and with DNS-zone endpoints).
     AZURE_STORAGE_BLOB_ENDPOINT: cacheAccess.outputs.blobEndpoint
 
-    // Tokens: the signing secret (Key Vault reference or secure parameter) and revocations.
+    // Tokens: the signing secret (Key Vault reference or secure parameter), revocations, and how
+    // long an expired token still gets no-access answers rather than a 401.
     NX_CACHE_JWT_SECRET: tokenSecretSetting
     NX_CACHE_REVOKED_TOKENS: join(revokedTokenIds, ',')
+    NX_CACHE_EXPIRED_GRACE: expiredGrace
 
     // Behaviour.
     NX_CACHE_MODE: mode
@@ -431,10 +497,11 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // Logs: one JSON line per request, which Application Insights stores as traces.
     NX_CACHE_LOG_FORMAT: 'json'
     RUST_LOG: logLevel
-  }, userAssignedIdentitySettings)
+  }, userAssignedIdentitySettings, trustPolicySettings, previousSecretsSettings)
   dependsOn: [
     hostStorageAccess
     keyVaultAccess
+    previousSecretsKeyVaultAccess
   ]
 }
 

@@ -6,6 +6,12 @@ checks below read the parsed trees (pycep's JSON form). Each check is a plain fu
 them all. The mutation tests in test_bicep.py break a copy of the templates on purpose and call
 these functions directly, to prove each check can fail.
 
+Some checks go further than the shape of the tree: they evaluate the templates with given
+parameter values (SCENARIO_BASE plus the scenario's own), as ARM would for the small part of the
+language that the settings and role assignments use. That tells which app settings a deployment
+writes, what they hold, which role assignments it makes, and which parameter values stop it (the
+templates' int('sentence') idiom). An expression outside that part is reported, not guessed.
+
 Limits of pycep's tree, which the checks work around:
 - A quoted literal and a bare name both come out as a Python str ('x' and x are alike), so a str
   is taken as a name when it names a parameter, variable, resource or module of its file.
@@ -53,6 +59,34 @@ CACHE_ACCOUNT_PARAM = "cacheStorageAccountName"
 CACHE_CONTAINER_PARAM = "cacheContainerName"
 CACHE_RESOURCE_GROUP_PARAM = "cacheStorageResourceGroup"
 
+# main.bicep's parameters for the token secrets and keyless access, and the settings they feed.
+SECRET_URI_PARAM = "tokenSecretKeyVaultUri"
+SECRET_RESOURCE_GROUP_PARAM = "tokenSecretKeyVaultResourceGroup"
+PREVIOUS_SECRETS_PARAM = "tokenPreviousSecrets"
+PREVIOUS_SECRETS_URI_PARAM = "tokenPreviousSecretsKeyVaultUri"
+PREVIOUS_SECRETS_RESOURCE_GROUP_PARAM = "tokenPreviousSecretsKeyVaultResourceGroup"
+GRANT_KEY_VAULT_ACCESS_PARAM = "grantKeyVaultSecretAccess"
+TRUST_POLICY_PARAM = "trustPolicy"
+SECRET_SETTING = "NX_CACHE_JWT_SECRET"
+PREVIOUS_SECRETS_SETTING = "NX_CACHE_JWT_PREVIOUS_SECRETS"
+TRUST_POLICY_SETTING = "NX_CACHE_TRUST_POLICY"
+
+# Key Vault Secrets User: read secret contents, which is what resolving a Key Vault reference takes.
+KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
+
+# Parameter values the scenario checks start from (every other parameter takes its default). Each
+# scenario then sets the parameters it is about. The two secrets are in different vaults and
+# resource groups, so that a wiring that mixes them up cannot pass.
+SCENARIO_BASE = {
+    "appName": "acme-nx-cache",
+    CACHE_ACCOUNT_PARAM: "acmenxcache",
+    CACHE_CONTAINER_PARAM: "nx-cache",
+    CACHE_RESOURCE_GROUP_PARAM: "rg-cache",
+    SECRET_URI_PARAM: "https://kv-current.vault.azure.net/secrets/nx-cache-jwt-secret",
+    SECRET_RESOURCE_GROUP_PARAM: "rg-current-vault",
+}
+PREVIOUS_SECRETS_URI = "https://kv-previous.vault.azure.net/secrets/nx-cache-jwt-previous-secrets"
+
 # Anything that is, or makes, a storage key or a key-based connection string.
 FORBIDDEN_WORDS = (
     "listkeys",
@@ -64,6 +98,8 @@ FORBIDDEN_WORDS = (
 ACCOUNT_TYPE = "Microsoft.Storage/storageAccounts"
 CONTAINER_TYPE = "Microsoft.Storage/storageAccounts/blobServices/containers"
 ROLE_ASSIGNMENT_TYPE = "Microsoft.Authorization/roleAssignments"
+VAULT_TYPE = "Microsoft.KeyVault/vaults"
+VAULT_SECRET_TYPE = "Microsoft.KeyVault/vaults/secrets"
 SITE_TYPE = "Microsoft.Web/sites"
 SITE_CONFIG_TYPE = "Microsoft.Web/sites/config"
 POLICY_TYPE = "Microsoft.Storage/storageAccounts/managementPolicies"
@@ -737,41 +773,45 @@ def _is_deployment_failure(expr: Any) -> bool:
 
 
 def jwt_secret_problems(infra_dir: Path) -> list[str]:
-    """NX_CACHE_JWT_SECRET is, on every branch, a Key Vault reference or a @secure() parameter:
-    never a literal, never a plain parameter."""
+    """NX_CACHE_JWT_SECRET, and NX_CACHE_JWT_PREVIOUS_SECRETS where it is set, are on every branch
+    a Key Vault reference or a @secure() parameter: never a literal, never a plain parameter. No
+    output exposes a @secure() parameter."""
     templates = load(infra_dir)
     settings = all_app_settings(templates)
-    if "NX_CACHE_JWT_SECRET" not in settings:
-        return ["app setting NX_CACHE_JWT_SECRET is not set"]
-    template, value, _ = settings["NX_CACHE_JWT_SECRET"]
+    if SECRET_SETTING not in settings:
+        return [f"app setting {SECRET_SETTING} is not set"]
     found: list[str] = []
 
-    def check(expr: Any, depth: int = 0) -> None:
+    def check(setting: str, template: Template, expr: Any, depth: int = 0) -> None:
         if depth > 20:
-            found.append("NX_CACHE_JWT_SECRET: expression too deep to check")
+            found.append(f"{setting}: expression too deep to check")
             return
         if isinstance(expr, str) and expr in template.vars:
-            check(template.resolve(expr), depth + 1)
+            check(setting, template, template.resolve(expr), depth + 1)
             return
         operator = operator_of(expr)
         if operator is not None and operator.get("type") == "conditional":
-            check(operator["operands"]["true_value"], depth + 1)
-            check(operator["operands"]["false_value"], depth + 1)
+            check(setting, template, operator["operands"]["true_value"], depth + 1)
+            check(setting, template, operator["operands"]["false_value"], depth + 1)
             return
         if _is_deployment_failure(expr):
             return
         if isinstance(expr, str) and expr in template.params:
             if not template.param_is_secure(expr):
-                found.append(f"NX_CACHE_JWT_SECRET comes from parameter '{expr}', which is not @secure()")
+                found.append(f"{setting} comes from parameter '{expr}', which is not @secure()")
             return
         if isinstance(expr, str) and expr.startswith("@Microsoft.KeyVault("):
             return
         if isinstance(expr, str):
-            found.append(f"NX_CACHE_JWT_SECRET can be the literal '{expr[:12]}...'; use a Key Vault reference or a @secure() parameter")
+            found.append(f"{setting} can be the literal '{expr[:12]}...'; use a Key Vault reference or a @secure() parameter")
             return
-        found.append(f"NX_CACHE_JWT_SECRET can be {json.dumps(expr)[:80]}; use a Key Vault reference or a @secure() parameter")
+        found.append(f"{setting} can be {json.dumps(expr)[:80]}; use a Key Vault reference or a @secure() parameter")
 
-    check(value)
+    # The earlier secrets are optional (previous_secrets_problems says when they must be set).
+    for setting in (SECRET_SETTING, PREVIOUS_SECRETS_SETTING):
+        if setting in settings:
+            template, value, _ = settings[setting]
+            check(setting, template, value)
     # Nothing derived from a secure parameter may leave the deployment as an output.
     for t in templates:
         secure = {name for name in t.params if t.param_is_secure(name)}
@@ -780,6 +820,406 @@ def jwt_secret_problems(infra_dir: Path) -> list[str]:
             text = " ".join(mentioned)
             if secure & mentioned or any(f"${{{name}}}" in text for name in secure):
                 found.append(f"{t.rel}: output '{output_name}' exposes a @secure() parameter")
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios: what the deployment does with given parameter values
+# ---------------------------------------------------------------------------------------------
+
+
+class _DeploymentFails(Exception):
+    """The expression stops the deployment: int() of a sentence, the templates' way to fail with
+    a message (ARM has no fail function). args[0] is the sentence."""
+
+
+def _param_value(template: Template, name: str, env: dict[str, Any], depth: int) -> Any:
+    if name in env:
+        return env[name]
+    param = template.params[name]
+    if "default" not in param or param["default"] is None:
+        raise _NotEvaluable(f"parameter '{name}' has no value in this scenario and no default")
+    return _value(template, param["default"], env, depth + 1)
+
+
+def _interpolate(template: Template, text: str, env: dict[str, Any], depth: int) -> str:
+    def one(match: re.Match[str]) -> str:
+        inner = match.group(1).strip()
+        if not IDENTIFIER.match(inner):
+            inner = _parse_text(hashlib.sha256(inner.encode()).hexdigest(), f"var x = {inner}\n")["variables"]["x"]["value"]
+        value = _value(template, inner, env, depth + 1)
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise _NotEvaluable(f"interpolates {json.dumps(value)[:40]}")
+        return str(value)
+
+    return INTERPOLATION.sub(one, text)
+
+
+def _as_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _NotEvaluable(f"{json.dumps(value)[:40]} is not a bool")
+    return value
+
+
+def _value(template: Template, expr: Any, env: dict[str, Any], depth: int = 0) -> Any:
+    """The value ARM would compute for an expression of `template`, with the parameters in `env`
+    (the others take their defaults). Like ARM, only the branch of a condition that is taken is
+    evaluated. Raises _DeploymentFails for int('sentence'), and _NotEvaluable for anything outside
+    the small part of the language the settings and the role assignments use (resource
+    properties, for instance)."""
+    if depth > 60:
+        raise _NotEvaluable("too deep")
+    if expr is None or isinstance(expr, (bool, int)):
+        return expr
+    if isinstance(expr, list):
+        return [_value(template, item, env, depth + 1) for item in expr]
+    if isinstance(expr, str):
+        if expr in template.params:
+            return _param_value(template, expr, env, depth)
+        if expr in template.vars:
+            return _value(template, template.vars[expr].get("value"), env, depth + 1)
+        if template.is_symbol(expr):
+            raise _NotEvaluable(f"'{expr}' is a resource or module")
+        return _interpolate(template, expr, env, depth)
+    operator = operator_of(expr)
+    if operator is not None:
+        kind = operator.get("type")
+        operands = operator.get("operands") or {}
+        if kind == "conditional":
+            taken = "true_value" if _as_bool(_value(template, operands["condition"], env, depth + 1)) else "false_value"
+            return _value(template, operands[taken], env, depth + 1)
+        if kind == "not":
+            return not _as_bool(_value(template, operands["bool_value"], env, depth + 1))
+        a = _value(template, operands.get("operand_1"), env, depth + 1)
+        b = _value(template, operands.get("operand_2"), env, depth + 1)
+        if kind == "and":
+            return _as_bool(a) and _as_bool(b)
+        if kind == "or":
+            return _as_bool(a) or _as_bool(b)
+        if kind == "equals":
+            return a == b
+        if kind == "not_equals":
+            return a != b
+        if kind == "equals_case_insensitive" and isinstance(a, str) and isinstance(b, str):
+            return a.lower() == b.lower()
+        if kind in ("greater_than", "greater_than_or_equals", "less_than", "less_than_or_equals"):
+            if not (isinstance(a, int) and isinstance(b, int)):
+                raise _NotEvaluable(f"{kind} of non-numbers")
+            return {"greater_than": a > b, "greater_than_or_equals": a >= b, "less_than": a < b, "less_than_or_equals": a <= b}[kind]
+        if kind == "index_accessor":
+            try:
+                return a[b]
+            except (IndexError, KeyError, TypeError) as error:
+                raise _DeploymentFails(f"index {b!r} of {json.dumps(a)[:40]}: {error}") from None
+        raise _NotEvaluable(f"operator {kind}")
+    function = function_of(expr)
+    if function is not None:
+        kind = function.get("type")
+        args = [_value(template, a, env, depth + 1) for a in (function.get("parameters") or {}).values()]
+        if kind == "int" and len(args) == 1:
+            value = args[0]
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+                return int(value)
+            raise _DeploymentFails(str(value))
+        if kind == "string" and len(args) == 1:
+            value = args[0]
+            if isinstance(value, bool):
+                return "True" if value else "False"
+            if isinstance(value, (str, int)):
+                return str(value)
+            return json.dumps(value, separators=(",", ":"))
+        if kind == "empty" and len(args) == 1:
+            return args[0] in ("", [], {}, None)
+        if kind == "length" and len(args) == 1 and isinstance(args[0], (str, list, dict)):
+            return len(args[0])
+        if kind == "trim" and len(args) == 1 and isinstance(args[0], str):
+            return args[0].strip()
+        if kind in ("to_lower", "to_upper") and len(args) == 1 and isinstance(args[0], str):
+            return args[0].lower() if kind == "to_lower" else args[0].upper()
+        # ARM's startsWith and endsWith ignore case.
+        if kind in ("starts_with", "ends_with") and len(args) == 2 and all(isinstance(a, str) for a in args):
+            text, part = args[0].lower(), args[1].lower()
+            return text.startswith(part) if kind == "starts_with" else text.endswith(part)
+        if kind == "split" and len(args) == 2 and all(isinstance(a, str) for a in args):
+            return args[0].split(args[1])
+        if kind in ("first", "last") and len(args) == 1 and isinstance(args[0], (str, list)):
+            if not args[0]:
+                return "" if isinstance(args[0], str) else None
+            return args[0][0] if kind == "first" else args[0][-1]
+        if kind == "take" and len(args) == 2 and isinstance(args[1], int):
+            return args[0][: max(args[1], 0)]
+        if kind == "concat" and all(isinstance(a, str) for a in args):
+            return "".join(args)
+        if kind == "join" and len(args) == 2 and isinstance(args[0], list) and isinstance(args[1], str):
+            return args[1].join(str(item) for item in args[0])
+        if kind == "union" and all(isinstance(a, dict) for a in args):
+            merged: dict[str, Any] = {}
+            for a in args:
+                merged.update(a)
+            return merged
+        raise _NotEvaluable(f"function {kind}")
+    if isinstance(expr, dict):
+        return {key: _value(template, value, env, depth + 1) for key, value in expr.items()}
+    raise _NotEvaluable(json.dumps(expr)[:80])
+
+
+def _holds(template: Template, condition: Any, env: dict[str, Any]) -> bool:
+    """Whether a resource's or module's `if (...)` holds (True when there is none)."""
+    return True if condition is None else _as_bool(_value(template, condition, env))
+
+
+def app_settings_under(templates: list[Template], env: dict[str, Any]) -> dict[str, tuple[Template, Any]]:
+    """The app settings the deployment writes with the parameters in `env`: name -> (template,
+    value expression). Conditions are evaluated (conditional resources, ternaries, the arguments
+    of union()); the values are not, since most are resource properties."""
+    settings: dict[str, tuple[Template, Any]] = {}
+
+    def collect(template: Template, expr: Any, depth: int = 0) -> None:
+        if depth > 20:
+            raise _NotEvaluable("app settings nested too deep")
+        expr = template.resolve(expr)
+        function = function_of(expr)
+        operator = operator_of(expr)
+        if function is not None:
+            if function["type"] not in ("union", "shallowMerge", "shallow_merge"):
+                raise _NotEvaluable(f"app settings built with {function['type']}()")
+            for argument in (function.get("parameters") or {}).values():
+                collect(template, argument, depth + 1)
+        elif operator is not None:
+            if operator["type"] != "conditional":
+                raise _NotEvaluable(f"app settings built with the operator {operator['type']}")
+            operands = operator["operands"]
+            taken = "true_value" if _as_bool(_value(template, operands["condition"], env)) else "false_value"
+            collect(template, operands[taken], depth + 1)
+        elif isinstance(expr, dict):
+            for name, value in expr.items():
+                settings[name] = (template, value)
+        elif isinstance(expr, list):
+            for item in expr:
+                item = template.resolve(item)
+                if isinstance(item, dict) and isinstance(item.get("name"), str):
+                    settings[item["name"]] = (template, item.get("value"))
+
+    for template in templates:
+        for _, resource, config, condition in template.resource_list():
+            if resource.get("existing") or not _holds(template, condition, env):
+                continue
+            if resource.get("type") == SITE_CONFIG_TYPE and config.get("name") == "appsettings":
+                collect(template, config.get("properties"))
+            if resource.get("type") == SITE_TYPE:
+                collect(template, get_path(config, "properties", "siteConfig", "appSettings"))
+    return settings
+
+
+def setting_under(templates: list[Template], env: dict[str, Any], name: str) -> tuple[str, Any]:
+    """What the deployment does to one app setting with the parameters in `env` (on top of
+    SCENARIO_BASE): ('absent', None), ('value', the value), ('fails', the sentence that stops the
+    deployment) or ('unknown', why it cannot be told)."""
+    env = {**SCENARIO_BASE, **env}
+    try:
+        settings = app_settings_under(templates, env)
+        if name not in settings:
+            return "absent", None
+        template, expr = settings[name]
+        return "value", _value(template, expr, env)
+    except _DeploymentFails as failure:
+        return "fails", failure.args[0] if failure.args else ""
+    except _NotEvaluable as error:
+        return "unknown", str(error)
+
+
+def _describe(outcome: tuple[str, Any]) -> str:
+    kind, detail = outcome
+    if kind == "absent":
+        return "it is not set"
+    if kind == "value":
+        return f"it is set to {json.dumps(detail)[:120]}"
+    if kind == "fails":
+        return f"the deployment stops ({str(detail)[:70]})"
+    return f"cannot tell ({detail})"
+
+
+def _scenario(params: dict[str, Any]) -> str:
+    return ", ".join(f"{name}={json.dumps(value)[:100]}" for name, value in params.items()) or "the defaults"
+
+
+# A policy as someone might paste it: surrounding whitespace, several lines.
+TRUST_POLICY_EXAMPLE = '\n  {"rules": [{"name": "web-main", "issuer": "https://token.actions.githubusercontent.com",\n   "audience": "nx-cache", "claims": {"repository": "acme/web"}, "grant": {"teams": ["web"]}}]}\n'
+
+
+def trust_policy_problems(infra_dir: Path) -> list[str]:
+    """Keyless access is opt-in: main.bicep's trustPolicy parameter (a string, empty by default)
+    becomes NX_CACHE_TRUST_POLICY only when it is set. Empty or blank: the setting is not written at
+    all (POST /token stays off). A policy: the setting holds the parameter's text. A value that is
+    not a JSON object (a file name, a Key Vault reference, a bare list): the deployment stops."""
+    templates = load(infra_dir)
+    main = main_template(templates)
+    if main is None:
+        return ["infra/main.bicep does not parse"]
+    param = main.params.get(TRUST_POLICY_PARAM)
+    if param is None:
+        return [f"main.bicep has no parameter '{TRUST_POLICY_PARAM}' for {TRUST_POLICY_SETTING}"]
+    found = []
+    if param.get("type") != "string" or param.get("default") != "":
+        found.append(f"parameter '{TRUST_POLICY_PARAM}' must be a string that defaults to '' (keyless access off)")
+    settings = all_app_settings(templates)
+    if TRUST_POLICY_SETTING not in settings:
+        return found + [f"app setting {TRUST_POLICY_SETTING} is never set"]
+    for value in ("", "  \n"):
+        outcome = setting_under(templates, {TRUST_POLICY_PARAM: value}, TRUST_POLICY_SETTING)
+        if outcome[0] != "absent":
+            found.append(f"with {_scenario({TRUST_POLICY_PARAM: value})}, {_describe(outcome)}; {TRUST_POLICY_SETTING} must not be set at all")
+    outcome = setting_under(templates, {TRUST_POLICY_PARAM: TRUST_POLICY_EXAMPLE}, TRUST_POLICY_SETTING)
+    if outcome[0] != "value" or outcome[1] not in (TRUST_POLICY_EXAMPLE, TRUST_POLICY_EXAMPLE.strip()):
+        found.append(f"with a policy in {TRUST_POLICY_PARAM}, {_describe(outcome)}; {TRUST_POLICY_SETTING} must be the parameter's text")
+    for value in ('[{"name": "web-main"}]', "@/home/site/wwwroot/trust-policy.json", "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/policy)"):
+        outcome = setting_under(templates, {TRUST_POLICY_PARAM: value}, TRUST_POLICY_SETTING)
+        if outcome[0] != "fails":
+            found.append(f"with {_scenario({TRUST_POLICY_PARAM: value})}, {_describe(outcome)}; a value that is not a JSON object must stop the deployment")
+    return found
+
+
+def previous_secrets_problems(infra_dir: Path) -> list[str]:
+    """Rotation: NX_CACHE_JWT_PREVIOUS_SECRETS is written only when earlier secrets are given,
+    from exactly one source: the @secure() parameter tokenPreviousSecrets (its value as given), or
+    the Key Vault reference @Microsoft.KeyVault(SecretUri=<tokenPreviousSecretsKeyVaultUri>). Both
+    at once, a list shorter than one secret, or the current secret's own URI stop the deployment."""
+    templates = load(infra_dir)
+    main = main_template(templates)
+    if main is None:
+        return ["infra/main.bicep does not parse"]
+    missing = [p for p in (PREVIOUS_SECRETS_PARAM, PREVIOUS_SECRETS_URI_PARAM) if p not in main.params]
+    if missing:
+        return [f"main.bicep has no parameter '{p}' for {PREVIOUS_SECRETS_SETTING}" for p in missing]
+    found = []
+    if not main.param_is_secure(PREVIOUS_SECRETS_PARAM):
+        found.append(f"parameter '{PREVIOUS_SECRETS_PARAM}' holds secrets and must be @secure()")
+    if PREVIOUS_SECRETS_SETTING not in all_app_settings(templates):
+        return found + [f"app setting {PREVIOUS_SECRETS_SETTING} is never set"]
+    secrets = "A" * 44 + ", " + "B" * 44
+    expectations: list[tuple[dict[str, Any], str, Any]] = [
+        ({}, "absent", None),
+        ({PREVIOUS_SECRETS_URI_PARAM: PREVIOUS_SECRETS_URI}, "value", f"@Microsoft.KeyVault(SecretUri={PREVIOUS_SECRETS_URI})"),
+        ({PREVIOUS_SECRETS_PARAM: secrets}, "value", secrets),
+        ({PREVIOUS_SECRETS_PARAM: secrets, PREVIOUS_SECRETS_URI_PARAM: PREVIOUS_SECRETS_URI}, "fails", "at most one"),
+        ({PREVIOUS_SECRETS_PARAM: "too-short"}, "fails", "shorter than one secret"),
+        ({PREVIOUS_SECRETS_URI_PARAM: SCENARIO_BASE[SECRET_URI_PARAM]}, "fails", "the current secret's own URI"),
+    ]
+    for params, kind, expected in expectations:
+        outcome = setting_under(templates, params, PREVIOUS_SECRETS_SETTING)
+        if kind == "absent" and outcome[0] != "absent":
+            found.append(f"with {_scenario(params)}, {_describe(outcome)}; {PREVIOUS_SECRETS_SETTING} must not be set without earlier secrets")
+        elif kind == "value" and outcome != ("value", expected):
+            found.append(f"with {_scenario(params)}, {_describe(outcome)}; {PREVIOUS_SECRETS_SETTING} must be {json.dumps(expected)[:120]}")
+        elif kind == "fails" and outcome[0] != "fails":
+            found.append(f"with {_scenario(params)}, {_describe(outcome)}; the deployment must stop ({expected})")
+    return found
+
+
+def _module_calls(main: Template, module: Template) -> Iterator[tuple[str, dict[str, Any], Any]]:
+    """(symbol, body, condition) of every `module` declaration of main.bicep that deploys `module`."""
+    for symbol, declaration in main.modules.items():
+        target = (declaration.get("detail") or {}).get("path")
+        if target and (main.path.parent / target).resolve() == module.path.resolve():
+            config, condition = unwrap(declaration.get("config"))
+            yield symbol, config, condition
+
+
+def _module_value(main: Template, call: dict[str, Any], module: Template, expr: Any, env: dict[str, Any]) -> Any:
+    """A module's parameter or literal, as main.bicep's call sets it with the parameters in `env`."""
+    expr = module.resolve(expr)
+    if isinstance(expr, str) and expr in module.params:
+        given = call.get("params") or {}
+        if expr in given:
+            return _value(main, given[expr], env)
+        return _param_value(module, expr, {}, 0)
+    return _value(module, expr, {})
+
+
+def _key_vault_grants(templates: list[Template], env: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every 'Key Vault Secrets User' assignment that main.bicep's modules make with the
+    parameters in `env`: module symbol, scope kind (secret or vault), vault, secret and resource
+    group."""
+    main = main_template(templates)
+    grants = []
+    for module in templates:
+        if module is main or main is None:
+            continue
+        for symbol, call, condition in _module_calls(main, module):
+            if not _holds(main, condition, env):
+                continue
+            scope = function_of(call.get("scope"))
+            resource_group = None
+            if scope is not None and scope.get("type") == "resource_group":
+                resource_group = _value(main, (scope.get("parameters") or {}).get("resource_group_name"), env)
+            for _, role_symbol, role, scope_symbol in role_assignments([module]):
+                if role != KEY_VAULT_SECRETS_USER:
+                    continue
+                grant = {"module": symbol, "resource_group": resource_group, "scope": None, "vault": None, "secret": None}
+                scope_resource = module.resources.get(scope_symbol or "")
+                kind = (scope_resource or {}).get("type")
+                if kind == VAULT_SECRET_TYPE:
+                    grant["scope"] = "secret"
+                    grant["secret"] = _module_value(main, call, module, unwrap(scope_resource.get("config"))[0].get("name"), env)
+                    vault_symbol = module.parent_symbol(scope_symbol)
+                    if vault_symbol in module.resources:
+                        grant["vault"] = _module_value(main, call, module, unwrap(module.resources[vault_symbol].get("config"))[0].get("name"), env)
+                elif kind == VAULT_TYPE:
+                    grant["scope"] = "vault"
+                    grant["vault"] = _module_value(main, call, module, unwrap(scope_resource.get("config"))[0].get("name"), env)
+                else:
+                    grant["scope"] = kind or "resource group"
+                grants.append(grant)
+    return grants
+
+
+def key_vault_access_problems(infra_dir: Path) -> list[str]:
+    """Each Key Vault reference comes with the role that resolves it: with tokenSecretKeyVaultUri
+    (NX_CACHE_JWT_SECRET) or tokenPreviousSecretsKeyVaultUri (NX_CACHE_JWT_PREVIOUS_SECRETS) set,
+    a module gives the app 'Key Vault Secrets User' on that one secret (the vault and secret the
+    URI names; not the whole vault), in the vault's resource group parameter; the app settings
+    wait for it; and it is not made when grantKeyVaultSecretAccess is false."""
+    templates = load(infra_dir)
+    main = main_template(templates)
+    if main is None:
+        return ["infra/main.bicep does not parse"]
+    found: list[str] = []
+    cases = (
+        (SECRET_SETTING, SECRET_URI_PARAM, SCENARIO_BASE[SECRET_URI_PARAM], SECRET_RESOURCE_GROUP_PARAM, "rg-current-vault"),
+        (PREVIOUS_SECRETS_SETTING, PREVIOUS_SECRETS_URI_PARAM, PREVIOUS_SECRETS_URI, PREVIOUS_SECRETS_RESOURCE_GROUP_PARAM, "rg-previous-vault"),
+    )
+    depends_on: set[str] = set()
+    for _, resource, config, _ in main.resource_list():
+        if resource.get("type") == SITE_CONFIG_TYPE and config.get("name") == "appsettings":
+            depends_on |= {d for d in config.get("dependsOn") or [] if isinstance(d, str)}
+    for setting, uri_param, uri, group_param, group in cases:
+        if uri_param not in main.params or group_param not in main.params:
+            found.append(f"main.bicep needs the parameters '{uri_param}' and '{group_param}' for {setting}")
+            continue
+        vault, secret = uri.split("/")[2].split(".")[0], uri.split("/")[4]
+        env = {**SCENARIO_BASE, uri_param: uri, group_param: group, GRANT_KEY_VAULT_ACCESS_PARAM: True}
+        where = f"with {uri_param}={uri} in resource group {group}"
+        try:
+            grants = _key_vault_grants(templates, env)
+            denied = _key_vault_grants(templates, {**env, GRANT_KEY_VAULT_ACCESS_PARAM: False})
+        except (_NotEvaluable, _DeploymentFails) as error:
+            found.append(f"{where}: cannot evaluate the Key Vault role assignments ({error})")
+            continue
+        matching = [g for g in grants if g["scope"] == "secret" and (g["vault"], g["secret"], g["resource_group"]) == (vault, secret, group)]
+        if not matching:
+            made = "; ".join(f"module '{g['module']}' on {g['scope']} {g['vault']}/{g['secret']} in {g['resource_group']}" for g in grants) or "none"
+            found.append(f"{where}: no 'Key Vault Secrets User' on the secret {vault}/{secret} in resource group {group}, so {setting} cannot be resolved (assignments made: {made})")
+        for g in grants:
+            if g["scope"] != "secret" and g["vault"] == vault:
+                found.append(f"{where}: module '{g['module']}' grants 'Key Vault Secrets User' on the whole {g['scope']} {vault}; grant it on the secret {secret} only")
+        for g in matching:
+            if g["module"] not in depends_on:
+                found.append(f"{where}: the app settings do not wait for module '{g['module']}' (dependsOn); {setting} would be resolved before the role exists")
+        for g in denied:
+            if (g["vault"], g["secret"]) == (vault, secret):
+                found.append(f"{where} and {GRANT_KEY_VAULT_ACCESS_PARAM}=false: module '{g['module']}' still grants 'Key Vault Secrets User' on {vault}/{secret}")
     return found
 
 
@@ -958,6 +1398,9 @@ CHECKS: tuple[Callable[[Path], list[str]], ...] = (
     storage_account_problems,
     key_material_problems,
     jwt_secret_problems,
+    trust_policy_problems,
+    previous_secrets_problems,
+    key_vault_access_problems,
     size_limit_problems,
     container_problems,
     parameters_file_problems,

@@ -44,8 +44,58 @@ def test_every_required_app_setting_is_set():
     for name in checks.REQUIRED_APP_SETTINGS:
         assert name in settings and not settings[name][2], name
     # Optional ones the handler reads are there too.
-    for name in ("AZURE_STORAGE_BLOB_ENDPOINT", "AZURE_CLIENT_ID", "NX_CACHE_DOWNLOAD", "NX_CACHE_SAS_TTL", "NX_CACHE_REVOKED_TOKENS"):
+    for name in ("AZURE_STORAGE_BLOB_ENDPOINT", "AZURE_CLIENT_ID", "NX_CACHE_DOWNLOAD", "NX_CACHE_SAS_TTL", "NX_CACHE_REVOKED_TOKENS", "NX_CACHE_EXPIRED_GRACE"):
         assert name in settings, name
+    # Keyless access and the earlier secrets only when given.
+    for name in (checks.TRUST_POLICY_SETTING, checks.PREVIOUS_SECRETS_SETTING):
+        assert name in settings and settings[name][2], name
+
+
+def test_expired_grace_follows_its_parameter():
+    templates = checks.load(INFRA)
+    assert checks.setting_under(templates, {}, "NX_CACHE_EXPIRED_GRACE") == ("value", "12h")
+    assert checks.setting_under(templates, {"expiredGrace": "30m"}, "NX_CACHE_EXPIRED_GRACE") == ("value", "30m")
+
+
+def test_scenarios_compute_what_arm_would():
+    """The evaluator the scenario checks rely on, on the secret setting whose behaviour is
+    documented in docs/deploy.md: a Key Vault reference, the secure parameter, or a stop."""
+    templates = checks.load(INFRA)
+    uri = checks.SCENARIO_BASE[checks.SECRET_URI_PARAM]
+    secret = "s" * 44
+    assert checks.setting_under(templates, {}, "NX_CACHE_JWT_SECRET") == ("value", f"@Microsoft.KeyVault(SecretUri={uri})")
+    assert checks.setting_under(templates, {"tokenSecretKeyVaultUri": "", "tokenSecret": secret}, "NX_CACHE_JWT_SECRET") == ("value", secret)
+    assert checks.setting_under(templates, {"tokenSecret": secret}, "NX_CACHE_JWT_SECRET") == ("fails", "Set exactly one of the parameters tokenSecret and tokenSecretKeyVaultUri.")
+    assert checks.setting_under(templates, {"tokenSecretKeyVaultUri": "", "tokenSecret": "short"}, "NX_CACHE_JWT_SECRET") == ("fails", "The parameter tokenSecret must be at least 32 bytes long.")
+    assert checks.setting_under(templates, {}, "NX_CACHE_TRUST_POLICY") == ("absent", None)
+    assert checks.setting_under(templates, {"mode": "read-only"}, "NX_CACHE_MODE") == ("value", "read-only")
+
+
+EVALUATOR_SNIPPET = """
+param uri string = ''
+var vault = first(split(split(uri, '/')[2], '.'))
+var secret = split(uri, '/')[4]
+var opens = startsWith(trim(uri), 'HTTPS://')
+var both = (!empty(uri)) && (length(uri) > 10)
+var picked = opens ? 'yes' : string(int('no such number'))
+var ref = '@Microsoft.KeyVault(SecretUri=${uri})'
+"""
+
+
+def test_evaluator_follows_arm_functions():
+    """split/first/index, trim, startsWith (case-insensitive in ARM), &&, interpolation, and the
+    int('sentence') idiom, on a snippet parsed by pycep like the templates."""
+    tree = checks._parse_text("evaluator-snippet", EVALUATOR_SNIPPET)
+    template = checks.Template(INFRA, INFRA / "snippet.bicep", tree)
+    env = {"uri": " https://kv-x.vault.azure.net/secrets/name "}
+    assert checks._value(template, "vault", env) == "kv-x"
+    assert checks._value(template, "secret", env) == "name "
+    assert checks._value(template, "opens", env) is True
+    assert checks._value(template, "both", env) is True
+    assert checks._value(template, "picked", env) == "yes"
+    assert checks._value(template, "ref", {"uri": "u"}) == "@Microsoft.KeyVault(SecretUri=u)"
+    with pytest.raises(checks._DeploymentFails, match="no such number"):
+        checks._value(template, "picked", {"uri": "ftp://x"})
 
 
 def test_cache_roles_are_where_they_belong():
@@ -386,14 +436,172 @@ def test_literal_secret_on_one_branch_is_caught(infra: Path):
 
 
 def test_secret_from_a_plain_parameter_is_caught(infra: Path):
-    drop_line(infra, "main.bicep", "@secure\\(\\)")
-    assert_found(checks.jwt_secret_problems(infra), "not @secure()")
+    edit(infra, "main.bicep", "@secure()\nparam tokenSecret string", "param tokenSecret string")
+    assert_found(checks.jwt_secret_problems(infra), "NX_CACHE_JWT_SECRET comes from parameter 'tokenSecret', which is not @secure()")
 
 
 def test_secret_in_an_output_is_caught(infra: Path):
     with (infra / "main.bicep").open("a") as f:
         f.write("\noutput oops string = tokenSecret\n")
     assert_found(checks.jwt_secret_problems(infra), "exposes a @secure() parameter")
+
+
+# Keyless access: the trust policy.
+
+
+def test_dropping_the_trust_policy_setting_is_caught(infra: Path):
+    drop_line(infra, "main.bicep", "NX_CACHE_TRUST_POLICY:")
+    assert_found(checks.trust_policy_problems(infra), "app setting NX_CACHE_TRUST_POLICY is never set")
+    assert_found(checks.problems(infra), "NX_CACHE_TRUST_POLICY")
+
+
+def test_trust_policy_set_unconditionally_is_caught(infra: Path):
+    """An empty NX_CACHE_TRUST_POLICY is not the same as none: it must be left out."""
+    drop_line(infra, "main.bicep", "NX_CACHE_TRUST_POLICY:")
+    edit(infra, "main.bicep", "    NX_CACHE_EXPIRED_GRACE: expiredGrace\n", "    NX_CACHE_EXPIRED_GRACE: expiredGrace\n    NX_CACHE_TRUST_POLICY: trustPolicySetting\n")
+    assert_found(checks.trust_policy_problems(infra), 'with trustPolicy="", it is set to ""; NX_CACHE_TRUST_POLICY must not be set at all')
+
+
+def test_trust_policy_under_the_wrong_condition_is_caught(infra: Path):
+    edit(infra, "main.bicep", "var useTrustPolicy = !empty(trim(trustPolicy))", "var useTrustPolicy = !empty(trim(logLevel))")
+    assert_found(checks.trust_policy_problems(infra), "must not be set at all")
+
+
+def test_blank_trust_policy_that_turns_keyless_on_is_caught(infra: Path):
+    edit(infra, "main.bicep", "var useTrustPolicy = !empty(trim(trustPolicy))", "var useTrustPolicy = !empty(trustPolicy)")
+    assert_found(checks.trust_policy_problems(infra), 'with trustPolicy="  \\n", ')
+
+
+def test_trust_policy_that_is_not_the_parameter_is_caught(infra: Path):
+    edit(infra, "main.bicep", "string(int(trustPolicyProblem)) : trustPolicy", "string(int(trustPolicyProblem)) : '{\"rules\": []}'")
+    assert_found(checks.trust_policy_problems(infra), "with a policy in trustPolicy, it is set to \"{\\\"rules\\\": []}\"; NX_CACHE_TRUST_POLICY must be the parameter's text")
+
+
+def test_trust_policy_without_the_check_is_caught(infra: Path):
+    edit(infra, "main.bicep", "var trustPolicySetting = (!empty(trustPolicyProblem)) ? string(int(trustPolicyProblem)) : trustPolicy", "var trustPolicySetting = trustPolicy")
+    found = checks.trust_policy_problems(infra)
+    assert_found(found, 'with trustPolicy="@/home/site/wwwroot/trust-policy.json", it is set to', "a value that is not a JSON object must stop the deployment")
+    assert len(found) == 3, found
+
+
+def test_trust_policy_on_by_default_is_caught(infra: Path):
+    edit(infra, "main.bicep", "param trustPolicy string = ''", "param trustPolicy string = '{}'")
+    assert_found(checks.trust_policy_problems(infra), "parameter 'trustPolicy' must be a string that defaults to ''")
+
+
+def test_missing_trust_policy_parameter_is_caught(infra: Path):
+    edit(infra, "main.bicep", "param trustPolicy string = ''", "param trustPolicyJson string = ''")
+    assert_found(checks.trust_policy_problems(infra), "main.bicep has no parameter 'trustPolicy' for NX_CACHE_TRUST_POLICY")
+
+
+# Rotation: the earlier secrets and their Key Vault access.
+
+
+def test_dropping_the_previous_secrets_setting_is_caught(infra: Path):
+    drop_line(infra, "main.bicep", "NX_CACHE_JWT_PREVIOUS_SECRETS:")
+    assert_found(checks.previous_secrets_problems(infra), "app setting NX_CACHE_JWT_PREVIOUS_SECRETS is never set")
+    assert_found(checks.problems(infra), "NX_CACHE_JWT_PREVIOUS_SECRETS")
+
+
+def test_previous_secrets_set_unconditionally_is_caught(infra: Path):
+    edit(infra, "main.bicep", "var usePreviousSecrets = useKeyVaultPreviousSecrets || (!empty(tokenPreviousSecrets))", "var usePreviousSecrets = true")
+    assert_found(checks.previous_secrets_problems(infra), 'with the defaults, it is set to ""; NX_CACHE_JWT_PREVIOUS_SECRETS must not be set without earlier secrets')
+
+
+def test_previous_secrets_reference_to_the_wrong_uri_is_caught(infra: Path):
+    edit(infra, "main.bicep", "var previousSecretsReference = '@Microsoft.KeyVault(SecretUri=${tokenPreviousSecretsKeyVaultUri})'", "var previousSecretsReference = '@Microsoft.KeyVault(SecretUri=${tokenSecretKeyVaultUri})'")
+    assert_found(
+        checks.previous_secrets_problems(infra),
+        'it is set to "@Microsoft.KeyVault(SecretUri=https://kv-current.vault.azure.net/secrets/nx-cache-jwt-secret)"',
+        "must be \"@Microsoft.KeyVault(SecretUri=https://kv-previous.vault.azure.net/secrets/nx-cache-jwt-previous-secrets)\"",
+    )
+
+
+def test_malformed_previous_secrets_reference_is_caught(infra: Path):
+    """Not a reference the platform resolves: the app would get the text itself and refuse to start."""
+    edit(infra, "main.bicep", "'@Microsoft.KeyVault(SecretUri=${tokenPreviousSecretsKeyVaultUri})'", "'@Microsoft.KeyVault(SecretUri=${tokenPreviousSecretsKeyVaultUri}'")
+    assert_found(checks.previous_secrets_problems(infra), "NX_CACHE_JWT_PREVIOUS_SECRETS must be \"@Microsoft.KeyVault(SecretUri=")
+
+
+def test_literal_previous_secrets_are_caught(infra: Path):
+    edit(infra, "main.bicep", "(useKeyVaultPreviousSecrets ? previousSecretsReference : tokenPreviousSecrets)", "(useKeyVaultPreviousSecrets ? previousSecretsReference : 'correct-horse-battery-staple-0123456789abcdef')")
+    assert_found(checks.jwt_secret_problems(infra), "NX_CACHE_JWT_PREVIOUS_SECRETS can be the literal")
+    assert_found(checks.previous_secrets_problems(infra), 'with tokenPreviousSecrets="AAAA')
+
+
+def test_previous_secrets_from_a_plain_parameter_are_caught(infra: Path):
+    edit(infra, "main.bicep", "@secure()\nparam tokenPreviousSecrets string", "param tokenPreviousSecrets string")
+    assert_found(checks.previous_secrets_problems(infra), "parameter 'tokenPreviousSecrets' holds secrets and must be @secure()")
+    assert_found(checks.jwt_secret_problems(infra), "NX_CACHE_JWT_PREVIOUS_SECRETS comes from parameter 'tokenPreviousSecrets', which is not @secure()")
+
+
+def test_previous_secrets_in_an_output_are_caught(infra: Path):
+    with (infra / "main.bicep").open("a") as f:
+        f.write("\noutput oops string = 'old: ${tokenPreviousSecrets}'\n")
+    assert_found(checks.jwt_secret_problems(infra), "output 'oops' exposes a @secure() parameter")
+
+
+def test_previous_secrets_from_both_sources_are_caught(infra: Path):
+    edit(infra, "main.bicep", "((!empty(tokenPreviousSecrets)) && useKeyVaultPreviousSecrets) ? 'Set at most one", "(false) ? 'Set at most one")
+    assert_found(checks.previous_secrets_problems(infra), 'tokenPreviousSecretsKeyVaultUri="https://kv-previous', "the deployment must stop (at most one)")
+
+
+def test_short_previous_secrets_are_caught(infra: Path):
+    edit(infra, "main.bicep", "(length(tokenPreviousSecrets) < 32)", "(length(tokenPreviousSecrets) < 3)")
+    assert_found(checks.previous_secrets_problems(infra), 'with tokenPreviousSecrets="too-short", it is set to "too-short"')
+
+
+def test_previous_secrets_naming_the_current_secret_are_caught(infra: Path):
+    edit(infra, "main.bicep", "(toLower(keyVaultSecretName) == toLower(previousKeyVaultSecretName))", "(toLower(keyVaultSecretName) == toLower(keyVaultName))")
+    assert_found(checks.previous_secrets_problems(infra), "the deployment must stop (the current secret's own URI)")
+
+
+def test_previous_secrets_role_on_the_current_secret_is_caught(infra: Path):
+    edit(infra, "main.bicep", "    secretName: previousKeyVaultSecretName\n", "    secretName: keyVaultSecretName\n")
+    assert_found(
+        checks.key_vault_access_problems(infra),
+        "no 'Key Vault Secrets User' on the secret kv-previous/nx-cache-jwt-previous-secrets in resource group rg-previous-vault, so NX_CACHE_JWT_PREVIOUS_SECRETS cannot be resolved",
+    )
+    assert_found(checks.problems(infra), "NX_CACHE_JWT_PREVIOUS_SECRETS cannot be resolved")
+
+
+def test_previous_secrets_role_in_the_wrong_resource_group_is_caught(infra: Path):
+    edit(infra, "main.bicep", "scope: resourceGroup(tokenPreviousSecretsKeyVaultResourceGroup)", "scope: resourceGroup(tokenSecretKeyVaultResourceGroup)")
+    assert_found(checks.key_vault_access_problems(infra), "module 'previousSecretsKeyVaultAccess' on secret kv-previous/nx-cache-jwt-previous-secrets in rg-current-vault")
+
+
+def test_missing_previous_secrets_role_is_caught(infra: Path):
+    edit(infra, "main.bicep", "module previousSecretsKeyVaultAccess 'modules/keyvault-access.bicep' = if (useKeyVaultPreviousSecrets && grantKeyVaultSecretAccess) {", "module previousSecretsKeyVaultAccess 'modules/keyvault-access.bicep' = if (false) {")
+    found = checks.key_vault_access_problems(infra)
+    assert_found(found, "with tokenPreviousSecretsKeyVaultUri=", "(assignments made: module 'keyVaultAccess' on secret kv-current/nx-cache-jwt-secret in rg-current-vault)")
+    assert not any("tokenSecretKeyVaultUri=" in problem for problem in found), found
+
+
+def test_current_secret_role_on_the_wrong_secret_is_caught(infra: Path):
+    edit(infra, "main.bicep", "    secretName: keyVaultSecretName\n", "    secretName: keyVaultName\n")
+    assert_found(checks.key_vault_access_problems(infra), "no 'Key Vault Secrets User' on the secret kv-current/nx-cache-jwt-secret in resource group rg-current-vault, so NX_CACHE_JWT_SECRET cannot be resolved")
+
+
+def test_key_vault_role_on_the_vault_is_caught(infra: Path):
+    edit(infra, "modules/keyvault-access.bicep", "  scope: secret\n", "  scope: vault\n")
+    found = checks.key_vault_access_problems(infra)
+    assert_found(found, "module 'keyVaultAccess' grants 'Key Vault Secrets User' on the whole vault kv-current", "module 'previousSecretsKeyVaultAccess' grants 'Key Vault Secrets User' on the whole vault kv-previous")
+
+
+def test_wrong_key_vault_role_is_caught(infra: Path):
+    edit(infra, "modules/keyvault-access.bicep", checks.KEY_VAULT_SECRETS_USER, "21090545-7ca7-4776-b22c-e363652d74d2")
+    found = checks.key_vault_access_problems(infra)
+    assert_found(found, "so NX_CACHE_JWT_SECRET cannot be resolved (assignments made: none)", "so NX_CACHE_JWT_PREVIOUS_SECRETS cannot be resolved (assignments made: none)")
+
+
+def test_app_settings_not_waiting_for_the_previous_secrets_role_is_caught(infra: Path):
+    drop_line(infra, "main.bicep", "previousSecretsKeyVaultAccess$")
+    assert_found(checks.key_vault_access_problems(infra), "the app settings do not wait for module 'previousSecretsKeyVaultAccess' (dependsOn)")
+
+
+def test_previous_secrets_role_despite_grant_false_is_caught(infra: Path):
+    edit(infra, "main.bicep", "= if (useKeyVaultPreviousSecrets && grantKeyVaultSecretAccess) {", "= if (useKeyVaultPreviousSecrets) {")
+    assert_found(checks.key_vault_access_problems(infra), "and grantKeyVaultSecretAccess=false: module 'previousSecretsKeyVaultAccess' still grants")
 
 
 def test_small_request_body_limit_is_caught(infra: Path):
