@@ -178,6 +178,17 @@ pub enum Download {
     Proxy,
 }
 
+/// Whether a GET in redirect mode first checks that the entry exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HitCheck {
+    /// A miss is the handler's own 404, a hit a 307; what is known to exist is remembered, so a
+    /// repeated hit costs no storage call. Hits and misses are counted exactly.
+    Exact,
+    /// Zero storage calls per GET: every GET is a 307, and a missing entry is the storage's 404
+    /// on the client's second request. Hits and misses cannot be told apart.
+    None,
+}
+
 /// How the handler authenticates to Azure Storage.
 #[derive(Debug, Clone)]
 pub enum AzureAuth {
@@ -201,6 +212,8 @@ pub struct AzureConfig {
     /// Prepended to every blob name (`{prefix}org/{hash}`, `{prefix}teams/{team}/{hash}`).
     pub prefix: String,
     pub download: Download,
+    /// Redirect mode: check existence first (`NX_CACHE_HIT_CHECK`).
+    pub hit_check: HitCheck,
     /// Lifetime of a download URL.
     pub sas_ttl: Duration,
     /// Bound on every single storage call.
@@ -608,6 +621,16 @@ fn load_backend(get: &impl Fn(&str) -> Option<String>) -> Result<Backend, Config
             ));
         }
     };
+    let hit_check = match get("NX_CACHE_HIT_CHECK").as_deref().map(str::trim) {
+        None | Some("exact") => HitCheck::Exact,
+        Some("none") => HitCheck::None,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "NX_CACHE_HIT_CHECK",
+                format!("expected exact or none, got '{other}'"),
+            ));
+        }
+    };
     let sas_ttl = duration_setting(get, "NX_CACHE_SAS_TTL", Duration::from_secs(300))?;
     if sas_ttl < Duration::from_secs(30) || sas_ttl > Duration::from_secs(3600) {
         return Err(ConfigError::new(
@@ -642,6 +665,7 @@ fn load_backend(get: &impl Fn(&str) -> Option<String>) -> Result<Backend, Config
         auth,
         prefix,
         download,
+        hit_check,
         sas_ttl,
         timeout,
         strict,

@@ -1,6 +1,11 @@
 //! Counters of what the cache did, for operators: exposed in Prometheus text format at
 //! `/metrics` (off unless `NX_CACHE_METRICS_TOKEN` is set, and then only for that bearer token)
 //! and written to the log once a minute while they change, where Application Insights picks them up.
+//!
+//! Besides the totals, hits, misses and bytes are counted per namespace (`org`, `team:NAME`).
+//! Namespaces come from validated, authorized requests only, and at most
+//! [`MAX_NAMESPACES`] are told apart (the rest add up under `other`), so a flood of team names
+//! can neither grow memory nor the scrape.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -13,55 +18,141 @@ use crate::telemetry::Outcome;
 
 /// How often the counters are logged (when they changed).
 pub const LOG_EVERY: Duration = Duration::from_secs(60);
+/// Namespaces counted apart; later ones are counted as `other`.
+pub const MAX_NAMESPACES: usize = 200;
+
+/// The request counters: Prometheus name, help, and which outcome each counts.
+const COUNTERS: [(&str, &str); 12] = [
+    (
+        "nx_cache_hits_total",
+        "GETs of an entry that exists (streamed, or redirected after an exact check)",
+    ),
+    (
+        "nx_cache_redirects_total",
+        "GETs redirected to storage unchecked (NX_CACHE_HIT_CHECK=none): hit or miss unknown",
+    ),
+    ("nx_cache_misses_total", "GETs answered 404: no such entry"),
+    ("nx_cache_stores_total", "entries stored"),
+    (
+        "nx_cache_conflicts_total",
+        "uploads refused because the entry exists",
+    ),
+    (
+        "nx_cache_denials_total",
+        "requests refused by token scope or server mode",
+    ),
+    (
+        "nx_cache_unauthorized_total",
+        "requests without a valid token",
+    ),
+    ("nx_cache_too_large_total", "uploads over the size limit"),
+    (
+        "nx_cache_bad_requests_total",
+        "malformed requests and broken uploads",
+    ),
+    (
+        "nx_cache_storage_errors_total",
+        "requests degraded by a storage failure",
+    ),
+    (
+        "nx_cache_busy_total",
+        "GETs answered as misses because too many downloads were streaming",
+    ),
+    (
+        "nx_cache_expired_tokens_total",
+        "requests with a token expired less than NX_CACHE_EXPIRED_GRACE ago (no access, no 401)",
+    ),
+];
+
+/// A figure a store reports about itself (size, evictions), appended to `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFigure {
+    pub name: &'static str,
+    pub help: &'static str,
+    /// `counter` or `gauge`.
+    pub kind: &'static str,
+    pub value: u64,
+}
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    hits: AtomicU64,
-    redirects: AtomicU64,
-    misses: AtomicU64,
-    stores: AtomicU64,
-    conflicts: AtomicU64,
-    denials: AtomicU64,
-    unauthorized: AtomicU64,
-    too_large: AtomicU64,
-    bad_requests: AtomicU64,
-    storage_errors: AtomicU64,
-    busy: AtomicU64,
-    expired: AtomicU64,
+    counters: [AtomicU64; COUNTERS.len()],
     bytes_served: AtomicU64,
     bytes_stored: AtomicU64,
+    namespaces: Mutex<BTreeMap<String, NamespaceCounts>>,
     /// Token exchanges by trust rule (rule names come from the policy: a bounded set).
     exchanges: Mutex<BTreeMap<String, u64>>,
     /// Refused exchanges by reason (a fixed set).
     refusals: Mutex<BTreeMap<Reason, u64>>,
 }
 
+/// What one namespace saw.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NamespaceCounts {
+    pub hits: u64,
+    pub misses: u64,
+    pub bytes_stored: u64,
+    /// Bytes that went through the handler (embedded store, proxy mode); redirected hits are
+    /// served by storage.
+    pub bytes_served: u64,
+}
+
 impl Metrics {
-    /// Counts one finished request.
-    pub fn record(&self, outcome: Outcome) {
-        let counter = match outcome {
-            Outcome::Hit { bytes } => {
-                self.bytes_served.fetch_add(bytes, Ordering::Relaxed);
-                &self.hits
-            }
-            Outcome::Redirect => &self.redirects,
-            Outcome::Miss => &self.misses,
-            Outcome::Stored { bytes } => {
-                self.bytes_stored.fetch_add(bytes, Ordering::Relaxed);
-                &self.stores
-            }
-            Outcome::Conflict => &self.conflicts,
-            Outcome::Denied => &self.denials,
-            Outcome::Unauthorized => &self.unauthorized,
-            Outcome::TooLarge => &self.too_large,
-            Outcome::BadRequest => &self.bad_requests,
-            Outcome::StorageError => &self.storage_errors,
-            Outcome::Busy => &self.busy,
-            Outcome::Expired => &self.expired,
+    /// Counts one finished request. `namespace` is `org` or `team:NAME` for cache requests.
+    pub fn record(&self, outcome: Outcome, namespace: Option<&str>) {
+        let index = match outcome {
+            Outcome::Hit { .. } => 0,
+            Outcome::Redirect => 1,
+            Outcome::Miss => 2,
+            Outcome::Stored { .. } => 3,
+            Outcome::Conflict => 4,
+            Outcome::Denied => 5,
+            Outcome::Unauthorized => 6,
+            Outcome::TooLarge => 7,
+            Outcome::BadRequest => 8,
+            Outcome::StorageError => 9,
+            Outcome::Busy => 10,
+            Outcome::Expired => 11,
             // Counted by rule and by reason instead (`exchanged`, `exchange_refused`).
             Outcome::Exchanged | Outcome::ExchangeRefused => return,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.counters[index].fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Outcome::Hit {
+                bytes,
+                redirected: false,
+            } => {
+                self.bytes_served.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Outcome::Stored { bytes } => {
+                self.bytes_stored.fetch_add(bytes, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        let Some(namespace) = namespace else { return };
+        let update = |counts: &mut NamespaceCounts| match outcome {
+            Outcome::Hit { bytes, redirected } => {
+                counts.hits += 1;
+                if !redirected {
+                    counts.bytes_served += bytes;
+                }
+            }
+            Outcome::Miss => counts.misses += 1,
+            Outcome::Stored { bytes } => counts.bytes_stored += bytes,
+            _ => {}
+        };
+        if matches!(
+            outcome,
+            Outcome::Hit { .. } | Outcome::Miss | Outcome::Stored { .. }
+        ) {
+            let mut namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+            let key = if namespaces.contains_key(namespace) || namespaces.len() < MAX_NAMESPACES {
+                namespace
+            } else {
+                "other"
+            };
+            update(namespaces.entry(key.to_owned()).or_default());
+        }
     }
 
     /// Counts a token exchange under `rule`.
@@ -76,108 +167,105 @@ impl Metrics {
         *by_reason.entry(reason).or_default() += 1;
     }
 
-    fn values(&self) -> [(&'static str, &'static str, u64); 14] {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        [
-            (
-                "nx_cache_hits_total",
-                "GETs answered with the entry's bytes",
-                get(&self.hits),
-            ),
-            (
-                "nx_cache_redirects_total",
-                "GETs answered with a redirect to storage",
-                get(&self.redirects),
-            ),
-            (
-                "nx_cache_misses_total",
-                "GETs answered 404",
-                get(&self.misses),
-            ),
-            ("nx_cache_stores_total", "entries stored", get(&self.stores)),
-            (
-                "nx_cache_conflicts_total",
-                "uploads refused because the entry exists",
-                get(&self.conflicts),
-            ),
-            (
-                "nx_cache_denials_total",
-                "requests refused by token scope or server mode",
-                get(&self.denials),
-            ),
-            (
-                "nx_cache_unauthorized_total",
-                "requests without a valid token",
-                get(&self.unauthorized),
-            ),
-            (
-                "nx_cache_too_large_total",
-                "uploads over the size limit",
-                get(&self.too_large),
-            ),
-            (
-                "nx_cache_bad_requests_total",
-                "malformed requests and broken uploads",
-                get(&self.bad_requests),
-            ),
-            (
-                "nx_cache_storage_errors_total",
-                "requests degraded by a storage failure",
-                get(&self.storage_errors),
-            ),
-            (
-                "nx_cache_busy_total",
-                "GETs answered as misses because too many downloads were streaming",
-                get(&self.busy),
-            ),
-            (
-                "nx_cache_expired_tokens_total",
-                "requests with a token expired less than NX_CACHE_EXPIRED_GRACE ago (no access, no 401)",
-                get(&self.expired),
-            ),
-            (
-                "nx_cache_bytes_served_total",
-                "bytes streamed to clients",
-                get(&self.bytes_served),
-            ),
-            (
-                "nx_cache_bytes_stored_total",
-                "bytes of stored entries",
-                get(&self.bytes_stored),
-            ),
-        ]
+    /// One namespace's counts so far.
+    pub fn namespace(&self, namespace: &str) -> NamespaceCounts {
+        let namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        namespaces.get(namespace).copied().unwrap_or_default()
     }
 
-    /// The counters in Prometheus text exposition format.
-    pub fn prometheus(&self) -> String {
+    fn value(&self, index: usize) -> u64 {
+        self.counters[index].load(Ordering::Relaxed)
+    }
+
+    /// The counters in Prometheus text exposition format, followed by the store's own figures.
+    pub fn prometheus(&self, store: &[StoreFigure]) -> String {
         let mut out = String::new();
-        for (name, help, value) in self.values() {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
+        for (index, (name, help)) in COUNTERS.iter().enumerate() {
+            counter(&mut out, name, help, &[("", self.value(index))]);
         }
-        let exchanges = self.exchanges.lock().unwrap_or_else(|e| e.into_inner());
-        out.push_str(
-            "# HELP nx_cache_token_exchanges_total tokens given by POST /token, by trust rule\n",
+        counter(
+            &mut out,
+            "nx_cache_bytes_served_total",
+            "bytes streamed to clients by the handler",
+            &[("", self.bytes_served.load(Ordering::Relaxed))],
         );
-        out.push_str("# TYPE nx_cache_token_exchanges_total counter\n");
-        for (rule, count) in exchanges.iter() {
-            let _ = writeln!(
-                out,
-                "nx_cache_token_exchanges_total{{rule=\"{rule}\"}} {count}"
-            );
+        counter(
+            &mut out,
+            "nx_cache_bytes_stored_total",
+            "bytes of stored entries",
+            &[("", self.bytes_stored.load(Ordering::Relaxed))],
+        );
+        let namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        let labelled = |field: fn(&NamespaceCounts) -> u64| {
+            namespaces
+                .iter()
+                .map(|(ns, counts)| (format!("namespace=\"{ns}\""), field(counts)))
+                .collect::<Vec<_>>()
+        };
+        for (name, help, field) in [
+            (
+                "nx_cache_namespace_hits_total",
+                "hits by namespace (org, team:NAME)",
+                (|c: &NamespaceCounts| c.hits) as fn(&NamespaceCounts) -> u64,
+            ),
+            (
+                "nx_cache_namespace_misses_total",
+                "misses by namespace",
+                |c: &NamespaceCounts| c.misses,
+            ),
+            (
+                "nx_cache_namespace_bytes_stored_total",
+                "bytes stored by namespace",
+                |c: &NamespaceCounts| c.bytes_stored,
+            ),
+            (
+                "nx_cache_namespace_bytes_served_total",
+                "bytes streamed by the handler by namespace (embedded store, proxy mode)",
+                |c: &NamespaceCounts| c.bytes_served,
+            ),
+        ] {
+            let values = labelled(field);
+            let values: Vec<(&str, u64)> = values.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+            counter(&mut out, name, help, &values);
         }
+        drop(namespaces);
+        let exchanges = self.exchanges.lock().unwrap_or_else(|e| e.into_inner());
+        let values: Vec<(String, u64)> = exchanges
+            .iter()
+            .map(|(rule, n)| (format!("rule=\"{rule}\""), *n))
+            .collect();
         drop(exchanges);
+        let values: Vec<(&str, u64)> = values.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        counter(
+            &mut out,
+            "nx_cache_token_exchanges_total",
+            "tokens given by POST /token, by trust rule",
+            &values,
+        );
         let refusals = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
-        out.push_str("# HELP nx_cache_token_exchange_refusals_total exchanges refused by POST /token, by reason\n");
-        out.push_str("# TYPE nx_cache_token_exchange_refusals_total counter\n");
-        for reason in Reason::ALL {
-            let count = refusals.get(&reason).copied().unwrap_or(0);
+        let values: Vec<(String, u64)> = Reason::ALL
+            .iter()
+            .map(|r| {
+                let n = refusals.get(r).copied().unwrap_or(0);
+                (format!("reason=\"{}\"", r.as_str()), n)
+            })
+            .collect();
+        drop(refusals);
+        let values: Vec<(&str, u64)> = values.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        counter(
+            &mut out,
+            "nx_cache_token_exchange_refusals_total",
+            "exchanges refused by POST /token, by reason",
+            &values,
+        );
+        for figure in store {
             let _ = writeln!(
                 out,
-                "nx_cache_token_exchange_refusals_total{{reason=\"{}\"}} {count}",
-                reason.as_str()
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}",
+                name = figure.name,
+                help = figure.help,
+                kind = figure.kind,
+                value = figure.value
             );
         }
         out
@@ -185,7 +273,7 @@ impl Metrics {
 
     /// Sum of all request counters, to tell whether anything happened since the last log line.
     fn requests(&self) -> u64 {
-        self.values().iter().take(12).map(|(_, _, v)| v).sum()
+        (0..COUNTERS.len()).map(|i| self.value(i)).sum()
     }
 
     /// Logs the counters every [`LOG_EVERY`] while requests come in.
@@ -197,27 +285,38 @@ impl Metrics {
                 let now = self.requests();
                 if now != last {
                     last = now;
-                    let v = self.values();
                     tracing::info!(
-                        hits = v[0].2,
-                        redirects = v[1].2,
-                        misses = v[2].2,
-                        stores = v[3].2,
-                        conflicts = v[4].2,
-                        denials = v[5].2,
-                        unauthorized = v[6].2,
-                        too_large = v[7].2,
-                        bad_requests = v[8].2,
-                        storage_errors = v[9].2,
-                        busy = v[10].2,
-                        expired = v[11].2,
-                        bytes_served = v[12].2,
-                        bytes_stored = v[13].2,
+                        hits = self.value(0),
+                        redirects = self.value(1),
+                        misses = self.value(2),
+                        stores = self.value(3),
+                        conflicts = self.value(4),
+                        denials = self.value(5),
+                        unauthorized = self.value(6),
+                        too_large = self.value(7),
+                        bad_requests = self.value(8),
+                        storage_errors = self.value(9),
+                        busy = self.value(10),
+                        expired = self.value(11),
+                        bytes_served = self.bytes_served.load(Ordering::Relaxed),
+                        bytes_stored = self.bytes_stored.load(Ordering::Relaxed),
                         "metrics"
                     );
                 }
             }
         });
+    }
+}
+
+/// Writes one counter family: `values` are (labels, value), labels empty for an unlabelled one.
+fn counter(out: &mut String, name: &str, help: &str, values: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (labels, value) in values {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
     }
 }
 
@@ -235,27 +334,75 @@ pub fn token_matches(presented: &str, expected: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn hit(bytes: u64) -> Outcome {
+        Outcome::Hit {
+            bytes,
+            redirected: false,
+        }
+    }
+
     #[test]
     fn outcomes_land_in_their_counters() {
         let metrics = Metrics::default();
-        metrics.record(Outcome::Hit { bytes: 10 });
-        metrics.record(Outcome::Hit { bytes: 5 });
-        metrics.record(Outcome::Stored { bytes: 7 });
-        metrics.record(Outcome::Miss);
-        metrics.record(Outcome::StorageError);
-        let text = metrics.prometheus();
+        metrics.record(hit(10), Some("org"));
+        metrics.record(hit(5), Some("team:web"));
+        metrics.record(
+            Outcome::Hit {
+                bytes: 1000,
+                redirected: true,
+            },
+            Some("team:web"),
+        );
+        metrics.record(Outcome::Stored { bytes: 7 }, Some("team:web"));
+        metrics.record(Outcome::Miss, Some("team:web"));
+        metrics.record(Outcome::StorageError, Some("team:web"));
+        let text = metrics.prometheus(&[StoreFigure {
+            name: "nx_cache_store_bytes",
+            help: "bytes in the store",
+            kind: "gauge",
+            value: 42,
+        }]);
         for line in [
-            "nx_cache_hits_total 2",
+            "nx_cache_hits_total 3",
             "nx_cache_bytes_served_total 15",
             "nx_cache_stores_total 1",
             "nx_cache_bytes_stored_total 7",
             "nx_cache_misses_total 1",
             "nx_cache_storage_errors_total 1",
             "nx_cache_conflicts_total 0",
+            "nx_cache_namespace_hits_total{namespace=\"org\"} 1",
+            "nx_cache_namespace_hits_total{namespace=\"team:web\"} 2",
+            "nx_cache_namespace_misses_total{namespace=\"team:web\"} 1",
+            "nx_cache_namespace_bytes_stored_total{namespace=\"team:web\"} 7",
+            "nx_cache_namespace_bytes_served_total{namespace=\"team:web\"} 5",
+            "# TYPE nx_cache_store_bytes gauge",
+            "nx_cache_store_bytes 42",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
-        assert_eq!(metrics.requests(), 5);
+        assert_eq!(metrics.requests(), 6);
+    }
+
+    #[test]
+    fn a_flood_of_namespaces_is_bounded() {
+        let metrics = Metrics::default();
+        for i in 0..(MAX_NAMESPACES + 500) {
+            metrics.record(Outcome::Miss, Some(&format!("team:t{i}")));
+        }
+        let text = metrics.prometheus(&[]);
+        let labelled = text
+            .lines()
+            .filter(|l| l.starts_with("nx_cache_namespace_misses_total{"))
+            .count();
+        assert_eq!(
+            labelled,
+            MAX_NAMESPACES + 1,
+            "{MAX_NAMESPACES} namespaces and other"
+        );
+        assert_eq!(metrics.namespace("other").misses, 500);
+        // A namespace already counted keeps its own line.
+        metrics.record(Outcome::Miss, Some("team:t0"));
+        assert_eq!(metrics.namespace("team:t0").misses, 2);
     }
 
     #[test]

@@ -26,9 +26,12 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// What became of a request, attached by the handler to its response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// The entry exists: streamed by the handler, or `redirected` to storage after a check.
     Hit {
         bytes: u64,
+        redirected: bool,
     },
+    /// Redirected to storage without a check (`NX_CACHE_HIT_CHECK=none`): hit or miss unknown.
     Redirect,
     Miss,
     Stored {
@@ -73,7 +76,7 @@ impl Outcome {
 
     pub fn bytes(&self) -> u64 {
         match self {
-            Outcome::Hit { bytes } | Outcome::Stored { bytes } => *bytes,
+            Outcome::Hit { bytes, .. } | Outcome::Stored { bytes } => *bytes,
             _ => 0,
         }
     }
@@ -132,8 +135,9 @@ pub async fn log_request(
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let outcome = response.extensions().get::<Outcome>().copied();
+    let (namespace, hash) = cache_key_of(&path);
     if let Some(outcome) = outcome {
-        metrics.record(outcome);
+        metrics.record(outcome, (namespace != "-").then_some(namespace.as_str()));
     }
     let caller = response.extensions_mut().remove::<Caller>();
     let subject = caller.as_ref().map(|c| c.subject.as_str()).unwrap_or("-");
@@ -141,18 +145,21 @@ pub async fn log_request(
         .as_ref()
         .and_then(|c| c.rule.as_deref())
         .unwrap_or("-");
-    let (namespace, hash) = cache_key_of(&path);
     span.in_scope(|| {
         tracing::info!(
             %method,
             path = %path,
-            namespace,
+            namespace = namespace.as_str(),
             hash,
             status = response.status().as_u16(),
             outcome = outcome.map(|o| o.name()).unwrap_or("-"),
             subject,
             rule,
             bytes = outcome.map(|o| o.bytes()).unwrap_or(0),
+            redirected = matches!(
+                outcome,
+                Some(Outcome::Hit { redirected: true, .. } | Outcome::Redirect)
+            ),
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
             "request"
         )
@@ -163,14 +170,16 @@ pub async fn log_request(
     response
 }
 
-/// The namespace and hash a cache path names, for the log line (`-` when it names none). The
-/// values are logged as they came; the handler validates them separately.
-fn cache_key_of(path: &str) -> (&str, &str) {
+/// The namespace (`org`, `team:NAME`) and hash a cache path names, for the log line and the
+/// per-namespace counters (`-` when it names none). The values are logged as they came; the
+/// handler validates them separately, and only outcomes of validated requests are counted per
+/// namespace.
+fn cache_key_of(path: &str) -> (String, &str) {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
-        ["v1", "cache", hash] => ("org", hash),
-        ["teams", team, "v1", "cache", hash] => (team, hash),
-        _ => ("-", "-"),
+        ["v1", "cache", hash] => ("org".into(), hash),
+        ["teams", team, "v1", "cache", hash] => (format!("team:{team}"), hash),
+        _ => ("-".into(), "-"),
     }
 }
 
@@ -180,9 +189,12 @@ mod tests {
 
     #[test]
     fn log_lines_name_the_namespace_and_hash() {
-        assert_eq!(cache_key_of("/v1/cache/42"), ("org", "42"));
-        assert_eq!(cache_key_of("/teams/web/v1/cache/42"), ("web", "42"));
-        assert_eq!(cache_key_of("/health"), ("-", "-"));
-        assert_eq!(cache_key_of("/teams/web/v1/cache/42/x"), ("-", "-"));
+        assert_eq!(cache_key_of("/v1/cache/42"), ("org".into(), "42"));
+        assert_eq!(
+            cache_key_of("/teams/web/v1/cache/42"),
+            ("team:web".into(), "42")
+        );
+        assert_eq!(cache_key_of("/health"), ("-".into(), "-"));
+        assert_eq!(cache_key_of("/teams/web/v1/cache/42/x"), ("-".into(), "-"));
     }
 }

@@ -175,12 +175,15 @@ async fn connection_string_mode_stores_blobs_and_redirects_to_read_only_single_b
             .unwrap();
         assert_eq!(write.status(), StatusCode::FORBIDDEN);
     }
-    // A miss: the redirect leads to Azure's 404, which Nx takes as a miss.
-    let location = redirect_location(base, "/v1/cache/404404", &org).await;
-    assert_eq!(
-        reqwest::get(&location).await.unwrap().status(),
-        StatusCode::NOT_FOUND
-    );
+    // A miss is the handler's own 404, without a redirect (exact hit checks, the default).
+    let miss = no_redirects()
+        .get(format!("{base}/v1/cache/404404"))
+        .bearer_auth(&org)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(miss.status(), StatusCode::NOT_FOUND);
+    assert!(miss.headers().get("location").is_none());
     // No redirect ever leaks another team's blob.
     let denied = no_redirects()
         .get(format!("{base}/teams/web/v1/cache/222"))
@@ -723,5 +726,151 @@ async fn health_answers_from_the_watch_and_names_nothing() {
         azurite.requests_matching(".nx-cache-probe"),
         probes_before,
         "no storage call per /health"
+    );
+}
+
+/// Exact hit checks (the default) in redirect mode: a miss is the handler's 404, a hit a 307,
+/// each counted as such in the log and per namespace in `/metrics`; what is known to exist is
+/// remembered, so a repeated hit costs no storage call. Frozen storage is a miss within the
+/// storage timeout, before the health watch has noticed. `NX_CACHE_HIT_CHECK=none` keeps zero
+/// storage calls per GET.
+#[tokio::test]
+async fn exact_hit_checks_tell_hits_from_misses_and_none_makes_no_storage_call() {
+    const METRICS: &str = "metrics-token-0123456789";
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER, None).await;
+    let handler = start_handler(
+        &key_mode_env(&azurite),
+        &[
+            ("NX_CACHE_STORAGE_TIMEOUT", "2s"),
+            // The watch probes rarely: the frozen-storage miss below is the GET's own doing.
+            ("NX_CACHE_HEALTH_INTERVAL", "5m"),
+            ("NX_CACHE_METRICS_TOKEN", METRICS),
+        ],
+    );
+    let web = issue_token(&["--team", "web"]);
+    let base = &handler.base_url;
+    let get = |path: &'static str| {
+        let (base, web) = (base.clone(), web.clone());
+        async move {
+            let started = std::time::Instant::now();
+            let response = no_redirects()
+                .get(format!("{base}{path}"))
+                .bearer_auth(&web)
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status(),
+                response.headers().contains_key("location"),
+                started.elapsed(),
+            )
+        }
+    };
+    assert_eq!(
+        put(base, "/teams/web/v1/cache/1", &web, pattern(3000, 1)).await,
+        StatusCode::OK
+    );
+    // Stored through this handler: known at once, no storage call for its hits.
+    let heads = |name: &str| {
+        azurite.requests_matching(&format!("\"HEAD /devstoreaccount1/{CONTAINER}/{name}"))
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            get("/teams/web/v1/cache/1").await.0,
+            StatusCode::TEMPORARY_REDIRECT
+        );
+    }
+    assert_eq!(
+        heads("teams/web/1"),
+        1,
+        "only the upload's own existence check"
+    );
+    // A miss asks storage each time (an entry may appear), and is the handler's 404.
+    for _ in 0..2 {
+        let (status, location, _) = get("/teams/web/v1/cache/2").await;
+        assert_eq!((status, location), (StatusCode::NOT_FOUND, false));
+    }
+    assert_eq!(heads("teams/web/2"), 2);
+    // Counted exactly, per namespace.
+    let metrics = reqwest::Client::new()
+        .get(format!("{base}/metrics"))
+        .bearer_auth(METRICS)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "nx_cache_namespace_hits_total{namespace=\"team:web\"} 3",
+        "nx_cache_namespace_misses_total{namespace=\"team:web\"} 2",
+        "nx_cache_namespace_bytes_stored_total{namespace=\"team:web\"} 3000",
+        "nx_cache_redirects_total 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    let outcomes: Vec<String> = handler
+        .logs()
+        .iter()
+        .filter(|l| l.contains("\"method\":\"GET\"") && l.contains("/v1/cache/"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            format!(
+                "{} {}",
+                v["outcome"].as_str().unwrap(),
+                v["namespace"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "hit team:web",
+            "hit team:web",
+            "hit team:web",
+            "miss team:web",
+            "miss team:web"
+        ]
+    );
+
+    // Frozen storage: a GET that must ask storage is a miss within the storage timeout, while
+    // the health watch still says healthy.
+    let health = reqwest::get(format!("{base}/health"))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(health, StatusCode::OK);
+    azurite.pause();
+    let (status, location, took) = get("/teams/web/v1/cache/3").await;
+    azurite.resume();
+    assert_eq!((status, location), (StatusCode::NOT_FOUND, false));
+    assert!(
+        took < Duration::from_secs(5),
+        "within the 2 s storage timeout: {took:?}"
+    );
+    assert!(handler.logs().iter().any(|l| l.contains("storage-error")));
+
+    // Zero storage calls per GET on request: every GET redirects, counted as a redirect.
+    let blind = start_handler(&key_mode_env(&azurite), &[("NX_CACHE_HIT_CHECK", "none")]);
+    let before = heads("teams/web/4");
+    let response = no_redirects()
+        .get(format!("{}/teams/web/v1/cache/4", blind.base_url))
+        .bearer_auth(&web)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(
+        reqwest::get(&location).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(heads("teams/web/4"), before, "no storage call for the GET");
+    assert!(
+        blind
+            .logs()
+            .iter()
+            .any(|l| l.contains("\"outcome\":\"redirect\""))
     );
 }

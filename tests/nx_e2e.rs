@@ -135,6 +135,7 @@ mod azure {
     use common::azurite::{Azurite, IdentityEndpoint, Tls};
 
     const CONTAINER: &str = "nx-cache";
+    const METRICS_TOKEN: &str = "metrics-token-0123456789";
 
     fn blob_count(
         runtime: &tokio::runtime::Runtime,
@@ -175,24 +176,56 @@ mod azure {
             "outputs restored byte for byte"
         );
 
-        // Every GET was answered with a redirect, and every blob download Azurite served was
-        // the Nx client following one: the handler never reads a blob on a GET.
-        let redirects = handler
+        // Hits and misses are counted exactly (exact hit checks, the default): the handler's
+        // log agrees with what nx printed. The first run's GETs were misses, answered by the
+        // handler itself; the second run's were hits, redirected; every blob download Azurite
+        // served was the Nx client following one of those redirects.
+        let outcomes: Vec<String> = handler
             .logs()
             .iter()
-            .filter(|l| l.contains("\"outcome\":\"redirect\""))
-            .count();
+            .filter(|l| l.contains("\"method\":\"GET\"") && l.contains("/v1/cache/"))
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["outcome"].as_str().unwrap_or("").to_owned())
+            .collect();
+        let count = |name: &str| outcomes.iter().filter(|o| *o == name).count();
         assert_eq!(
-            redirects,
-            2 * PROJECTS.len(),
-            "3 misses then 3 hits, all by redirect"
+            count("miss"),
+            PROJECTS.len() - remote_hits(&first),
+            "{outcomes:?}"
         );
+        assert_eq!(count("hit"), remote_hits(&second), "{outcomes:?}");
+        assert_eq!(count("hit") + count("miss"), outcomes.len(), "{outcomes:?}");
         let blob_gets =
             azurite.requests_matching(&format!("\"GET /devstoreaccount1/{CONTAINER}/org/"));
         assert_eq!(
-            blob_gets, redirects,
+            blob_gets,
+            count("hit"),
             "blob reads are exactly the followed redirects"
         );
+        // So does /metrics, per namespace.
+        let metrics = runtime.block_on(async {
+            reqwest::Client::new()
+                .get(format!("{}/metrics", handler.base_url))
+                .bearer_auth(METRICS_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        });
+        for line in [
+            format!(
+                "nx_cache_namespace_hits_total{{namespace=\"org\"}} {}",
+                remote_hits(&second)
+            ),
+            format!(
+                "nx_cache_namespace_misses_total{{namespace=\"org\"}} {}",
+                PROJECTS.len()
+            ),
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+        }
     }
 
     #[test]
@@ -207,6 +240,7 @@ mod azure {
             ),
             ("AZURE_STORAGE_CONTAINER", CONTAINER),
             ("NX_CACHE_STORAGE_TIMEOUT", "3s"),
+            ("NX_CACHE_METRICS_TOKEN", METRICS_TOKEN),
         ]);
         let workspace = Workspace::new();
         round_trip_by_redirect(&runtime, &azurite, None, &handler, &workspace);
@@ -267,6 +301,7 @@ mod azure {
             ("IDENTITY_ENDPOINT", &identity.url),
             ("IDENTITY_HEADER", &identity.secret),
             ("SSL_CERT_FILE", &ca),
+            ("NX_CACHE_METRICS_TOKEN", METRICS_TOKEN),
         ]);
         let workspace = Workspace::new();
         workspace.trust_ca(&ca);

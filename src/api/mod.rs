@@ -132,7 +132,10 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
             "the metrics token is missing or wrong".into(),
         );
     }
-    let mut response = state.metrics.prometheus().into_response();
+    let mut response = state
+        .metrics
+        .prometheus(&state.store.figures())
+        .into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -242,13 +245,22 @@ async fn read_admitted(state: &AppState, key: &CacheKey, grant: &Grant) -> Respo
             let headers = response.headers_mut();
             headers.insert(header::CONTENT_TYPE, octet_stream());
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            response.with(Outcome::Hit { bytes: len })
+            response.with(Outcome::Hit {
+                bytes: len,
+                redirected: false,
+            })
         }
-        Ok(Some(Fetched::Redirect(url))) => match HeaderValue::try_from(url) {
+        Ok(Some(Fetched::Redirect { url, len })) => match HeaderValue::try_from(url) {
             Ok(location) => {
                 let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
                 response.headers_mut().insert(header::LOCATION, location);
-                response.with(Outcome::Redirect)
+                response.with(match len {
+                    Some(bytes) => Outcome::Hit {
+                        bytes,
+                        redirected: true,
+                    },
+                    None => Outcome::Redirect,
+                })
             }
             Err(_) => {
                 tracing::error!(namespace = %key.namespace, "backend produced an invalid redirect URL");

@@ -200,7 +200,7 @@ mod tests {
                         .collect(),
                 )
             }
-            Fetched::Redirect(_) => panic!("the local store never redirects"),
+            Fetched::Redirect { .. } => panic!("the local store never redirects"),
         }
     }
 

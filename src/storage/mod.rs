@@ -18,6 +18,7 @@ use crate::key::CacheKey;
 
 pub mod azure;
 pub mod health;
+pub mod known;
 pub mod local;
 
 pub use health::Health;
@@ -29,10 +30,11 @@ pub const DOWNLOAD_CHUNK: usize = 64 * 1024;
 /// A stream of body chunks, as read from a request or a backend.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
-/// A found entry: bytes to stream to the client, or a URL the client fetches directly.
+/// A found entry: bytes to stream to the client, or a URL the client fetches directly (with the
+/// entry's size when the backend checked that it exists; `None` when it redirects unchecked).
 pub enum Fetched {
     Stream { len: u64, body: ByteStream },
-    Redirect(String),
+    Redirect { url: String, len: Option<u64> },
 }
 
 /// The result of a put-if-absent.
@@ -94,4 +96,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The last known health, kept by the health watch ([`health::watch`]).
     fn health(&self) -> &Health;
+
+    /// Figures the backend reports about itself for `/metrics` (size, evictions).
+    fn figures(&self) -> Vec<crate::metrics::StoreFigure> {
+        Vec::new()
+    }
 }

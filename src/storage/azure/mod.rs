@@ -29,7 +29,8 @@ use azure_core::http::{
     ClientOptions, HttpClientOptions, RequestContent, StatusCode, Transport, Url, new_http_client,
 };
 use azure_storage_blob::models::{
-    BlockBlobClientCommitBlockListOptions, BlockBlobClientUploadOptions, BlockLookupList,
+    BlobClientGetPropertiesResultHeaders, BlockBlobClientCommitBlockListOptions,
+    BlockBlobClientUploadOptions, BlockLookupList,
 };
 use azure_storage_blob::{
     BlobClient, BlobClientOptions, BlobServiceClient, BlobServiceClientOptions,
@@ -40,8 +41,9 @@ use time::OffsetDateTime;
 
 use self::delegation::DelegationKeys;
 use self::sas::{BlobSas, Protocols, SAS_VERSION, encode_blob_path};
+use super::known::KnownEntries;
 use super::{ByteStream, Fetched, Health, Store, StoreError, Stored};
-use crate::config::{AzureAuth, AzureConfig, Download};
+use crate::config::{AzureAuth, AzureConfig, Download, HitCheck};
 use crate::key::CacheKey;
 
 /// Size of one staged block, and the largest body sent as a single Put Blob.
@@ -52,6 +54,8 @@ const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 const CALL_SAS_TTL: Duration = Duration::from_secs(15 * 60);
 /// Name probed at startup and by the health watch: its absence is the normal answer.
 const PROBE_BLOB: &str = ".nx-cache-probe";
+/// Entries remembered as existing (exact hit checks): about 100 bytes each.
+const KNOWN_ENTRIES: usize = 50_000;
 
 /// How the handler signs its calls and its download URLs.
 enum Access {
@@ -72,6 +76,8 @@ pub struct AzureStore {
     client_options: ClientOptions,
     /// Proxied downloads, by plain GET of a read-only SAS URL.
     downloads: download::Downloader,
+    /// Entries seen to exist, so a repeated hit costs no storage call (exact hit checks).
+    known: KnownEntries,
     /// Whether storage answered lately. While it does not, GETs are misses instead of redirects:
     /// a client sent to an unreachable store would abort the whole build.
     health: Health,
@@ -122,6 +128,7 @@ impl AzureStore {
             access,
             client_options,
             downloads,
+            known: KnownEntries::new(KNOWN_ENTRIES),
             health: Health::default(),
         })
     }
@@ -543,14 +550,26 @@ impl Store for AzureStore {
                     "storage is unavailable (health watch)".into(),
                 ));
             }
-            // No storage round trip: a missing blob is Azure's 404, which Nx takes as a miss.
-            return Ok(Some(Fetched::Redirect(self.download_url(&name)?)));
+            let len = match self.config.hit_check {
+                // No storage round trip: a missing blob is Azure's 404, which Nx takes as a miss.
+                HitCheck::None => None,
+                HitCheck::Exact => match self.known_size(&name).await? {
+                    Some(len) => Some(len),
+                    None => return Ok(None),
+                },
+            };
+            let url = self.download_url(&name)?;
+            return Ok(Some(Fetched::Redirect { url, len }));
         }
         self.observe(self.proxy_download(&name).await)
     }
 
     async fn exists(&self, key: &CacheKey) -> Result<bool, StoreError> {
-        let client = self.blob_client(&self.blob_name(key), "r")?;
+        let name = self.blob_name(key);
+        if self.known.get(&name).is_some() {
+            return Ok(true);
+        }
+        let client = self.blob_client(&name, "r")?;
         self.observe(self.blob_exists(&client).await)
     }
 
@@ -560,7 +579,11 @@ impl Store for AzureStore {
         len: u64,
         body: ByteStream,
     ) -> Result<Stored, StoreError> {
-        self.observe(self.upload(key, len, body).await)
+        let stored = self.observe(self.upload(key, len, body).await)?;
+        if stored == Stored::Created {
+            self.known.insert(&self.blob_name(key), len);
+        }
+        Ok(stored)
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
@@ -573,6 +596,33 @@ impl Store for AzureStore {
 }
 
 impl AzureStore {
+    /// The size of blob `name` if it exists: remembered, or asked of storage once (bounded by the
+    /// storage timeout; any trouble is an error, which the API answers as a miss at once).
+    async fn known_size(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        if let Some(len) = self.known.get(name) {
+            return Ok(Some(len));
+        }
+        let client = self.blob_client(name, "r")?;
+        let properties = self
+            .bounded("get blob properties", client.get_properties(None))
+            .await;
+        let result = match properties {
+            Err(timeout) => Err(timeout),
+            Ok(Ok(response)) => response
+                .content_length()
+                .map(|len| len.unwrap_or(0))
+                .map(Some)
+                .map_err(backend),
+            Ok(Err(e)) if e.http_status() == Some(StatusCode::NotFound) => Ok(None),
+            Ok(Err(e)) => Err(backend(e)),
+        };
+        let len = self.observe(result)?;
+        if let Some(len) = len {
+            self.known.insert(name, len);
+        }
+        Ok(len)
+    }
+
     async fn proxy_download(&self, name: &str) -> Result<Option<Fetched>, StoreError> {
         let url = self.download_url(name)?;
         Ok(self
