@@ -127,6 +127,22 @@ fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
     }
 }
 
+/// What the configured store holds per namespace (`handler usage`). Uses the server's own
+/// configuration; on Azure, the credential chain (the Azure CLI's login on a laptop) or the
+/// connection string.
+pub async fn usage(
+    config: &Config,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<crate::storage::usage::Usage, String> {
+    let store: Arc<dyn Store> = match &config.backend {
+        Backend::Local => open_store(config)?,
+        Backend::Azure(azure) => {
+            Arc::new(AzureStore::new((**azure).clone()).map_err(|e| format!("Azure storage: {e}"))?)
+        }
+    };
+    store.usage(progress).await.map_err(|e| e.to_string())
+}
+
 /// One line of `handler doctor`: what was checked, and what was found.
 pub struct Check {
     pub what: &'static str,

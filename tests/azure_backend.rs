@@ -8,6 +8,8 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use common::azurite::{Azurite, IdentityEndpoint, Tls};
 use common::{Handler, issue_token};
 use reqwest::StatusCode;
@@ -872,5 +874,75 @@ async fn exact_hit_checks_tell_hits_from_misses_and_none_makes_no_storage_call()
             .logs()
             .iter()
             .any(|l| l.contains("\"outcome\":\"redirect\""))
+    );
+}
+
+/// `handler usage` on a container: one row per namespace with its entries, bytes, oldest and
+/// newest, read page by page (more than one page of 5000 here), and the probe blob skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_adds_up_every_namespace_of_a_container() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER, None).await;
+    let client = azurite.http_client();
+    let (org, web, api) = (3000u64, 2500u64, 700u64);
+    let names: Vec<(String, usize)> = (0..org)
+        .map(|i| (format!("org/{i}"), 10))
+        .chain((0..web).map(|i| (format!("teams/web/{i}"), 20)))
+        .chain((0..api).map(|i| (format!("teams/api/{i}"), 30)))
+        .chain(std::iter::once((".nx-cache-probe".to_string(), 1)))
+        .collect();
+    futures_util::stream::iter(names)
+        .for_each_concurrent(16, |(name, len)| {
+            let (azurite, client) = (&azurite, &client);
+            async move {
+                azurite
+                    .put_blob(client, CONTAINER, &name, vec![7u8; len])
+                    .await
+            }
+        })
+        .await;
+    let env = key_mode_env(&azurite);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_handler"))
+            .args(["usage", "--json"])
+            .env_clear()
+            .env("NX_CACHE_JWT_SECRET", common::TEST_SECRET)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("listed 5000 objects"),
+        "progress per page: {stderr}"
+    );
+    let usage: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rows: Vec<(String, u64, u64)> = usage["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["namespace"].as_str().unwrap().to_owned(),
+                r["entries"].as_u64().unwrap(),
+                r["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("org".to_string(), org, org * 10),
+            ("team:api".to_string(), api, api * 30),
+            ("team:web".to_string(), web, web * 20),
+        ]
+    );
+    assert_eq!(usage["total"]["entries"], org + web + api);
+    assert_eq!(usage["skipped"], 1, "the probe blob is no entry");
+    assert!(
+        usage["total"]["oldest"].as_str().unwrap() <= usage["total"]["newest"].as_str().unwrap()
     );
 }

@@ -253,3 +253,75 @@ fn token_issue_refuses_bad_requests() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("NX_CACHE_MAX_TOKEN_LIFETIME"), "{stderr}");
 }
+
+#[tokio::test]
+async fn usage_lists_every_namespace_of_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let server = common::Handler::start_in(dir.path(), &[]);
+        let token = common::issue_token(&["--org", "--team", "web", "--team", "api"]);
+        let client = reqwest::Client::new();
+        for (path, len) in [
+            ("/v1/cache/1", 100),
+            ("/v1/cache/2", 50),
+            ("/teams/web/v1/cache/3", 7),
+            ("/teams/api/v1/cache/4", 1),
+        ] {
+            let stored = client
+                .put(format!("{}{path}", server.base_url))
+                .bearer_auth(&token)
+                .body(vec![1u8; len])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(stored.status(), 200);
+        }
+    }
+    let run = |json: bool| {
+        let mut command = handler();
+        command
+            .arg("usage")
+            .env("NX_CACHE_DIR", dir.path())
+            .env("NX_CACHE_JWT_SECRET", common::TEST_SECRET);
+        if json {
+            command.arg("--json");
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let usage: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+    let rows: Vec<(String, u64, u64)> = usage["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["namespace"].as_str().unwrap().to_owned(),
+                r["entries"].as_u64().unwrap(),
+                r["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("org".to_string(), 2, 150),
+            ("team:api".to_string(), 1, 1),
+            ("team:web".to_string(), 1, 7),
+        ]
+    );
+    assert_eq!(usage["total"]["entries"], 4);
+    assert_eq!(usage["total"]["bytes"], 158);
+    let table = run(false);
+    assert!(table.starts_with("namespace"), "{table}");
+    let total = table.lines().last().unwrap();
+    assert!(
+        total.starts_with("total") && total.contains(" 4 ") && total.contains(" 158 "),
+        "{table}"
+    );
+}

@@ -39,6 +39,15 @@ enum Command {
     /// Check the configuration, the credential, the container and the permissions, and say
     /// what to fix.
     Doctor,
+    /// What the cache holds per namespace: entries, bytes, oldest and newest entry.
+    Usage(UsageArgs),
+}
+
+#[derive(Args)]
+struct UsageArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -80,6 +89,7 @@ fn main() -> ExitCode {
         Command::Serve => run_server(config),
         Command::Token(TokenCommand::Issue(args)) => issue_token(&config, args),
         Command::Doctor => run_doctor(&config),
+        Command::Usage(args) => run_usage(&config, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -141,6 +151,22 @@ fn run_doctor(config: &Config) -> Result<(), String> {
         }
         n => Err(format!("{n} problem(s) found; see above")),
     }
+}
+
+fn run_usage(config: &Config, args: UsageArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    // Progress on stderr, so that stdout is only the answer.
+    let progress = |listed: u64| eprintln!("handler: listed {listed} objects");
+    let usage = runtime.block_on(server::usage(config, &progress))?;
+    if args.json {
+        println!("{}", usage.json());
+    } else {
+        print!("{}", usage.table());
+    }
+    Ok(())
 }
 
 fn issue_token(config: &Config, args: IssueArgs) -> Result<(), String> {

@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio_util::io::ReaderStream;
 
+use super::usage::Usage;
 use super::{ByteStream, DOWNLOAD_CHUNK, Fetched, Health, Store, StoreError, Stored};
 use crate::key::CacheKey;
 
@@ -176,6 +177,53 @@ impl Store for LocalStore {
     fn health(&self) -> &Health {
         &self.health
     }
+
+    async fn usage(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<Usage, StoreError> {
+        let root = self.root.clone();
+        let usage = tokio::task::spawn_blocking(move || local_usage(&root))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))??;
+        progress(usage.total().entries + usage.skipped);
+        Ok(usage)
+    }
+}
+
+/// Walks `org/` and `teams/*/`: each file's size, and its modification time (when it was
+/// written, or last read when retention is on).
+fn local_usage(root: &Path) -> std::io::Result<Usage> {
+    let mut usage = Usage::default();
+    let mut folders = vec![(root.join("org"), "org".to_string())];
+    match std::fs::read_dir(root.join("teams")) {
+        Ok(teams) => {
+            for team in teams {
+                let team = team?;
+                if team.file_type()?.is_dir() {
+                    let name = team.file_name().to_string_lossy().into_owned();
+                    folders.push((team.path(), format!("teams/{name}")));
+                }
+            }
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    for (folder, prefix) in folders {
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if !meta.is_file() {
+                continue;
+            }
+            let name = format!("{prefix}/{}", entry.file_name().to_string_lossy());
+            let time = meta.modified().ok().map(time::OffsetDateTime::from);
+            usage.add(&name, meta.len(), time);
+        }
+    }
+    Ok(usage)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod azure;
 pub mod health;
 pub mod known;
 pub mod local;
+pub mod usage;
 
 pub use health::Health;
 
@@ -96,6 +97,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// The last known health, kept by the health watch ([`health::watch`]).
     fn health(&self) -> &Health;
+
+    /// Adds up what the store holds per namespace (`handler usage`), calling `progress` with
+    /// the number of objects listed so far now and then. Lists page by page: memory does not
+    /// grow with the number of entries.
+    async fn usage(
+        &self,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<usage::Usage, StoreError>;
 
     /// Figures the backend reports about itself for `/metrics` (size, evictions).
     fn figures(&self) -> Vec<crate::metrics::StoreFigure> {

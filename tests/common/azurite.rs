@@ -222,6 +222,34 @@ impl Azurite {
         );
     }
 
+    /// Writes a blob directly (not through the handler), e.g. to seed a container.
+    pub async fn put_blob(
+        &self,
+        client: &reqwest::Client,
+        container: &str,
+        name: &str,
+        body: Vec<u8>,
+    ) {
+        let url = format!(
+            "{}/{container}/{name}?{}",
+            self.endpoint(),
+            self.account_sas()
+        );
+        let response = client
+            .put(url)
+            .header("x-ms-blob-type", "BlockBlob")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "put {name}");
+    }
+
+    /// A plain-http client for [`Azurite::put_blob`].
+    pub fn http_client(&self) -> reqwest::Client {
+        self.client(None)
+    }
+
     /// Blob names in a container.
     pub async fn list_blobs(&self, container: &str, tls: Option<&Tls>) -> Vec<String> {
         let url = format!(

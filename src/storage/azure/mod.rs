@@ -29,19 +29,21 @@ use azure_core::http::{
     ClientOptions, HttpClientOptions, RequestContent, StatusCode, Transport, Url, new_http_client,
 };
 use azure_storage_blob::models::{
-    BlobClientGetPropertiesResultHeaders, BlockBlobClientCommitBlockListOptions,
-    BlockBlobClientUploadOptions, BlockLookupList,
+    BlobClientGetPropertiesResultHeaders, BlobContainerClientListBlobsOptions,
+    BlockBlobClientCommitBlockListOptions, BlockBlobClientUploadOptions, BlockLookupList,
 };
 use azure_storage_blob::{
-    BlobClient, BlobClientOptions, BlobServiceClient, BlobServiceClientOptions,
+    BlobClient, BlobClientOptions, BlobContainerClient, BlobContainerClientOptions,
+    BlobServiceClient, BlobServiceClientOptions,
 };
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use time::OffsetDateTime;
 
 use self::delegation::DelegationKeys;
 use self::sas::{BlobSas, Protocols, SAS_VERSION, encode_blob_path};
 use super::known::KnownEntries;
+use super::usage::Usage;
 use super::{ByteStream, Fetched, Health, Store, StoreError, Stored};
 use crate::config::{AzureAuth, AzureConfig, Download, HitCheck};
 use crate::key::CacheKey;
@@ -56,6 +58,11 @@ const CALL_SAS_TTL: Duration = Duration::from_secs(15 * 60);
 const PROBE_BLOB: &str = ".nx-cache-probe";
 /// Entries remembered as existing (exact hit checks): about 100 bytes each.
 const KNOWN_ENTRIES: usize = 50_000;
+/// Blobs per listing page (the service's maximum).
+const LIST_PAGE: i32 = 5000;
+/// Lifetime of the container SAS a listing uses in key mode (a long listing outlives
+/// [`CALL_SAS_TTL`]).
+const LIST_SAS_TTL: Duration = Duration::from_secs(3600);
 
 /// How the handler signs its calls and its download URLs.
 enum Access {
@@ -593,9 +600,62 @@ impl Store for AzureStore {
     fn health(&self) -> &Health {
         &self.health
     }
+
+    async fn usage(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<Usage, StoreError> {
+        let container = self.container_client()?;
+        let options = BlobContainerClientListBlobsOptions {
+            prefix: (!self.config.prefix.is_empty()).then(|| self.config.prefix.clone()),
+            maxresults: Some(LIST_PAGE),
+            ..Default::default()
+        };
+        let mut pages = container
+            .list_blobs(Some(options))
+            .map_err(backend)?
+            .into_pages();
+        let mut usage = Usage::default();
+        let mut listed = 0u64;
+        while let Some(page) = self
+            .bounded("list blobs", pages.try_next())
+            .await?
+            .map_err(backend)?
+        {
+            let page = page.into_model().map_err(backend)?;
+            for item in page.blob_items {
+                let Some(name) = item.name else { continue };
+                let relative = name.strip_prefix(&self.config.prefix).unwrap_or(&name);
+                let properties = item.properties.unwrap_or_default();
+                let time = properties.creation_time.or(properties.last_modified);
+                usage.add(relative, properties.content_length.unwrap_or(0), time);
+                listed += 1;
+            }
+            progress(listed);
+        }
+        Ok(usage)
+    }
 }
 
 impl AzureStore {
+    /// A client for the container: with the handler's token, or in key mode with a container
+    /// SAS that may list.
+    fn container_client(&self) -> Result<BlobContainerClient, StoreError> {
+        match &self.access {
+            Access::Token { service, .. } => {
+                Ok(service.blob_container_client(&self.config.container))
+            }
+            Access::Key { key } => {
+                let query = self.sas_fields("", "l", LIST_SAS_TTL).service_query(key);
+                let url = format!("{}/{}?{query}", self.config.endpoint, self.config.container);
+                let url = Url::parse(&url)
+                    .map_err(|e| StoreError::Backend(format!("invalid container URL: {e}")))?;
+                let options = BlobContainerClientOptions {
+                    client_options: self.client_options.clone(),
+                    ..Default::default()
+                };
+                BlobContainerClient::new(url, None, Some(options)).map_err(backend)
+            }
+        }
+    }
+
     /// The size of blob `name` if it exists: remembered, or asked of storage once (bounded by the
     /// storage timeout; any trouble is an error, which the API answers as a miss at once).
     async fn known_size(&self, name: &str) -> Result<Option<u64>, StoreError> {

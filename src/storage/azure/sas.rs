@@ -54,8 +54,18 @@ pub struct BlobSas<'a> {
 }
 
 impl BlobSas<'_> {
+    /// An empty `blob` makes a container SAS (e.g. to list it); otherwise a blob SAS.
     fn canonical_resource(&self) -> String {
-        format!("/blob/{}/{}/{}", self.account, self.container, self.blob)
+        if self.blob.is_empty() {
+            format!("/blob/{}/{}", self.account, self.container)
+        } else {
+            format!("/blob/{}/{}/{}", self.account, self.container, self.blob)
+        }
+    }
+
+    /// `sr`: `c` for a container, `b` for one blob.
+    fn signed_resource(&self) -> &'static str {
+        if self.blob.is_empty() { "c" } else { "b" }
     }
 
     /// The service-SAS string-to-sign (see the module docs for the field order).
@@ -69,14 +79,14 @@ impl BlobSas<'_> {
             "", // signedIP
             self.protocols.as_str(),
             self.version,
-            "b", // signedResource: a blob
-            "",  // signedSnapshotTime
-            "",  // signedEncryptionScope
-            "",  // rscc
-            "",  // rscd
-            "",  // rsce
-            "",  // rscl
-            "",  // rsct
+            self.signed_resource(),
+            "", // signedSnapshotTime
+            "", // signedEncryptionScope
+            "", // rscc
+            "", // rscd
+            "", // rsce
+            "", // rscl
+            "", // rsct
         ]
         .join("\n")
     }
@@ -93,7 +103,7 @@ impl BlobSas<'_> {
             ("sv", self.version.to_owned()),
             ("st", iso8601(self.start)),
             ("se", iso8601(self.expiry)),
-            ("sr", "b".to_owned()),
+            ("sr", self.signed_resource().to_owned()),
             ("sp", self.permissions.to_owned()),
             ("spr", self.protocols.as_str().to_owned()),
         ];
@@ -200,6 +210,19 @@ mod tests {
         ] {
             assert!(query.contains(field), "{field} missing from {query}");
         }
+    }
+
+    #[test]
+    fn an_empty_blob_name_signs_for_the_container() {
+        let container = sas("", "l", Protocols::HttpsOnly);
+        let lines: Vec<String> = container
+            .service_string_to_sign()
+            .split('\n')
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(lines[3], "/blob/devstoreaccount1/nx-cache");
+        assert_eq!(lines[8], "c");
+        assert!(container.service_query(&dev_key()).contains("sr=c"));
     }
 
     #[test]
