@@ -893,19 +893,23 @@ fn the_github_actions_snippet_works_as_documented() {
     let web = format!("{}/teams/web", handler.base_url);
     // What the runner gives the step: its `env:` (the values a user sets) and the ID token
     // request variables (`permissions: id-token: write`), GitHub's default bash flags.
-    let run_step = |github_env_file: &Path, with_id_token: bool| {
+    // A loopback port nobody listens on: GitHub's token service, or the cache, being down.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let token_url = format!("{}/token", handler.base_url);
+    let request_url = format!("{}/github/token?api-version=2.0", issuers.github.base);
+    let run_with = |github_env_file: &Path, request_url: Option<&str>, token_url: &str| {
         let mut env = vars(&[
             ("NX_CACHE_URL", &web),
-            ("NX_CACHE_TOKEN_URL", &format!("{}/token", handler.base_url)),
+            ("NX_CACHE_TOKEN_URL", token_url),
             ("NX_CACHE_AUDIENCE", AUDIENCE),
             ("GITHUB_ENV", github_env_file.to_str().unwrap()),
         ]);
-        if with_id_token {
+        if let Some(request_url) = request_url {
             env.extend(vars(&[
-                (
-                    "ACTIONS_ID_TOKEN_REQUEST_URL",
-                    &format!("{}/github/token?api-version=2.0", issuers.github.base),
-                ),
+                ("ACTIONS_ID_TOKEN_REQUEST_URL", request_url),
                 ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", RUNNER_REQUEST_TOKEN),
             ]));
         }
@@ -923,6 +927,13 @@ fn the_github_actions_snippet_works_as_documented() {
         );
         assert!(ok, "the step must never fail the job:\n{stdout}\n{stderr}");
         (stdout, github_env(github_env_file))
+    };
+    let run_step = |github_env_file: &Path, with_id_token: bool| {
+        run_with(
+            github_env_file,
+            with_id_token.then_some(request_url.as_str()),
+            &token_url,
+        )
     };
 
     // A push to main: read-write; nx stores, then hits.
@@ -962,6 +973,29 @@ fn the_github_actions_snippet_works_as_documented() {
 
     // A pull request from a fork gets no ID token: the cache is off, the job goes on.
     let (stdout, env) = run_step(&dir.path().join("env-fork"), false);
+    assert!(
+        stdout.contains("::warning::Nx remote cache is off"),
+        "{stdout}"
+    );
+    assert_cache_off(&workspace, &env, &handler, &web);
+
+    // GitHub's token service is down, or the cache is: the cache is off, the job goes on.
+    let unreachable_github = format!("{dead}/github/token?api-version=2.0");
+    let (stdout, env) = run_with(
+        &dir.path().join("env-github-down"),
+        Some(&unreachable_github),
+        &token_url,
+    );
+    assert!(
+        stdout.contains("::warning::Nx remote cache is off"),
+        "{stdout}"
+    );
+    assert_cache_off(&workspace, &env, &handler, &web);
+    let (stdout, env) = run_with(
+        &dir.path().join("env-cache-down"),
+        Some(&request_url),
+        &format!("{dead}/token"),
+    );
     assert!(
         stdout.contains("::warning::Nx remote cache is off"),
         "{stdout}"

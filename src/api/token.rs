@@ -55,8 +55,8 @@ pub(super) async fn exchange(
         Ok(exchanged) => {
             state.metrics.exchanged(&exchanged.rule);
             tracing::info!(subject = %exchanged.subject, rule = %exchanged.rule,
-                access = exchanged.scope.access.as_str(), expires_at = exchanged.issued.expires_at,
-                "token exchanged");
+                token_id = %exchanged.issued.token_id, access = exchanged.scope.access.as_str(),
+                expires_at = exchanged.issued.expires_at, "token exchanged");
             let mut response = granted(&exchanged, wants_json(&headers));
             response.extensions_mut().insert(Caller {
                 subject: exchanged.subject,

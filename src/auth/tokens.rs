@@ -109,10 +109,12 @@ pub struct TokenRequest {
     pub rule: Option<String>,
 }
 
-/// A signed token and when it expires (Unix seconds).
+/// A signed token, its id (`jti`, for `NX_CACHE_REVOKED_TOKENS`) and when it expires (Unix
+/// seconds).
 #[derive(Debug, Clone)]
 pub struct Issued {
     pub token: String,
+    pub token_id: String,
     pub expires_at: u64,
 }
 
@@ -228,6 +230,7 @@ impl TokenAuthority {
             .map_err(|e| format!("could not sign the token: {e}"))?;
         Ok(Issued {
             token,
+            token_id: claims.jti,
             expires_at: claims.exp,
         })
     }
