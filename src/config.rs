@@ -16,6 +16,7 @@ use crate::auth::policy::TrustPolicy;
 use crate::auth::{Secret, TokenRules, parse_algorithm};
 use crate::limits::Pace;
 use crate::storage::azure::connection_string::ConnectionString;
+use crate::storage::local::retention::RetentionConfig;
 
 /// Default port when neither the Functions host nor the user names one.
 pub const DEFAULT_PORT: u16 = 3000;
@@ -242,6 +243,8 @@ pub struct Config {
     /// Bearer token that `/metrics` requires; `None` turns the endpoint off.
     pub metrics_token: Option<SecretText>,
     pub data_dir: PathBuf,
+    /// The embedded store's retention (`NX_CACHE_MAX_SIZE`, `NX_CACHE_MAX_AGE`): off by default.
+    pub retention: RetentionConfig,
     pub backend: Backend,
     /// How often the health watch probes the store (`NX_CACHE_HEALTH_INTERVAL`).
     pub health_interval: Duration,
@@ -327,6 +330,7 @@ impl Config {
         };
 
         let backend = load_backend(&get)?;
+        let retention = load_retention(&get, &backend)?;
 
         Ok(Self {
             bind,
@@ -337,6 +341,7 @@ impl Config {
             limits,
             metrics_token,
             data_dir,
+            retention,
             backend,
             health_interval,
             tokens,
@@ -480,6 +485,36 @@ fn load_trust(
     Ok(TrustConfig {
         policy: Some(policy),
     })
+}
+
+/// The retention section: limits of the embedded store (Azure has lifecycle management).
+fn load_retention(
+    get: &impl Fn(&str) -> Option<String>,
+    backend: &Backend,
+) -> Result<RetentionConfig, ConfigError> {
+    let max_size = get("NX_CACHE_MAX_SIZE")
+        .map(|v| parse_size(v.trim()).map_err(|e| ConfigError::new("NX_CACHE_MAX_SIZE", e)))
+        .transpose()?;
+    let max_age = match get("NX_CACHE_MAX_AGE") {
+        None => None,
+        Some(_) => Some(duration_setting(get, "NX_CACHE_MAX_AGE", Duration::ZERO)?),
+    };
+    if max_age.is_some_and(|age| age < Duration::from_secs(60)) {
+        return Err(ConfigError::new("NX_CACHE_MAX_AGE", "must be at least 1m"));
+    }
+    let retention = RetentionConfig { max_size, max_age };
+    if retention.is_on() && matches!(backend, Backend::Azure(_)) {
+        let setting = if max_size.is_some() {
+            "NX_CACHE_MAX_SIZE"
+        } else {
+            "NX_CACHE_MAX_AGE"
+        };
+        return Err(ConfigError::new(
+            setting,
+            "applies to the embedded store only; on Azure, retention is the storage account's lifecycle management (retentionDays in infra/main.bicep)",
+        ));
+    }
+    Ok(retention)
 }
 
 /// The limits section: every bound on what one client can make the server hold.
@@ -952,6 +987,73 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.setting, "NX_CACHE_JWT_SECRET");
         assert!(err.problem.contains("at least 64"), "{err}");
+    }
+
+    #[test]
+    fn previous_secrets_grace_and_leeway() {
+        let config = load(
+            &[
+                ("NX_CACHE_JWT_SECRET", SECRET),
+                (
+                    "NX_CACHE_JWT_PREVIOUS_SECRETS",
+                    " old-secret-0123456789abcdef0123456789 ,\nolder-secret-0123456789abcdef012345678\n",
+                ),
+                ("NX_CACHE_EXPIRED_GRACE", "1h"),
+                ("NX_CACHE_TOKEN_LEEWAY", "0s"),
+            ],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(config.tokens.previous.len(), 2, "two secrets, trimmed");
+        assert_eq!(config.tokens.rules.expired_grace, Duration::from_secs(3600));
+        assert_eq!(config.tokens.rules.leeway, Duration::ZERO);
+        let defaults = load(&[], Flags::default()).unwrap();
+        assert_eq!(defaults.tokens.rules.expired_grace, DEFAULT_EXPIRED_GRACE);
+        assert_eq!(defaults.tokens.rules.leeway, DEFAULT_TOKEN_LEEWAY);
+        assert!(defaults.tokens.previous.is_empty());
+        assert!(!defaults.retention.is_on(), "retention is off by default");
+        for (name, value) in [
+            ("NX_CACHE_JWT_PREVIOUS_SECRETS", "short"),
+            (
+                "NX_CACHE_JWT_PREVIOUS_SECRETS",
+                "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/old/)",
+            ),
+            ("NX_CACHE_EXPIRED_GRACE", "8d"),
+            ("NX_CACHE_TOKEN_LEEWAY", "1h"),
+            ("NX_CACHE_MAX_EXCHANGE_TTL", "100d"),
+            ("NX_CACHE_TRUST_POLICY", "{\"rules\": []}"),
+            ("NX_CACHE_TRUST_POLICY", "@/nonexistent/policy.json"),
+            ("NX_CACHE_MAX_SIZE", "lots"),
+            ("NX_CACHE_MAX_AGE", "10s"),
+        ] {
+            let err = load(&[(name, value)], Flags::default()).unwrap_err();
+            assert_eq!(err.setting, name, "{name}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn retention_is_for_the_embedded_store() {
+        let config = load(
+            &[("NX_CACHE_MAX_SIZE", "50G"), ("NX_CACHE_MAX_AGE", "30d")],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(config.retention.max_size, Some(50 << 30));
+        assert_eq!(
+            config.retention.max_age,
+            Some(Duration::from_secs(30 * 24 * 3600))
+        );
+        let err = load(
+            &[
+                ("NX_CACHE_MAX_SIZE", "50G"),
+                ("AZURE_STORAGE_ACCOUNT", "acme"),
+                ("AZURE_STORAGE_CONTAINER", "nx-cache"),
+            ],
+            Flags::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.setting, "NX_CACHE_MAX_SIZE");
+        assert!(err.problem.contains("lifecycle"), "{err}");
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub fn token_authority(config: &Config, secret: &Secret) -> TokenAuthority {
 /// Opens the store and the token authority.
 pub async fn prepare(config: &Config) -> Result<Prepared, String> {
     let (secret, dev_secret) = resolve_secret(config)?;
-    let store = open_store(config)?;
+    let store = open_store(config, Serving::Requests)?;
     let strict = matches!(&config.backend, Backend::Azure(azure) if azure.strict);
     let ready = store.ready().await;
     match &ready {
@@ -105,11 +105,23 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
     Ok(Prepared { state, dev_secret })
 }
 
+/// Whether a store is opened to serve requests (its background work starts: key renewal,
+/// retention) or for an operator's command (`doctor`, `usage`), which must not evict anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serving {
+    Requests,
+    Operator,
+}
+
 /// Opens the configured backend (no network call yet).
-fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+fn open_store(config: &Config, serving: Serving) -> Result<Arc<dyn Store>, String> {
     match &config.backend {
         Backend::Local => {
-            let store = LocalStore::open(&config.data_dir).map_err(|e| {
+            let retention = match serving {
+                Serving::Requests => config.retention,
+                Serving::Operator => Default::default(),
+            };
+            let store = LocalStore::open_with_retention(&config.data_dir, retention).map_err(|e| {
                 format!(
                     "configuration error: NX_CACHE_DIR: cannot use {} as the cache directory: {e}",
                     config.data_dir.display()
@@ -121,7 +133,9 @@ fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
             let store = Arc::new(
                 AzureStore::new((**azure).clone()).map_err(|e| format!("Azure storage: {e}"))?,
             );
-            store.start_background_tasks();
+            if serving == Serving::Requests {
+                store.start_background_tasks();
+            }
             Ok(store)
         }
     }
@@ -135,7 +149,7 @@ pub async fn usage(
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<crate::storage::usage::Usage, String> {
     let store: Arc<dyn Store> = match &config.backend {
-        Backend::Local => open_store(config)?,
+        Backend::Local => open_store(config, Serving::Operator)?,
         Backend::Azure(azure) => {
             Arc::new(AzureStore::new((**azure).clone()).map_err(|e| format!("Azure storage: {e}"))?)
         }
@@ -174,7 +188,7 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
     }
     match &config.backend {
         Backend::Local => {
-            let result = match open_store(config) {
+            let result = match open_store(config, Serving::Operator) {
                 Ok(store) => match store.ready().await {
                     Ok(()) => Ok(store.describe()),
                     Err(e) => Err(e.to_string()),

@@ -5,18 +5,25 @@
 //! then published with `link(2)`, which fails if the name exists: publishing is atomic and never
 //! overwrites, so of two concurrent uploads of one hash exactly one wins, and a reader never sees
 //! a partial entry.
+//!
+//! Retention (`NX_CACHE_MAX_SIZE`, `NX_CACHE_MAX_AGE`; off by default) is in [`retention`].
+
+pub mod retention;
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio_util::io::ReaderStream;
 
+use self::retention::{Retention, RetentionConfig};
 use super::usage::Usage;
 use super::{ByteStream, DOWNLOAD_CHUNK, Fetched, Health, Store, StoreError, Stored};
 use crate::key::CacheKey;
+use crate::metrics::StoreFigure;
 
 /// Write buffer size: large enough to keep syscalls few for multi-MiB artifacts.
 const WRITE_BUFFER: usize = 256 * 1024;
@@ -29,6 +36,8 @@ pub struct LocalStore {
     root: PathBuf,
     tmp: PathBuf,
     health: Health,
+    /// `None` when retention is off (the default): no index, nothing evicted.
+    retention: Option<Arc<Retention>>,
 }
 
 impl LocalStore {
@@ -45,7 +54,20 @@ impl LocalStore {
             root: root.to_owned(),
             tmp,
             health: Health::default(),
+            retention: None,
         })
+    }
+
+    /// Opens the store with retention; the index is built and kept, and eviction runs, in the
+    /// background (call from within the runtime).
+    pub fn open_with_retention(root: &Path, config: RetentionConfig) -> std::io::Result<Self> {
+        let mut store = Self::open(root)?;
+        if config.is_on() {
+            let retention = Retention::new(config);
+            retention.spawn(root.to_owned());
+            store.retention = Some(retention);
+        }
+        Ok(store)
     }
 
     fn path_for(&self, key: &CacheKey) -> PathBuf {
@@ -81,6 +103,18 @@ fn restrict_to_owner(root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Opens an entry and reads its length. With `touch`, its modification time becomes now: with
+/// retention on, a file's modification time is its last use, which survives a restart.
+fn open_for_reading(path: &Path, touch: bool) -> std::io::Result<(std::fs::File, u64)> {
+    let file = std::fs::File::open(path)?;
+    if touch && let Err(e) = file.set_modified(std::time::SystemTime::now()) {
+        // Not fatal: only the order of eviction after a restart depends on it.
+        tracing::debug!(path = %path.display(), error = %e, "cannot record the entry's last use");
+    }
+    let len = file.metadata()?.len();
+    Ok((file, len))
+}
+
 /// A temporary file that is deleted when dropped, so every failure path cleans up after itself.
 struct TempFile(PathBuf);
 
@@ -97,13 +131,34 @@ impl Store for LocalStore {
     }
 
     async fn get(&self, key: &CacheKey) -> Result<Option<Fetched>, StoreError> {
-        let file = match tokio::fs::File::open(self.path_for(key)).await {
-            Ok(file) => file,
+        let name = key.object_name();
+        // With retention, the read is registered before the file is opened, so eviction cannot
+        // delete it midway; an entry being evicted is a miss.
+        let reading = match &self.retention {
+            Some(retention) => match retention.begin_read(&name) {
+                Some(reading) => Some(reading),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let path = self.path_for(key);
+        let touch = self.retention.is_some();
+        let opened = tokio::task::spawn_blocking(move || open_for_reading(&path, touch))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let (file, len) = match opened {
+            Ok(opened) => opened,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let len = file.metadata().await?.len();
-        let body = ReaderStream::with_capacity(file, DOWNLOAD_CHUNK);
+        if let Some(retention) = &self.retention {
+            retention.used(&name, len);
+        }
+        let body = ReaderStream::with_capacity(tokio::fs::File::from_std(file), DOWNLOAD_CHUNK)
+            .map(move |chunk| {
+                let _registered_until_the_body_ends = &reading;
+                chunk
+            });
         Ok(Some(Fetched::Stream {
             len,
             body: Box::pin(body),
@@ -157,7 +212,12 @@ impl Store for LocalStore {
                 .map_err(std::io::Error::other)??;
         }
         match tokio::fs::hard_link(&temp.0, &target).await {
-            Ok(()) => Ok(Stored::Created),
+            Ok(()) => {
+                if let Some(retention) = &self.retention {
+                    retention.stored(&key.object_name(), len);
+                }
+                Ok(Stored::Created)
+            }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Stored::AlreadyExists),
             Err(e) => Err(e.into()),
         }
@@ -176,6 +236,13 @@ impl Store for LocalStore {
 
     fn health(&self) -> &Health {
         &self.health
+    }
+
+    fn figures(&self) -> Vec<StoreFigure> {
+        self.retention
+            .as_ref()
+            .map(|retention| retention.figures())
+            .unwrap_or_default()
     }
 
     async fn usage(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<Usage, StoreError> {

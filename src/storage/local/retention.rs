@@ -1,0 +1,434 @@
+//! Retention for the embedded store: `NX_CACHE_MAX_SIZE` and `NX_CACHE_MAX_AGE`, both off by
+//! default.
+//!
+//! - **What was read recently stays.** An index of every entry (its size and when it was last
+//!   read or written) is built from the directory in the background at startup, then kept up
+//!   to date by uploads and hits. When the store grows over the size limit, entries are evicted
+//!   least recently used first until it is under a low-water mark (90% of the limit); entries
+//!   not used for `NX_CACHE_MAX_AGE` are evicted too. Eviction runs in a background task:
+//!   requests never wait for it.
+//! - **It survives restarts.** A hit sets the entry file's modification time to now (entries are
+//!   never modified otherwise), so the index a restart rebuilds from the directory orders
+//!   entries as the last run did.
+//! - **Nothing being read is lost.** A read registers its entry before opening it, and eviction
+//!   skips registered entries; an entry claimed for deletion is a miss for new readers. So no
+//!   entry is deleted while a download of it is in flight.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+
+use crate::metrics::StoreFigure;
+
+/// After an eviction pass the store holds at most this share of the size limit.
+const LOW_WATER_PERCENT: u64 = 90;
+/// The longest pause between two age checks.
+const MAX_AGE_CHECK_EVERY: Duration = Duration::from_secs(600);
+
+/// The retention settings of the embedded store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// `NX_CACHE_MAX_SIZE`: the store is kept under this many bytes.
+    pub max_size: Option<u64>,
+    /// `NX_CACHE_MAX_AGE`: entries not read (or written) for this long are deleted.
+    pub max_age: Option<Duration>,
+}
+
+impl RetentionConfig {
+    pub fn is_on(&self) -> bool {
+        self.max_size.is_some() || self.max_age.is_some()
+    }
+}
+
+/// One entry of the index.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    size: u64,
+    /// Seconds since the Unix epoch, with sub-second precision kept as nanoseconds.
+    last_used: u128,
+}
+
+#[derive(Default)]
+struct Index {
+    entries: HashMap<String, Meta>,
+    total: u64,
+    /// Downloads in flight, by entry name.
+    reading: HashMap<String, usize>,
+    /// Entries claimed by an eviction pass and not yet unlinked.
+    deleting: std::collections::HashSet<String>,
+}
+
+impl Index {
+    fn upsert(&mut self, name: &str, size: u64, last_used: u128) {
+        match self.entries.get_mut(name) {
+            Some(meta) => {
+                meta.last_used = meta.last_used.max(last_used);
+            }
+            None => {
+                self.entries
+                    .insert(name.to_owned(), Meta { size, last_used });
+                self.total += size;
+            }
+        }
+    }
+}
+
+pub struct Retention {
+    config: RetentionConfig,
+    index: Mutex<Index>,
+    wake: Notify,
+    /// The startup scan is done: eviction may run.
+    ready: AtomicBool,
+    passes: AtomicU64,
+    evicted_entries: AtomicU64,
+    evicted_bytes: AtomicU64,
+}
+
+/// A download in flight: its entry is not evicted until this is dropped.
+pub struct Reading {
+    retention: Arc<Retention>,
+    name: String,
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        let mut index = self.retention.lock();
+        if let Some(count) = index.reading.get_mut(&self.name) {
+            *count -= 1;
+            if *count == 0 {
+                index.reading.remove(&self.name);
+            }
+        }
+    }
+}
+
+impl Retention {
+    pub fn new(config: RetentionConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            index: Mutex::new(Index::default()),
+            wake: Notify::new(),
+            ready: AtomicBool::new(false),
+            passes: AtomicU64::new(0),
+            evicted_entries: AtomicU64::new(0),
+            evicted_bytes: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a download of `name` before it is opened; `None` when the entry is being
+    /// evicted (a miss).
+    pub fn begin_read(self: &Arc<Self>, name: &str) -> Option<Reading> {
+        let mut index = self.lock();
+        if index.deleting.contains(name) {
+            return None;
+        }
+        *index.reading.entry(name.to_owned()).or_default() += 1;
+        Some(Reading {
+            retention: self.clone(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// A hit on `name` (of `size` bytes): it is now the most recently used.
+    pub fn used(&self, name: &str, size: u64) {
+        self.lock().upsert(name, size, now());
+    }
+
+    /// A new entry: counted, and eviction woken when the store went over its limit.
+    pub fn stored(&self, name: &str, size: u64) {
+        let total = {
+            let mut index = self.lock();
+            index.upsert(name, size, now());
+            index.total
+        };
+        if self.config.max_size.is_some_and(|max| total > max) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Bytes the index holds.
+    pub fn total(&self) -> u64 {
+        self.lock().total
+    }
+
+    /// The store's size and the eviction counters, for `/metrics`.
+    pub fn figures(&self) -> Vec<StoreFigure> {
+        let (bytes, entries) = {
+            let index = self.lock();
+            (index.total, index.entries.len() as u64)
+        };
+        vec![
+            StoreFigure {
+                name: "nx_cache_store_bytes",
+                help: "bytes of the entries in the embedded store",
+                kind: "gauge",
+                value: bytes,
+            },
+            StoreFigure {
+                name: "nx_cache_store_entries",
+                help: "entries in the embedded store",
+                kind: "gauge",
+                value: entries,
+            },
+            StoreFigure {
+                name: "nx_cache_eviction_passes_total",
+                help: "eviction passes that deleted something",
+                kind: "counter",
+                value: self.passes.load(Ordering::Relaxed),
+            },
+            StoreFigure {
+                name: "nx_cache_evicted_entries_total",
+                help: "entries deleted by retention (NX_CACHE_MAX_SIZE, NX_CACHE_MAX_AGE)",
+                kind: "counter",
+                value: self.evicted_entries.load(Ordering::Relaxed),
+            },
+            StoreFigure {
+                name: "nx_cache_evicted_bytes_total",
+                help: "bytes deleted by retention",
+                kind: "counter",
+                value: self.evicted_bytes.load(Ordering::Relaxed),
+            },
+        ]
+    }
+
+    /// Scans the store in the background, then evicts whenever it is woken (the store went over
+    /// its size limit) or an age check is due, for as long as the store exists.
+    pub fn spawn(self: &Arc<Self>, root: PathBuf) {
+        let weak = Arc::downgrade(self);
+        let age_check = self
+            .config
+            .max_age
+            .map(|age| (age / 4).clamp(Duration::from_secs(1), MAX_AGE_CHECK_EVERY));
+        tokio::spawn(async move {
+            {
+                let Some(retention) = weak.upgrade() else {
+                    return;
+                };
+                let scanning = retention.clone();
+                let scan_root = root.clone();
+                match tokio::task::spawn_blocking(move || scanning.scan(&scan_root)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot index the cache directory; retention is off")
+                    }
+                    Err(e) => tracing::error!(error = %e, "indexing the cache directory failed"),
+                }
+                retention.ready.store(true, Ordering::Relaxed);
+                let index = retention.lock();
+                tracing::info!(
+                    entries = index.entries.len(),
+                    bytes = index.total,
+                    "cache directory indexed for retention"
+                );
+            }
+            let Some(retention) = weak.upgrade() else {
+                return;
+            };
+            loop {
+                let evicting = retention.clone();
+                let pass_root = root.clone();
+                let _ = tokio::task::spawn_blocking(move || evicting.pass(&pass_root)).await;
+                let woken = retention.wake.notified();
+                match age_check {
+                    Some(every) => {
+                        let _ = tokio::time::timeout(every, woken).await;
+                    }
+                    None => woken.await,
+                }
+                // The store is gone: only this task still holds the retention.
+                if Arc::strong_count(&retention) == 1 {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Adds every entry of the directory to the index, with its modification time as its last
+    /// use. Entries the index already has (stored or read since startup) keep what it knows.
+    fn scan(&self, root: &Path) -> std::io::Result<()> {
+        let mut folders = vec![(root.join("org"), "org".to_string())];
+        if let Ok(teams) = std::fs::read_dir(root.join("teams")) {
+            for team in teams.flatten() {
+                if team.file_type().is_ok_and(|t| t.is_dir()) {
+                    let name = team.file_name().to_string_lossy().into_owned();
+                    folders.push((team.path(), format!("teams/{name}")));
+                }
+            }
+        }
+        for (folder, prefix) in folders {
+            let Ok(entries) = std::fs::read_dir(&folder) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                if !meta.is_file() {
+                    continue;
+                }
+                let name = format!("{prefix}/{}", entry.file_name().to_string_lossy());
+                let last_used = meta.modified().map(nanos).unwrap_or(0);
+                let mut index = self.lock();
+                if !index.entries.contains_key(&name) {
+                    index.upsert(&name, meta.len(), last_used);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One eviction pass: entries too old, then the least recently used until the store is under
+    /// the low-water mark. Skips entries being read. Logs and counts what it deleted.
+    fn pass(&self, root: &Path) {
+        if !self.ready.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = now();
+        let oldest_kept = self
+            .config
+            .max_age
+            .map(|age| now.saturating_sub(age.as_nanos()));
+        let mut size_target = None;
+        let mut candidates: Vec<(u128, String, u64)> = {
+            let index = self.lock();
+            // Over the limit: down to the low-water mark.
+            if let Some(max) = self.config.max_size.filter(|max| index.total > *max) {
+                size_target = Some(max / 100 * LOW_WATER_PERCENT);
+            }
+            if size_target.is_none() && oldest_kept.is_none() {
+                return;
+            }
+            index
+                .entries
+                .iter()
+                .filter(|(name, _)| !index.reading.contains_key(*name))
+                .map(|(name, meta)| (meta.last_used, name.clone(), meta.size))
+                .collect()
+        };
+        candidates.sort();
+        let (mut entries, mut bytes) = (0u64, 0u64);
+        for (last_used, name, size) in candidates {
+            let too_old = oldest_kept.is_some_and(|oldest| last_used < oldest);
+            {
+                let mut index = self.lock();
+                let too_big = size_target.is_some_and(|low| index.total > low);
+                if !too_old && !too_big {
+                    break;
+                }
+                // A download may have started since the candidates were taken.
+                if index.reading.contains_key(&name) || index.entries.remove(&name).is_none() {
+                    continue;
+                }
+                index.total -= size;
+                index.deleting.insert(name.clone());
+            }
+            match std::fs::remove_file(root.join(&name)) {
+                Ok(()) => {
+                    entries += 1;
+                    bytes += size;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(entry = %name, error = %e, "cannot evict an entry"),
+            }
+            self.lock().deleting.remove(&name);
+        }
+        if entries > 0 {
+            self.passes.fetch_add(1, Ordering::Relaxed);
+            self.evicted_entries.fetch_add(entries, Ordering::Relaxed);
+            self.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
+            tracing::info!(entries, bytes, size_after = self.total(), "eviction pass");
+        }
+    }
+}
+
+fn nanos(time: SystemTime) -> u128 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn now() -> u128 {
+    nanos(SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, name: &str, size: usize) {
+        let path = root.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, vec![0u8; size]).unwrap();
+    }
+
+    fn retention(root: &Path, max_size: Option<u64>, max_age: Option<Duration>) -> Arc<Retention> {
+        let retention = Retention::new(RetentionConfig { max_size, max_age });
+        retention.scan(root).unwrap();
+        retention.ready.store(true, Ordering::Relaxed);
+        retention
+    }
+
+    #[test]
+    fn least_recently_used_go_first_down_to_the_low_water_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let r = retention(root, Some(1000), None);
+        for i in 0..10 {
+            write(root, &format!("org/{i}"), 150);
+            r.stored(&format!("org/{i}"), 150);
+        }
+        r.used("org/0", 150);
+        r.pass(root);
+        assert!(r.total() <= 900, "{}", r.total());
+        assert!(root.join("org/0").exists(), "recently read");
+        assert!(root.join("org/9").exists(), "recently written");
+        assert!(!root.join("org/1").exists(), "least recently used");
+        assert_eq!(r.evicted_entries.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn entries_being_read_are_never_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let r = retention(root, Some(100), None);
+        write(root, "org/1", 80);
+        r.stored("org/1", 80);
+        write(root, "org/2", 80);
+        r.stored("org/2", 80);
+        let reading = r.begin_read("org/1").unwrap();
+        r.pass(root);
+        assert!(root.join("org/1").exists(), "being read");
+        assert!(!root.join("org/2").exists(), "evicted instead");
+        drop(reading);
+        write(root, "org/3", 80);
+        r.stored("org/3", 80);
+        r.pass(root);
+        assert!(!root.join("org/1").exists(), "evicted once its read ended");
+    }
+
+    #[test]
+    fn old_entries_go_and_the_scan_orders_by_modification_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "org/old", 10);
+        write(root, "teams/web/new", 10);
+        let old = std::fs::File::options()
+            .write(true)
+            .open(root.join("org/old"))
+            .unwrap();
+        old.set_modified(SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+        let r = retention(root, None, Some(Duration::from_secs(600)));
+        assert_eq!(r.total(), 20);
+        r.pass(root);
+        assert!(!root.join("org/old").exists());
+        assert!(root.join("teams/web/new").exists());
+        assert_eq!(r.figures()[0].value, 10);
+    }
+}

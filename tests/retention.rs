@@ -1,0 +1,251 @@
+//! Retention of the embedded store (`NX_CACHE_MAX_SIZE`) over real HTTP: under a write load
+//! twice the limit the store stays within the limit plus one artifact, keeps what was read most
+//! recently (also across a restart), and never deletes an entry while it is being read.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Handler, issue_token};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+
+/// Bytes of every entry file under the data directory (what the store holds).
+fn store_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for folder in ["org", "teams"] {
+        total += folder_bytes(&dir.join(folder));
+    }
+    total
+}
+
+fn folder_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    // Entries may be evicted while this walks: a vanished one counts for nothing.
+    entries
+        .flatten()
+        .map(|e| {
+            let Ok(meta) = e.metadata() else { return 0 };
+            if meta.is_dir() {
+                folder_bytes(&e.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+async fn put(client: &reqwest::Client, base: &str, token: &str, hash: &str, body: Vec<u8>) {
+    let response = client
+        .put(format!("{base}/v1/cache/{hash}"))
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "PUT {hash}");
+}
+
+async fn get(client: &reqwest::Client, base: &str, token: &str, hash: &str) -> Option<Vec<u8>> {
+    let response = client
+        .get(format!("{base}/v1/cache/{hash}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    match response.status().as_u16() {
+        200 => Some(response.bytes().await.unwrap().to_vec()),
+        404 => None,
+        other => panic!("GET {hash}: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_twice_its_limit_the_store_keeps_its_bound_what_was_read_and_what_is_being_read() {
+    let max = 32 * MIB;
+    let artifact = 512 * KIB;
+    let handler = Handler::start(&[
+        ("NX_CACHE_MAX_SIZE", "32M"),
+        ("NX_CACHE_SEND_TIMEOUT", "5m"),
+        ("NX_CACHE_METRICS_TOKEN", "metrics-token-0123456789"),
+    ]);
+    let base = handler.base_url.clone();
+    let token = issue_token(&["--org"]);
+    let client = reqwest::Client::new();
+
+    // Four entries that will be read throughout, then a big one a client starts to download
+    // and stalls on: the least recently used entry, but being read.
+    for h in 0..4 {
+        put(
+            &client,
+            &base,
+            &token,
+            &format!("hot{h}"),
+            pattern(artifact, h),
+        )
+        .await;
+    }
+    let big = pattern(12 * MIB, 99);
+    put(&client, &base, &token, "big", big.clone()).await;
+    let mut slow = TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    slow.write_all(
+        format!("GET /v1/cache/big HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut head = [0u8; 512];
+    let n = slow.read(&mut head).unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+
+    // A write load of twice the limit, with hot entries read in between.
+    let mut largest = 0;
+    for i in 0..(2 * max / artifact) {
+        put(
+            &client,
+            &base,
+            &token,
+            &format!("cold{i}"),
+            pattern(artifact, i as u8),
+        )
+        .await;
+        let hot = format!("hot{}", i % 4);
+        assert!(
+            get(&client, &base, &token, &hot).await.is_some(),
+            "{hot} kept"
+        );
+        let now = store_bytes(&handler.data_dir);
+        largest = largest.max(now);
+        assert!(
+            now <= (max + artifact) as u64,
+            "after {i} uploads the store holds {now} bytes, over {max} + one artifact"
+        );
+    }
+    handler
+        .wait_for_log(Duration::from_secs(10), |l| l.contains("eviction pass"))
+        .expect("evictions are logged");
+    assert!(
+        largest > (max * 8 / 10) as u64,
+        "the load reached the limit: {largest}"
+    );
+    assert!(
+        get(&client, &base, &token, "cold0").await.is_none(),
+        "the oldest unread are gone"
+    );
+    assert!(
+        handler.data_dir.join("org/big").exists(),
+        "never deleted while being read"
+    );
+
+    // The stalled download finishes with every byte.
+    let mut received = head[..n].to_vec();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = vec![0u8; MIB];
+    let body_start = loop {
+        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = slow.read(&mut buf).unwrap();
+        received.extend_from_slice(&buf[..n]);
+    };
+    while received.len() - body_start < big.len() {
+        let n = slow.read(&mut buf).unwrap();
+        assert!(n > 0, "the download ended early");
+        received.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        received[body_start..] == big[..],
+        "the bytes read are the entry's"
+    );
+
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .bearer_auth("metrics-token-0123456789")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let evicted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("nx_cache_evicted_entries_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(evicted > 0, "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("nx_cache_store_bytes ")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_was_read_before_a_restart_still_counts_after_it() {
+    let artifact = 256 * KIB;
+    let data = tempfile::tempdir().unwrap();
+    let token = issue_token(&["--org"]);
+    let client = reqwest::Client::new();
+    {
+        let handler = Handler::start_in(data.path(), &[("NX_CACHE_MAX_SIZE", "4M")]);
+        // 3 MiB, under the limit: nothing is evicted yet. The first four are read last.
+        for i in 0..12 {
+            put(
+                &client,
+                &handler.base_url,
+                &token,
+                &format!("e{i}"),
+                pattern(artifact, i),
+            )
+            .await;
+        }
+        for i in 0..4 {
+            assert!(
+                get(&client, &handler.base_url, &token, &format!("e{i}"))
+                    .await
+                    .is_some()
+            );
+        }
+    }
+    // A new process indexes the directory, then a load pushes the store over its limit: 4.5 MiB,
+    // evicted down to the low-water mark (3.6 MiB) by removing 1 MiB of the least recently used.
+    let handler = Handler::start_in(data.path(), &[("NX_CACHE_MAX_SIZE", "4M")]);
+    for i in 12..18 {
+        put(
+            &client,
+            &handler.base_url,
+            &token,
+            &format!("e{i}"),
+            pattern(artifact, i),
+        )
+        .await;
+    }
+    handler
+        .wait_for_log(Duration::from_secs(10), |l| l.contains("eviction pass"))
+        .expect("an eviction pass");
+    for i in 0..4 {
+        assert!(
+            data.path().join(format!("org/e{i}")).exists(),
+            "e{i} was read before the restart"
+        );
+    }
+    let evicted_unread = (4..12)
+        .filter(|i| !data.path().join(format!("org/e{i}")).exists())
+        .count();
+    assert!(evicted_unread > 0, "the unread ones went first");
+    assert!(store_bytes(data.path()) <= (4 * MIB + artifact) as u64);
+}
