@@ -6,6 +6,8 @@
 //   - a small storage account of its own for the Functions host and the deployment package,
 //     with shared keys disabled
 //   - a Log Analytics workspace and a workspace-based Application Insights
+//   - optionally (deployWorkbook, on by default) an Azure Monitor workbook over the handler's
+//     request logs, linked to that Application Insights (modules/workbook.bicep)
 //   - optionally a user-assigned managed identity
 //
 // Only references, never creates: the cache storage account and its blob container, which hold
@@ -113,6 +115,9 @@ param expiredGrace string = '12h'
 
 @description('RUST_LOG: log level and filters of the handler.')
 param logLevel string = 'info'
+
+@description('Deploy the Azure Monitor workbook (Application Insights > Workbooks) that charts, from the handler\'s request logs, the hit rate per namespace, requests by outcome, bytes stored, storage errors and the top subjects.')
+param deployWorkbook bool = true
 
 @description('Delete cache entries this many days after they were written (or last read, see retentionBasis); 0 turns retention off. CAUTION: writes the cache account\'s lifecycle management policy, which REPLACES any policy that account already has.')
 @minValue(0)
@@ -238,7 +243,7 @@ resource existingIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023
 }
 
 // ---------------------------------------------------------------------------------------------
-// Monitoring: the handler logs one JSON line per request to stdout, which the host forwards.
+// Monitoring: the handler logs one JSON line per request to stderr, which the host forwards.
 // ---------------------------------------------------------------------------------------------
 
 resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
@@ -261,6 +266,19 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
   properties: {
     Application_Type: 'web'
     WorkspaceResourceId: logAnalytics.id
+  }
+}
+
+// The workbook reads the request lines the host forwards to this Application Insights (traces). It
+// is deployed with Application Insights, which this template always creates: were that ever made
+// optional, this condition must require it too (tests/infra checks it).
+module workbook 'modules/workbook.bicep' = if (deployWorkbook) {
+  name: take('${appName}-workbook', 64)
+  params: {
+    appName: appName
+    appInsightsId: appInsights.id
+    location: location
+    tags: tags
   }
 }
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import re
 from pathlib import Path
@@ -124,6 +125,59 @@ NAME_LIMITS = {
 }
 # Interpolated functions of known output length.
 FIXED_LENGTH_FUNCTIONS = {"unique_string": 13, "guid": 36}
+
+# The Azure Monitor workbook (modules/workbook.bicep, its content in infra/workbook.json).
+WORKBOOK_TYPE = "Microsoft.Insights/workbooks"
+WORKBOOK_PARAM = "deployWorkbook"
+WORKBOOK_FILE = "workbook.json"
+# Checked against Azure/bicep-types-az generated/applicationinsights/microsoft.insights/2023-06-01/
+# types.md: name and location required; kind 'shared' ("only valid value"); properties.category,
+# displayName and serializedData required; version "like 'Notebook/1.0', which should match the
+# workbook in serializedData"; sourceId the resource it is linked to. A version not listed here
+# has not been checked and is refused until it is.
+WORKBOOK_API_VERSIONS = ("2023-06-01",)
+WORKBOOK_REQUIRED_PROPERTIES = ("displayName", "category", "serializedData")
+WORKBOOK_SCHEMA = "Notebook/1.0"
+# The gallery of Application Insights > Workbooks (Learn: workbooks-automate, "Workbook types").
+WORKBOOK_CATEGORY = "workbook"
+# What the workbook's queries run against: the Application Insights resource (Logs queries).
+APP_INSIGHTS_RESOURCE_TYPE = "microsoft.insights/components"
+WORKBOOK_QUERY_TYPE_LOGS = 0
+# The handler's request log line under NX_CACHE_LOG_FORMAT=json (src/telemetry.rs), as it
+# writes it to stderr; the Functions host forwards the line as the `message` of a `traces` row.
+# tests/workbook.rs checks the workbook's fields against real output; this is the offline copy.
+REQUEST_LOG_LINE = {
+    "timestamp": "2026-11-26T15:46:29.139316Z",
+    "level": "INFO",
+    "message": "request",
+    "method": "GET",
+    "path": "/teams/web/v1/cache/1",
+    "namespace": "team:web",
+    "hash": "1",
+    "status": 200,
+    "outcome": "hit",
+    "subject": "nx-cache-client",
+    "rule": "-",
+    "bytes": 3,
+    "redirected": False,
+    "duration_ms": 0.635,
+    "target": "nx_azure_cache::telemetry",
+    "span": {"id": "a4e45952da764adea3d3d88797942f7a", "name": "request"},
+    "spans": [{"id": "a4e45952da764adea3d3d88797942f7a", "name": "request"}],
+}
+REQUEST_LOG_FIELDS = frozenset(REQUEST_LOG_LINE)
+# The values of `outcome` (Outcome::name in src/telemetry.rs; "-" when a route sets none) and of
+# `level` (tracing's level names), which the queries compare with.
+LOG_OUTCOMES = frozenset(
+    {
+        "hit", "miss", "redirect", "stored", "conflict", "denied", "expired", "unauthorized",
+        "too-large", "bad-request", "storage-error", "busy", "exchanged", "exchange-refused", "-",
+    }
+)
+LOG_LEVELS = frozenset({"TRACE", "DEBUG", "INFO", "WARN", "ERROR"})
+# What the workbook must chart, by the log fields that carry it: hit rate and requests by outcome
+# (outcome), per namespace (namespace), bytes stored (bytes), top subjects (subject).
+WORKBOOK_FIELDS_NEEDED = ("outcome", "namespace", "bytes", "subject")
 
 # Flex Consumption's range for functionAppConfig.scaleAndConcurrency.maximumInstanceCount: the
 # stack data's lowestMaximumInstanceCount (40; Learn flex-consumption-plan: "the lowest maximum
@@ -1387,6 +1441,277 @@ def parameters_file_problems(infra_dir: Path) -> list[str]:
     return found
 
 
+# ---------------------------------------------------------------------------------------------
+# The workbook
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_app_insights_id(templates: list[Template], template: Template, expr: Any, depth: int = 0) -> bool:
+    """Whether an expression is the id of main.bicep's Application Insights resource (`x.id` of a
+    Microsoft.Insights/components resource), through variables, toLower() and module parameters."""
+    if depth > 20:
+        return False
+    expr = template.resolve(expr)
+    function = function_of(expr)
+    if function is not None:
+        arguments = list((function.get("parameters") or {}).values())
+        return function.get("type") == "to_lower" and len(arguments) == 1 and _is_app_insights_id(templates, template, arguments[0], depth + 1)
+    main = main_template(templates)
+    if isinstance(expr, str) and expr in template.params:
+        owner, traced = trace(templates, template, expr)
+        return owner is not template and _is_app_insights_id(templates, owner, traced, depth + 1)
+    chain = property_chain(expr)
+    if template is main and len(chain) == 2 and chain[1] == "id" and isinstance(chain[0], str):
+        resource = template.resources.get(chain[0])
+        return resource is not None and resource.get("type") == COMPONENT_TYPE
+    return False
+
+
+def _workbook_sources(template: Template, expr: Any) -> tuple[str | None, list[dict[str, Any]], str | None]:
+    """What a serializedData expression is made of: (the JSON file it loads, objects union()ed
+    onto it, a problem). Accepted: loadTextContent(FILE), string(loadJsonContent(FILE)) and
+    string(union(loadJsonContent(FILE), {...}))."""
+    expr = template.resolve(expr)
+    function = function_of(expr)
+    if function is not None and function.get("type") == "load_text_content":
+        return (function.get("parameters") or {}).get("file_path"), [], None
+    if function is not None and function.get("type") == "string":
+        inner = function_of(template.resolve((function.get("parameters") or {}).get("value_to_convert")))
+        extras: list[dict[str, Any]] = []
+        if inner is not None and inner.get("type") == "union":
+            arguments = [template.resolve(a) for a in (inner.get("parameters") or {}).values()]
+            inner = function_of(arguments[0]) if arguments else None
+            for argument in arguments[1:]:
+                if not isinstance(argument, dict) or function_of(argument) is not None or operator_of(argument) is not None:
+                    return None, [], f"union()s {json.dumps(argument)[:60]} onto the workbook; only an object literal may be"
+                extras.append(argument)
+        if inner is not None and inner.get("type") == "load_json_content" and (inner.get("parameters") or {}).get("json_path") is None:
+            return (inner.get("parameters") or {}).get("file_path"), extras, None
+    return None, [], f"is {json.dumps(expr)[:80]}; it must be loadTextContent('{WORKBOOK_FILE}') or string(loadJsonContent('{WORKBOOK_FILE}')) (optionally union()ed with fallbackResourceIds)"
+
+
+def workbook_deployment_problems(infra_dir: Path) -> list[str]:
+    """The Azure Monitor workbook: main.bicep's bool parameter deployWorkbook (default true)
+    deploys it, with Application Insights and only then (evaluated for every bool parameter of
+    main.bicep either way); it is one Microsoft.Insights/workbooks resource, in a module, of a
+    checked API version, kind 'shared', category 'workbook', version 'Notebook/1.0', named by
+    guid() (the same workbook on every deployment), linked (sourceId) to the Application Insights
+    resource; its serializedData is infra/workbook.json, to which only fallbackResourceIds (that
+    same resource) may be added."""
+    infra_dir = Path(infra_dir)
+    templates = load(infra_dir)
+    main = main_template(templates)
+    if main is None:
+        return ["infra/main.bicep does not parse"]
+    found: list[str] = []
+    param = main.params.get(WORKBOOK_PARAM)
+    if param is None:
+        found.append(f"main.bicep has no parameter '{WORKBOOK_PARAM}' for the workbook")
+    elif param.get("type") != "bool" or param.get("default") is not True:
+        found.append(f"parameter '{WORKBOOK_PARAM}' must be a bool that defaults to true")
+    insights = [(s, c) for s, r, _, c in main.resource_list() if r.get("type") == COMPONENT_TYPE and not r.get("existing")]
+    workbooks = [(t, s, r, c, cond) for t in templates for s, r, c, cond in t.resource_list() if r.get("type") == WORKBOOK_TYPE and not r.get("existing")]
+    if not insights:
+        found.append("main.bicep creates no Application Insights (Microsoft.Insights/components) for the workbook to read")
+    if len(workbooks) != 1:
+        return found + [f"the templates create {len(workbooks)} {WORKBOOK_TYPE} resources; expected one"]
+    template, symbol, resource, config, condition = workbooks[0]
+    where = f"{template.rel}: workbook '{symbol}'"
+    calls = list(_module_calls(main, template)) if template is not main else []
+    if len(calls) != 1:
+        return found + [f"{where} must be in a module that main.bicep deploys once (found {len(calls)} deployments)"]
+    module_symbol, _, module_condition = calls[0]
+    if condition is not None:
+        found.append(f"{where} is conditional inside its module; main.bicep's module condition alone decides")
+    if param is not None and insights:
+        insights_condition = insights[0][1]
+        booleans = [n for n, p in main.params.items() if p.get("type") == "bool"]
+        for name in booleans:
+            for value in (True, False):
+                env = {**SCENARIO_BASE, name: value}
+                try:
+                    expected = _as_bool(_value(main, WORKBOOK_PARAM, env)) and _holds(main, insights_condition, env)
+                    deployed = _holds(main, module_condition, env)
+                except (_NotEvaluable, _DeploymentFails) as error:
+                    found.append(f"with {name}={json.dumps(value)}: cannot evaluate whether module '{module_symbol}' is deployed ({error})")
+                    continue
+                if deployed != expected:
+                    what = "deployed" if deployed else "not deployed"
+                    why = "deployWorkbook and Application Insights" if expected else ("deployWorkbook=false" if not _value(main, WORKBOOK_PARAM, env) else "no Application Insights")
+                    found.append(f"with {name}={json.dumps(value)}: module '{module_symbol}' (the workbook) is {what}, with {why}")
+    version = resource.get("api_version")
+    if version not in WORKBOOK_API_VERSIONS:
+        found.append(f"{where} uses {WORKBOOK_TYPE}@{version}, an API version not checked against the published type definitions ({', '.join(WORKBOOK_API_VERSIONS)})")
+    name = function_of(template.resolve(config.get("name")))
+    if name is None or name.get("type") != "guid":
+        found.append(f"{where}: its name must be guid(...) of stable values (a workbook's name is a GUID; the same one on every deployment updates the workbook instead of adding one)")
+    if config.get("kind") != "shared":
+        found.append(f"{where}: kind must be 'shared'")
+    if config.get("location") is None:
+        found.append(f"{where}: location is required")
+    properties = config.get("properties") or {}
+    for key in WORKBOOK_REQUIRED_PROPERTIES:
+        if properties.get(key) is None:
+            found.append(f"{where}: properties.{key} is required")
+    if properties.get("category") not in (None, WORKBOOK_CATEGORY):
+        found.append(f"{where}: properties.category must be '{WORKBOOK_CATEGORY}' (the Workbooks gallery of Application Insights)")
+    if properties.get("version") != WORKBOOK_SCHEMA:
+        found.append(f"{where}: properties.version must be '{WORKBOOK_SCHEMA}', the schema of workbook.json")
+    if not _is_app_insights_id(templates, template, properties.get("sourceId")):
+        found.append(f"{where}: properties.sourceId must be the id of main.bicep's Application Insights (the workbook's queries read its traces)")
+    if properties.get("serializedData") is not None:
+        path, extras, problem = _workbook_sources(template, properties.get("serializedData"))
+        if problem:
+            found.append(f"{where}: properties.serializedData {problem}")
+        elif not isinstance(path, str) or (template.path.parent / path).resolve() != (infra_dir / WORKBOOK_FILE).resolve():
+            found.append(f"{where}: properties.serializedData loads {path!r}, not infra/{WORKBOOK_FILE}")
+        for extra in extras:
+            for key, value in extra.items():
+                if key != "fallbackResourceIds":
+                    found.append(f"{where}: properties.serializedData adds '{key}' to {WORKBOOK_FILE}; only fallbackResourceIds may be added")
+                elif not isinstance(value, list) or not value or not all(_is_app_insights_id(templates, template, item) for item in value):
+                    found.append(f"{where}: fallbackResourceIds must name the Application Insights resource only")
+    return found
+
+
+def _walk_queries(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, holder) of every object with a string "query": query items' content and query
+    parameters."""
+    if isinstance(node, dict):
+        if isinstance(node.get("query"), str):
+            yield path or "/", node
+        for key, value in node.items():
+            if key != "query":
+                yield from _walk_queries(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            label = value.get("name") if isinstance(value, dict) and isinstance(value.get("name"), str) else index
+            yield from _walk_queries(value, f"{path}/{label}")
+
+
+E_DEFINITION = re.compile(r"\|\s*extend\s+e\s*=\s*parse_json\(\s*message\s*\)")
+E_TOKEN = re.compile(r"(?<![A-Za-z0-9_.])e(?![A-Za-z0-9_])")
+E_FIELD = re.compile(r"e\.([a-z0-9_]+)(?![A-Za-z0-9_])")
+E_MISUSE = re.compile(r"e(?:\s*\.\s*[A-Za-z0-9_]*|\s*\[[^\]]*\]?)?")
+REQUEST_FILTER = re.compile(r'tostring\(\s*e\.message\s*\)\s*==\s*"request"')
+TRACES_SOURCE = re.compile(r"(?m)^\s*traces\s*(\||$)")
+COMPARED = re.compile(r'e\.(outcome|level)\s*\)?\s*(?:==|!=|=~|!~)\s*"([^"]*)"')
+COMPARED_IN = re.compile(r"e\.(outcome|level)\s*\)?\s*!?in~?\s*\(([^)]*)\)")
+
+
+def workbook_query_fields(query: str) -> tuple[set[str], list[str]]:
+    """The log fields a query uses (every `e.FIELD`) and its departures from the convention: `e`
+    appears only as `e.FIELD` (lowercase letters, digits, underscore) or in its one definition
+    `| extend e = parse_json(message)`; the line is parsed nowhere else."""
+    fields: set[str] = set()
+    problems: list[str] = []
+    definitions = list(E_DEFINITION.finditer(query))
+    if len(definitions) != 1:
+        problems.append(f"parses the line into e {len(definitions)} times; exactly once: `| extend e = parse_json(message)`")
+    defined_at = {m.start() + m.group(0).index("e =") for m in definitions}
+    for pattern in ("parse_json(", "todynamic(", "bag_unpack", "mv-expand", "mvexpand"):
+        count = query.count(pattern)
+        if count > (1 if pattern == "parse_json(" else 0):
+            problems.append(f"uses {pattern.rstrip('(')}() beyond `extend e = parse_json(message)`: the line's fields are read only as e.FIELD")
+    for match in E_TOKEN.finditer(query):
+        if match.start() in defined_at:
+            continue
+        field = E_FIELD.match(query, match.start())
+        if field is None:
+            snippet = E_MISUSE.match(query, match.start()).group(0)
+            problems.append(f"reads the line as `{snippet}`; only as e.FIELD (lowercase name), never e[...] nor e under another name")
+            continue
+        fields.add(field.group(1))
+    return fields, problems
+
+
+def workbook_content_problems(infra_dir: Path) -> list[str]:
+    """infra/workbook.json: JSON of the 'Notebook/1.0' schema, with no resource id of its own (the
+    module links it); every query (query items and query parameters) is a Logs query of the
+    Application Insights resource (queryType 0, resourceType microsoft.insights/components, no
+    other resources) over `traces`, parses the line into `e` once, keeps the request lines
+    (`tostring(e.message) == "request"`), reads fields only as `e.FIELD`, and only fields of the
+    handler's request line, comparing outcome and level with values the handler writes; every
+    query item takes the workbook's time range parameter; the charts cover outcome, namespace,
+    bytes and subject; the workbook's first item (markdown) and the header comment of the module
+    that loads it name every field the queries use."""
+    infra_dir = Path(infra_dir)
+    path = infra_dir / WORKBOOK_FILE
+    if not path.is_file():
+        return [f"infra/{WORKBOOK_FILE} is missing"]
+    text = path.read_text(encoding="utf-8")
+    try:
+        workbook = json.loads(text)
+    except json.JSONDecodeError as error:
+        return [f"{WORKBOOK_FILE}: not JSON: {error}"]
+    if not isinstance(workbook, dict):
+        return [f"{WORKBOOK_FILE}: not a JSON object"]
+    found: list[str] = []
+    if workbook.get("version") != WORKBOOK_SCHEMA:
+        found.append(f"{WORKBOOK_FILE}: version is {workbook.get('version')!r}; the schema is '{WORKBOOK_SCHEMA}'")
+    items = workbook.get("items")
+    if not isinstance(items, list) or not items:
+        return found + [f"{WORKBOOK_FILE}: no items"]
+    if "/subscriptions/" in text.lower() or "fallbackResourceIds" in workbook:
+        found.append(f"{WORKBOOK_FILE}: names a resource itself (a resource id, fallbackResourceIds); modules/workbook.bicep links it to the app's Application Insights")
+    time_parameters = {
+        p.get("name")
+        for node in walk(workbook)
+        if isinstance(node, dict) and isinstance(node.get("parameters"), list)
+        for p in node["parameters"]
+        if isinstance(p, dict) and p.get("type") == 4
+    }
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and item.get("type") == 3:
+            content = item.get("content") or {}
+            label = item.get("name") or index
+            if content.get("version") != "KqlItem/1.0" or not isinstance(content.get("query"), str):
+                found.append(f"{WORKBOOK_FILE}: query item {label} is not a KqlItem/1.0 with a query")
+            if content.get("timeContextFromParameter") not in time_parameters:
+                found.append(f"{WORKBOOK_FILE}: query item {label} does not take the workbook's time range parameter ({', '.join(sorted(map(str, time_parameters))) or 'none defined'})")
+    used: set[str] = set()
+    queries = list(_walk_queries(workbook))
+    for where, holder in queries:
+        at = f"{WORKBOOK_FILE}: query {where}"
+        query = holder["query"]
+        if holder.get("queryType") != WORKBOOK_QUERY_TYPE_LOGS or str(holder.get("resourceType", "")).lower() != APP_INSIGHTS_RESOURCE_TYPE:
+            found.append(f"{at}: its data source must be Application Insights (queryType {WORKBOOK_QUERY_TYPE_LOGS}, resourceType {APP_INSIGHTS_RESOURCE_TYPE}), not queryType {holder.get('queryType')!r} on {holder.get('resourceType')!r}")
+        if holder.get("crossComponentResources"):
+            found.append(f"{at}: queries other resources (crossComponentResources); only the app's Application Insights")
+        if not TRACES_SOURCE.search(query):
+            found.append(f"{at}: does not read `traces`, where the host puts the handler's log lines")
+        if not REQUEST_FILTER.search(query):
+            found.append(f'{at}: does not keep the request lines (`tostring(e.message) == "request"`)')
+        fields, problems = workbook_query_fields(query)
+        found.extend(f"{at}: {problem}" for problem in problems)
+        for field in sorted(fields - REQUEST_LOG_FIELDS):
+            found.append(f"{at}: e.{field} is not a field of the handler's request line ({', '.join(sorted(REQUEST_LOG_FIELDS))})")
+        used |= fields
+        compared = [(m.group(1), m.group(2)) for m in COMPARED.finditer(query)]
+        compared += [(m.group(1), v) for m in COMPARED_IN.finditer(query) for v in re.findall(r'"([^"]*)"', m.group(2))]
+        for field, value in compared:
+            known = LOG_OUTCOMES if field == "outcome" else LOG_LEVELS
+            if value not in known:
+                found.append(f"{at}: compares e.{field} with {value!r}, which the handler never writes ({', '.join(sorted(known))})")
+    for field in WORKBOOK_FIELDS_NEEDED:
+        if field not in used:
+            found.append(f"{WORKBOOK_FILE}: no query uses e.{field}; the workbook must chart it")
+    first = items[0] if isinstance(items[0], dict) else {}
+    intro = (first.get("content") or {}).get("json") if first.get("type") == 1 else None
+    if not isinstance(intro, str):
+        found.append(f"{WORKBOOK_FILE}: the first item must be a markdown text that names the log fields the queries use")
+    else:
+        for field in sorted(f for f in used if f"e.{f}" not in intro):
+            found.append(f"{WORKBOOK_FILE}: the first item does not name e.{field}, which a query uses")
+    loads = re.compile(r"load(?:Text|Json)Content\(\s*'[^']*" + re.escape(WORKBOOK_FILE) + "'")
+    loaders = [p for p in bicep_files(infra_dir) if loads.search(p.read_text(encoding="utf-8"))]
+    for loader in loaders:
+        header = "\n".join(line for line in itertools.takewhile(lambda l: l.startswith("//"), loader.read_text(encoding="utf-8").splitlines()))
+        for field in sorted(f for f in used if f"e.{f}" not in header):
+            found.append(f"{loader.relative_to(infra_dir).as_posix()}: the comment at its top does not name e.{field}, which a query of {WORKBOOK_FILE} uses")
+    return found
+
+
 CHECKS: tuple[Callable[[Path], list[str]], ...] = (
     syntax_problems,
     app_setting_problems,
@@ -1404,6 +1729,8 @@ CHECKS: tuple[Callable[[Path], list[str]], ...] = (
     size_limit_problems,
     container_problems,
     parameters_file_problems,
+    workbook_deployment_problems,
+    workbook_content_problems,
 )
 
 

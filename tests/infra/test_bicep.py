@@ -6,6 +6,7 @@ Run with scripts/check-infra (it makes the venv with the pinned pycep-parser and
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -130,6 +131,38 @@ def test_name_lengths_follow_the_parameters():
     assert bounds("${appName}-plan") == (7, 60)
     assert bounds(main.params["deploymentStorageAccountName"]["default"]) == (17, 17)
     assert bounds({"function": {"type": "take", "parameters": {"original_value": "${appName}-cache-access", "number_to_take": 64}}}) == (15, 64)
+
+
+def test_workbook_reads_the_request_line_fields():
+    """The query scanner the workbook checks rely on finds every query (the namespace parameter's
+    and the seven charts and tables) and the fields they use, all fields of the request line."""
+    workbook = json.loads((INFRA / checks.WORKBOOK_FILE).read_text())
+    queries = list(checks._walk_queries(workbook))
+    assert len(queries) == 8, [where for where, _ in queries]
+    used = set()
+    for _, holder in queries:
+        fields, problems = checks.workbook_query_fields(holder["query"])
+        assert problems == []
+        used |= fields
+    assert used == {"message", "level", "target", "namespace", "outcome", "bytes", "subject", "rule"}
+    assert used <= checks.REQUEST_LOG_FIELDS
+
+
+def test_workbook_field_scanner_follows_the_convention():
+    fields, problems = checks.workbook_query_fields('traces | extend e = parse_json(message) | where tostring(e.message) == "request" | summarize sum(tolong(e.bytes)) by tostring(e.namespace), the.e.x')
+    assert (fields, problems) == ({"message", "bytes", "namespace"}, [])
+    _, problems = checks.workbook_query_fields('traces | extend e = parse_json(message) | where e["outcome"] == "hit"')
+    assert len(problems) == 1 and "e[\"outcome" in problems[0]
+    _, problems = checks.workbook_query_fields("traces | extend d = parse_json(message) | where d.outcome == 'hit'")
+    assert "parses the line into e 0 times" in problems[0]
+
+
+def test_workbook_is_deployed_by_default_and_can_be_left_out():
+    templates = checks.load(INFRA)
+    main = checks.main_template(templates)
+    _, condition = checks.unwrap(main.modules["workbook"]["config"])
+    assert checks._holds(main, condition, dict(checks.SCENARIO_BASE)) is True
+    assert checks._holds(main, condition, {**checks.SCENARIO_BASE, checks.WORKBOOK_PARAM: False}) is False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -655,6 +688,8 @@ SYNTAX_BREAKS = {
     "modules/host-storage-access.bicep": ("  scope: account\n", "  scope: account account\n"),
     # an unterminated string
     "modules/keyvault-access.bicep": ("name: keyVaultName\n", "name: 'keyVaultName\n"),
+    # an unclosed call
+    "modules/workbook.bicep": ("var sourceId = toLower(appInsightsId)\n", "var sourceId = toLower(appInsightsId\n"),
 }
 
 
@@ -668,3 +703,313 @@ def test_broken_syntax_is_caught(infra: Path, relative: str):
 
 def test_every_bicep_file_has_a_syntax_mutation():
     assert sorted(SYNTAX_BREAKS) == sorted(p.relative_to(INFRA).as_posix() for p in BICEP_FILES)
+
+
+# The workbook: its deployment (main.bicep, modules/workbook.bicep).
+
+WORKBOOK_MODULE = "modules/workbook.bicep"
+WORKBOOK_CONDITION = "module workbook 'modules/workbook.bicep' = if (deployWorkbook) {"
+
+
+def test_unconditional_workbook_is_caught(infra: Path):
+    edit(infra, "main.bicep", WORKBOOK_CONDITION, "module workbook 'modules/workbook.bicep' = {")
+    found = checks.workbook_deployment_problems(infra)
+    assert_found(found, "with deployWorkbook=false: module 'workbook' (the workbook) is deployed, with deployWorkbook=false")
+    assert_found(checks.problems(infra), "module 'workbook' (the workbook) is deployed")
+
+
+def test_workbook_under_the_wrong_condition_is_caught(infra: Path):
+    edit(infra, "main.bicep", WORKBOOK_CONDITION, "module workbook 'modules/workbook.bicep' = if (!deployWorkbook) {")
+    found = checks.workbook_deployment_problems(infra)
+    assert_found(found, "with deployWorkbook=true: module 'workbook' (the workbook) is not deployed, with deployWorkbook and Application Insights", "with deployWorkbook=false: module 'workbook' (the workbook) is deployed")
+
+
+def test_workbook_without_application_insights_is_caught(infra: Path):
+    """Were Application Insights ever optional, the workbook must follow it."""
+    edit(infra, "main.bicep", "param deployWorkbook bool = true\n", "param deployWorkbook bool = true\n\nparam deployMonitoring bool = true\n")
+    edit(infra, "main.bicep", "resource appInsights 'Microsoft.Insights/components@2020-02-02' = {", "resource appInsights 'Microsoft.Insights/components@2020-02-02' = if (deployMonitoring) {")
+    found = checks.workbook_deployment_problems(infra)
+    assert_found(found, "with deployMonitoring=false: module 'workbook' (the workbook) is deployed, with no Application Insights")
+    assert len(found) == 1, found
+
+
+def test_missing_workbook_parameter_is_caught(infra: Path):
+    edit(infra, "main.bicep", "param deployWorkbook bool = true\n", "param workbook bool = true\n")
+    assert_found(checks.workbook_deployment_problems(infra), "main.bicep has no parameter 'deployWorkbook'")
+
+
+def test_workbook_off_by_default_is_caught(infra: Path):
+    edit(infra, "main.bicep", "param deployWorkbook bool = true\n", "param deployWorkbook bool = false\n")
+    assert_found(checks.workbook_deployment_problems(infra), "parameter 'deployWorkbook' must be a bool that defaults to true")
+
+
+def test_workbook_linked_to_the_workspace_is_caught(infra: Path):
+    edit(infra, "main.bicep", "    appInsightsId: appInsights.id\n", "    appInsightsId: logAnalytics.id\n")
+    found = checks.workbook_deployment_problems(infra)
+    assert_found(found, "properties.sourceId must be the id of main.bicep's Application Insights", "fallbackResourceIds must name the Application Insights resource only")
+
+
+def test_workbook_linked_to_the_resource_group_is_caught(infra: Path):
+    edit(infra, WORKBOOK_MODULE, "    sourceId: sourceId\n", "    sourceId: resourceGroup().id\n")
+    found = checks.workbook_deployment_problems(infra)
+    assert_found(found, "modules/workbook.bicep: workbook 'workbook': properties.sourceId must be the id of main.bicep's Application Insights")
+    assert len(found) == 1, found
+
+
+def test_workbook_fallback_to_another_resource_is_caught(infra: Path):
+    edit(infra, WORKBOOK_MODULE, "      fallbackResourceIds: [\n        sourceId\n", "      fallbackResourceIds: [\n        resourceGroup().id\n")
+    assert_found(checks.workbook_deployment_problems(infra), "fallbackResourceIds must name the Application Insights resource only")
+
+
+def test_workbook_data_added_in_bicep_is_caught(infra: Path):
+    edit(infra, WORKBOOK_MODULE, "      fallbackResourceIds: [\n", "      isLocked: true\n      fallbackResourceIds: [\n")
+    assert_found(checks.workbook_deployment_problems(infra), "properties.serializedData adds 'isLocked' to workbook.json")
+
+
+def test_workbook_from_another_file_is_caught(infra: Path):
+    edit(infra, WORKBOOK_MODULE, "loadJsonContent('../workbook.json')", "loadJsonContent('../main.parameters.json')")
+    assert_found(checks.workbook_deployment_problems(infra), "properties.serializedData loads '../main.parameters.json', not infra/workbook.json")
+
+
+def test_inline_workbook_is_caught(infra: Path):
+    path = infra / WORKBOOK_MODULE
+    text = path.read_text()
+    start = text.index("    serializedData: ")
+    end = text.index("    }))\n", start) + len("    }))\n")
+    path.write_text(text[:start] + "    serializedData: '{\"version\":\"Notebook/1.0\",\"items\":[]}'\n" + text[end:])
+    assert_found(checks.workbook_deployment_problems(infra), "properties.serializedData is \"{\\\"version\\\"", "it must be loadTextContent('workbook.json')")
+
+
+def test_workbook_loaded_as_text_passes(infra: Path):
+    """loadTextContent() is the other accepted form (with no fallbackResourceIds)."""
+    path = infra / WORKBOOK_MODULE
+    text = path.read_text()
+    start = text.index("    serializedData: ")
+    end = text.index("    }))\n", start) + len("    }))\n")
+    path.write_text(text[:start] + "    serializedData: loadTextContent('../workbook.json')\n" + text[end:])
+    assert checks.workbook_deployment_problems(infra) == []
+
+
+def test_workbook_with_a_fixed_name_is_caught(infra: Path):
+    edit(infra, WORKBOOK_MODULE, "  name: guid(resourceGroup().id, appName, 'nx-cache-workbook')\n", "  name: 'nx-cache-workbook'\n")
+    assert_found(checks.workbook_deployment_problems(infra), "its name must be guid(...)")
+
+
+def test_workbook_kind_and_category_are_caught(infra: Path):
+    edit(infra, WORKBOOK_MODULE, "  kind: 'shared'\n", "  kind: 'user'\n")
+    edit(infra, WORKBOOK_MODULE, "    category: 'workbook'\n", "    category: 'tsg'\n")
+    edit(infra, WORKBOOK_MODULE, "    version: 'Notebook/1.0'\n", "    version: '1.0'\n")
+    assert_found(checks.workbook_deployment_problems(infra), "kind must be 'shared'", "properties.category must be 'workbook'", "properties.version must be 'Notebook/1.0'")
+
+
+def test_workbook_missing_required_properties_are_caught(infra: Path):
+    drop_line(infra, WORKBOOK_MODULE, "displayName:")
+    drop_line(infra, WORKBOOK_MODULE, "location: location")
+    assert_found(checks.workbook_deployment_problems(infra), "properties.displayName is required", "location is required")
+
+
+def test_unchecked_workbook_api_version_is_caught(infra: Path):
+    edit(infra, WORKBOOK_MODULE, "workbooks@2023-06-01'", "workbooks@2018-06-17-preview'")
+    assert_found(checks.workbook_deployment_problems(infra), "uses Microsoft.Insights/workbooks@2018-06-17-preview, an API version not checked")
+
+
+def test_workbook_conditional_inside_its_module_is_caught(infra: Path):
+    edit(infra, WORKBOOK_MODULE, "workbooks@2023-06-01' = {", "workbooks@2023-06-01' = if (!empty(appName)) {")
+    assert_found(checks.workbook_deployment_problems(infra), "workbook 'workbook' is conditional inside its module")
+
+
+def test_second_workbook_is_caught(infra: Path):
+    with (infra / "main.bicep").open("a") as f:
+        f.write("\nresource otherWorkbook 'Microsoft.Insights/workbooks@2023-06-01' = {\n  name: guid(resourceGroup().id)\n  location: location\n  kind: 'shared'\n  properties: {\n    displayName: 'x'\n    category: 'workbook'\n    serializedData: loadTextContent('workbook.json')\n  }\n}\n")
+    assert_found(checks.workbook_deployment_problems(infra), "the templates create 2 Microsoft.Insights/workbooks resources; expected one")
+
+
+def test_workbook_module_deployed_twice_is_caught(infra: Path):
+    with (infra / "main.bicep").open("a") as f:
+        f.write("\nmodule workbookAgain 'modules/workbook.bicep' = {\n  name: 'workbook-again'\n  params: {\n    appName: appName\n    appInsightsId: appInsights.id\n  }\n}\n")
+    assert_found(checks.workbook_deployment_problems(infra), "must be in a module that main.bicep deploys once (found 2 deployments)")
+
+
+def test_workbook_without_application_insights_at_all_is_caught(infra: Path):
+    edit(infra, "main.bicep", "resource appInsights 'Microsoft.Insights/components@2020-02-02' = {", "resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {")
+    assert_found(checks.workbook_deployment_problems(infra), "main.bicep creates no Application Insights")
+
+
+# The workbook: its content (infra/workbook.json).
+
+
+def edit_workbook(infra: Path, change) -> None:
+    """Applies `change` to the parsed infra/workbook.json and writes it back."""
+    path = infra / checks.WORKBOOK_FILE
+    workbook = json.loads(path.read_text())
+    change(workbook)
+    path.write_text(json.dumps(workbook, indent=2))
+
+
+def item(workbook: dict, name: str) -> dict:
+    (found,) = [i for i in workbook["items"] if i.get("name") == name]
+    return found
+
+
+def edit_query(infra: Path, name: str, old: str, new: str) -> None:
+    """Replaces `old` (which must occur once) in the query of item `name`."""
+
+    def change(workbook):
+        content = item(workbook, name)["content"]
+        assert content["query"].count(old) == 1, f"{old!r} in {name}: {content['query']}"
+        content["query"] = content["query"].replace(old, new)
+
+    edit_workbook(infra, change)
+
+
+def test_workbook_that_is_not_json_is_caught(infra: Path):
+    path = infra / checks.WORKBOOK_FILE
+    path.write_text(path.read_text()[:-20])
+    assert_found(checks.workbook_content_problems(infra), "workbook.json: not JSON")
+    assert_found(checks.problems(infra), "workbook.json: not JSON")
+
+
+def test_missing_workbook_is_caught(infra: Path):
+    (infra / checks.WORKBOOK_FILE).unlink()
+    assert_found(checks.workbook_content_problems(infra), "infra/workbook.json is missing")
+
+
+def test_workbook_of_another_schema_is_caught(infra: Path):
+    edit(infra, checks.WORKBOOK_FILE, '"version": "Notebook/1.0"', '"version": "Notebook/2.0"')
+    assert_found(checks.workbook_content_problems(infra), "workbook.json: version is 'Notebook/2.0'")
+
+
+def test_workbook_with_a_resource_id_is_caught(infra: Path):
+    edit_workbook(infra, lambda w: w.update(fallbackResourceIds=["/subscriptions/0000/resourceGroups/rg/providers/microsoft.insights/components/x"]))
+    assert_found(checks.workbook_content_problems(infra), "workbook.json: names a resource itself")
+
+
+def test_bracket_access_to_a_field_is_caught(infra: Path):
+    edit_query(infra, "outcomes", "by outcome = tostring(e.outcome)", 'by outcome = tostring(e["outcome"])')
+    found = checks.workbook_content_problems(infra)
+    assert_found(found, 'workbook.json: query /items/outcomes/content: reads the line as `e["outcome"]`; only as e.FIELD')
+    assert_found(checks.problems(infra), "only as e.FIELD")
+
+
+def test_field_through_another_name_is_caught(infra: Path):
+    edit_query(infra, "subjects", "| extend e = parse_json(message)\n", "| extend e = parse_json(message)\n| extend line = e\n")
+    assert_found(checks.workbook_content_problems(infra), "query /items/subjects/content: reads the line as `e`; only as e.FIELD")
+
+
+def test_line_parsed_under_another_name_is_caught(infra: Path):
+    edit_query(infra, "namespaces", "| extend e = parse_json(message)\n", "| extend e = parse_json(message)\n| extend entry = parse_json(message)\n")
+    assert_found(checks.workbook_content_problems(infra), "query /items/namespaces/content: uses parse_json() beyond `extend e = parse_json(message)`")
+
+
+def test_unpacked_line_is_caught(infra: Path):
+    edit_query(infra, "namespaces", "| extend e = parse_json(message)\n", "| extend e = parse_json(message)\n| evaluate bag_unpack(e)\n")
+    found = checks.workbook_content_problems(infra)
+    assert_found(found, "uses bag_unpack() beyond", "reads the line as `e`;")
+
+
+def test_line_not_parsed_into_e_is_caught(infra: Path):
+    edit_query(infra, "hit-rate", "| extend e = parse_json(message)\n", "| extend entry = parse_json(message)\n")
+    assert_found(checks.workbook_content_problems(infra), "query /items/hit-rate/content: parses the line into e 0 times")
+
+
+def test_unknown_field_is_caught(infra: Path):
+    edit_query(infra, "bytes-stored", "sum(tolong(e.bytes) * itemCount)", "sum(tolong(e.size) * itemCount)")
+    assert_found(checks.workbook_content_problems(infra), "query /items/bytes-stored/content: e.size is not a field of the handler's request line")
+
+
+def test_field_name_with_capitals_is_caught(infra: Path):
+    edit_query(infra, "outcomes", "by outcome = tostring(e.outcome)", "by outcome = tostring(e.Outcome)")
+    assert_found(checks.workbook_content_problems(infra), "reads the line as `e.Outcome`; only as e.FIELD")
+
+
+def test_outcome_the_handler_never_writes_is_caught(infra: Path):
+    edit_query(infra, "bytes-stored", '| where tostring(e.outcome) == "stored"', '| where tostring(e.outcome) == "store"')
+    edit_query(infra, "hit-rate", 'tostring(e.outcome) in ("hit", "miss")', 'tostring(e.outcome) in ("hit", "misses")')
+    found = checks.workbook_content_problems(infra)
+    assert_found(found, "query /items/bytes-stored/content: compares e.outcome with 'store', which the handler never writes", "query /items/hit-rate/content: compares e.outcome with 'misses'")
+
+
+def test_level_the_handler_never_writes_is_caught(infra: Path):
+    edit_query(infra, "storage-errors", 'tostring(e.level) in ("WARN", "ERROR")', 'tostring(e.level) in ("Warning", "ERROR")')
+    assert_found(checks.workbook_content_problems(infra), "compares e.level with 'Warning'")
+
+
+def test_query_of_a_workspace_is_caught(infra: Path):
+    edit_workbook(infra, lambda w: item(w, "subjects")["content"].update(resourceType="microsoft.operationalinsights/workspaces"))
+    assert_found(checks.workbook_content_problems(infra), "query /items/subjects/content: its data source must be Application Insights")
+
+
+def test_query_of_another_kind_is_caught(infra: Path):
+    edit_workbook(infra, lambda w: item(w, "outcomes")["content"].update(queryType=1))
+    assert_found(checks.workbook_content_problems(infra), "not queryType 1")
+
+
+def test_parameter_query_of_another_resource_is_caught(infra: Path):
+    def change(workbook):
+        (namespace,) = [p for p in item(workbook, "parameters")["content"]["parameters"] if p["name"] == "Namespace"]
+        namespace["crossComponentResources"] = ["/providers/x"]
+
+    edit_workbook(infra, change)
+    assert_found(checks.workbook_content_problems(infra), "query /items/parameters/content/parameters/Namespace: queries other resources")
+
+
+def test_query_of_another_table_is_caught(infra: Path):
+    edit_query(infra, "outcomes", "traces\n", "requests\n")
+    assert_found(checks.workbook_content_problems(infra), "query /items/outcomes/content: does not read `traces`")
+
+
+def test_query_of_every_line_is_caught(infra: Path):
+    edit_query(infra, "subjects", '| where tostring(e.message) == "request"\n', "")
+    assert_found(checks.workbook_content_problems(infra), "query /items/subjects/content: does not keep the request lines")
+
+
+def test_query_item_without_the_time_range_is_caught(infra: Path):
+    edit_workbook(infra, lambda w: item(w, "namespaces")["content"].pop("timeContextFromParameter"))
+    assert_found(checks.workbook_content_problems(infra), "query item namespaces does not take the workbook's time range parameter (TimeRange)")
+
+
+def test_query_item_that_is_not_kql_is_caught(infra: Path):
+    edit_workbook(infra, lambda w: item(w, "namespaces")["content"].update(version="KqlItem/2.0"))
+    assert_found(checks.workbook_content_problems(infra), "query item namespaces is not a KqlItem/1.0 with a query")
+
+
+def test_workbook_without_the_top_subjects_is_caught(infra: Path):
+    edit_workbook(infra, lambda w: w["items"].remove(item(w, "subjects")))
+    assert_found(checks.workbook_content_problems(infra), "no query uses e.subject; the workbook must chart it")
+
+
+def test_workbook_with_no_items_is_caught(infra: Path):
+    edit_workbook(infra, lambda w: w.update(items=[]))
+    assert_found(checks.workbook_content_problems(infra), "workbook.json: no items")
+
+
+def test_undocumented_field_in_the_workbook_is_caught(infra: Path):
+    edit_query(infra, "outcomes", "by outcome = tostring(e.outcome)", "by outcome = tostring(e.outcome), method = tostring(e.method)")
+    found = checks.workbook_content_problems(infra)
+    assert_found(found, "workbook.json: the first item does not name e.method", "modules/workbook.bicep: the comment at its top does not name e.method")
+    assert len(found) == 2, found
+
+
+def test_workbook_without_its_description_is_caught(infra: Path):
+    edit_workbook(infra, lambda w: w["items"].remove(item(w, "about")))
+    assert_found(checks.workbook_content_problems(infra), "the first item must be a markdown text that names the log fields")
+
+
+def test_module_comment_missing_a_field_is_caught(infra: Path):
+    edit(infra, WORKBOOK_MODULE, "e.outcome, e.bytes,", "e.bytes,")
+    assert_found(checks.workbook_content_problems(infra), "modules/workbook.bicep: the comment at its top does not name e.outcome")
+
+
+def test_workbook_under_a_condition_that_cannot_be_evaluated_is_caught(infra: Path):
+    edit(infra, "main.bicep", WORKBOOK_CONDITION, "module workbook 'modules/workbook.bicep' = if (deployWorkbook && (!empty(appInsights.properties.ConnectionString))) {")
+    assert_found(checks.workbook_deployment_problems(infra), "cannot evaluate whether module 'workbook' is deployed")
+
+
+def test_workbook_merged_with_a_computed_object_is_caught(infra: Path):
+    edit(infra, WORKBOOK_MODULE, "loadJsonContent('../workbook.json'), {", "loadJsonContent('../workbook.json'), json('{}'), {")
+    assert_found(checks.workbook_deployment_problems(infra), "union()s {\"function\"", "only an object literal may be")
+
+
+def test_workbook_that_is_not_an_object_is_caught(infra: Path):
+    (infra / checks.WORKBOOK_FILE).write_text("[]\n")
+    assert_found(checks.workbook_content_problems(infra), "workbook.json: not a JSON object")
