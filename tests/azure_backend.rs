@@ -452,6 +452,7 @@ async fn managed_identity_path_uses_a_user_delegation_sas() {
         assert!(bytes.as_ref() == body.as_slice());
     }
     // The delegation key and the Entra token are cached, not fetched per request.
+    azurite.settle(Some(&tls)).await;
     let key_requests = azurite.requests_matching("comp=userdelegationkey");
     assert!(
         (1..=2).contains(&key_requests),
@@ -663,6 +664,7 @@ async fn a_revoked_delegation_key_is_replaced_within_one_health_interval() {
     assert_eq!(fetched.status(), StatusCode::OK);
     assert_eq!(proxy.keys_seen(), 1);
 
+    azurite.settle(Some(&tls)).await;
     let key_fetches = azurite.requests_matching("comp=userdelegationkey");
     proxy.revoke_all_keys();
     let revoked_at = std::time::Instant::now();
@@ -688,6 +690,7 @@ async fn a_revoked_delegation_key_is_replaced_within_one_health_interval() {
             .any(|l| l.contains("storage refused a download URL")),
         "the refusal is logged"
     );
+    azurite.settle(Some(&tls)).await;
     assert!(azurite.requests_matching("comp=userdelegationkey") > key_fetches);
 
     // Redirects are signed with the new key, and storage accepts them.
@@ -710,7 +713,9 @@ async fn health_answers_from_the_watch_and_names_nothing() {
     handler
         .wait_for_log(Duration::from_secs(30), |l| l.contains("storage not ready"))
         .expect("the container does not exist yet");
+    azurite.settle(None).await;
     let probes_before = azurite.requests_matching(".nx-cache-probe");
+    assert!(probes_before >= 1, "the startup probe reached storage");
     let client = reqwest::Client::new();
     for _ in 0..50 {
         let health = client
@@ -724,6 +729,7 @@ async fn health_answers_from_the_watch_and_names_nothing() {
             assert!(!text.contains(name), "{name} in {text:?}");
         }
     }
+    azurite.settle(None).await;
     assert_eq!(
         azurite.requests_matching(".nx-cache-probe"),
         probes_before,
@@ -783,6 +789,7 @@ async fn exact_hit_checks_tell_hits_from_misses_and_none_makes_no_storage_call()
             StatusCode::TEMPORARY_REDIRECT
         );
     }
+    azurite.settle(None).await;
     assert_eq!(
         heads("teams/web/1"),
         1,
@@ -793,6 +800,7 @@ async fn exact_hit_checks_tell_hits_from_misses_and_none_makes_no_storage_call()
         let (status, location, _) = get("/teams/web/v1/cache/2").await;
         assert_eq!((status, location), (StatusCode::NOT_FOUND, false));
     }
+    azurite.settle(None).await;
     assert_eq!(heads("teams/web/2"), 2);
     // Counted exactly, per namespace.
     let metrics = reqwest::Client::new()
@@ -855,6 +863,7 @@ async fn exact_hit_checks_tell_hits_from_misses_and_none_makes_no_storage_call()
 
     // Zero storage calls per GET on request: every GET redirects, counted as a redirect.
     let blind = start_handler(&key_mode_env(&azurite), &[("NX_CACHE_HIT_CHECK", "none")]);
+    azurite.settle(None).await;
     let before = heads("teams/web/4");
     let response = no_redirects()
         .get(format!("{}/teams/web/v1/cache/4", blind.base_url))
@@ -868,6 +877,7 @@ async fn exact_hit_checks_tell_hits_from_misses_and_none_makes_no_storage_call()
         reqwest::get(&location).await.unwrap().status(),
         StatusCode::NOT_FOUND
     );
+    azurite.settle(None).await;
     assert_eq!(heads("teams/web/4"), before, "no storage call for the GET");
     assert!(
         blind

@@ -195,6 +195,7 @@ mod azure {
         );
         assert_eq!(count("hit"), remote_hits(&second), "{outcomes:?}");
         assert_eq!(count("hit") + count("miss"), outcomes.len(), "{outcomes:?}");
+        runtime.block_on(azurite.settle(tls));
         let blob_gets =
             azurite.requests_matching(&format!("\"GET /devstoreaccount1/{CONTAINER}/org/"));
         assert_eq!(
@@ -386,7 +387,7 @@ mod token_lifecycle {
 
     /// Each task's build takes this long, so a build of the three projects one at a time
     /// outlasts a short token or leaves time to rotate the secret.
-    const SLOW_TASK_MS: &str = "4000";
+    const SLOW_TASK_MS: &str = "6000";
 
     fn slow_build_env(server: &str, token: &str) -> Vec<(String, String)> {
         vec![
@@ -433,7 +434,9 @@ mod token_lifecycle {
         // No leeway, so the token's end is exact; the grace period is the default (12h).
         let handler = Handler::start(&[("NX_CACHE_TOKEN_LEEWAY", "0s")]);
         let workspace = Workspace::new();
-        let token = issue_token(&["--org", "--expires-in", "6s", "--subject", "short-lived"]);
+        // Valid for the first task's requests (even if nx is slow to start on a busy machine),
+        // expired before the last task's upload (three tasks of 6 s, one at a time).
+        let token = issue_token(&["--org", "--expires-in", "15s", "--subject", "short-lived"]);
         let (ok, output) = one_at_a_time(&workspace, &slow_build_env(&handler.base_url, &token));
         assert!(
             ok,

@@ -272,6 +272,22 @@ impl Azurite {
             .collect()
     }
 
+    /// Waits until Azurite's access log holds every request answered so far: it writes the log
+    /// asynchronously, so a request of the test's own, answered after everything before it,
+    /// marks the point up to which the log is complete. Call before counting requests.
+    pub async fn settle(&self, tls: Option<&Tls>) {
+        let marker = format!("settled-{}", uuid::Uuid::new_v4().simple());
+        self.list_blobs(&marker, tls).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.requests_matching(&marker) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Azurite logged nothing"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Access-log lines (requests Azurite served) that contain `needle`.
     pub fn requests_matching(&self, needle: &str) -> usize {
         self.access_log
