@@ -803,15 +803,7 @@ async fn exact_hit_checks_tell_hits_from_misses_and_none_makes_no_storage_call()
     azurite.settle(None).await;
     assert_eq!(heads("teams/web/2"), 2);
     // Counted exactly, per namespace.
-    let metrics = reqwest::Client::new()
-        .get(format!("{base}/metrics"))
-        .bearer_auth(METRICS)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(base, METRICS).await;
     for line in [
         "nx_cache_namespace_hits_total{namespace=\"team:web\"} 3",
         "nx_cache_namespace_misses_total{namespace=\"team:web\"} 2",
@@ -930,18 +922,7 @@ async fn usage_adds_up_every_namespace_of_a_container() {
         "progress per page: {stderr}"
     );
     let usage: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let rows: Vec<(String, u64, u64)> = usage["namespaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["namespace"].as_str().unwrap().to_owned(),
-                r["entries"].as_u64().unwrap(),
-                r["bytes"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let rows = common::usage_rows(&usage);
     assert_eq!(
         rows,
         vec![

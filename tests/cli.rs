@@ -295,18 +295,7 @@ async fn usage_lists_every_namespace_of_the_embedded_store() {
         String::from_utf8(output.stdout).unwrap()
     };
     let usage: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
-    let rows: Vec<(String, u64, u64)> = usage["namespaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["namespace"].as_str().unwrap().to_owned(),
-                r["entries"].as_u64().unwrap(),
-                r["bytes"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let rows = common::usage_rows(&usage);
     assert_eq!(
         rows,
         vec![

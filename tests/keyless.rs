@@ -242,19 +242,8 @@ fn b64(data: &[u8]) -> String {
 
 /// The value of a metrics line, e.g. `nx_cache_token_exchanges_total{rule="web-main"}`.
 async fn metric(handler: &Handler, name: &str) -> u64 {
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", handler.base_url))
-        .bearer_auth(METRICS_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .map(|v| v.parse().unwrap())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    let text = common::metrics_text(&handler.base_url, METRICS_TOKEN).await;
+    common::metric_value(&text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 const METRICS_TOKEN: &str = "metrics-token-0123456789";

@@ -204,17 +204,7 @@ mod azure {
             "blob reads are exactly the followed redirects"
         );
         // So does /metrics, per namespace.
-        let metrics = runtime.block_on(async {
-            reqwest::Client::new()
-                .get(format!("{}/metrics", handler.base_url))
-                .bearer_auth(METRICS_TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        });
+        let metrics = runtime.block_on(common::metrics_text(&handler.base_url, METRICS_TOKEN));
         for line in [
             format!(
                 "nx_cache_namespace_hits_total{{namespace=\"org\"}} {}",

@@ -170,21 +170,8 @@ async fn under_twice_its_limit_the_store_keeps_its_bound_what_was_read_and_what_
         "the bytes read are the entry's"
     );
 
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .bearer_auth("metrics-token-0123456789")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let evicted: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("nx_cache_evicted_entries_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let metrics = common::metrics_text(&base, "metrics-token-0123456789").await;
+    let evicted = common::metric_value(&metrics, "nx_cache_evicted_entries_total").unwrap();
     assert!(evicted > 0, "{metrics}");
     assert!(
         metrics

@@ -186,6 +186,44 @@ impl Drop for Handler {
     }
 }
 
+/// The text of `GET /metrics` with the metrics token `token`.
+pub async fn metrics_text(base_url: &str, token: &str) -> String {
+    reqwest::Client::new()
+        .get(format!("{base_url}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of one line of `/metrics` text, e.g. `nx_cache_hits_total` or
+/// `nx_cache_token_exchanges_total{rule="web-main"}`.
+pub fn metric_value(metrics: &str, name: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .map(|v| v.parse().unwrap())
+}
+
+/// (namespace, entries, bytes) of each row of `handler usage --json`.
+pub fn usage_rows(usage: &serde_json::Value) -> Vec<(String, u64, u64)> {
+    usage["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["namespace"].as_str().unwrap().to_owned(),
+                r["entries"].as_u64().unwrap(),
+                r["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// `handler token issue ARGS` with the test secret; returns the printed token.
 pub fn issue_token(args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_handler"))
