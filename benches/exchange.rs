@@ -10,18 +10,16 @@
 #[allow(dead_code)]
 mod oidc;
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use nx_azure_cache::api::{AppState, router};
+use nx_azure_cache::api::router;
 use nx_azure_cache::auth::exchange::Exchange;
 use nx_azure_cache::auth::policy::TrustPolicy;
-use nx_azure_cache::auth::{Secret, TokenAuthority, TokenRules};
-use nx_azure_cache::config::{Limits, Mode};
-use nx_azure_cache::limits::Bodies;
-use nx_azure_cache::metrics::Metrics;
 use nx_azure_cache::storage::local::LocalStore;
 use tower::ServiceExt;
 
@@ -48,37 +46,13 @@ async fn run() {
     ]})
     .to_string();
     let policy = TrustPolicy::parse(&policy, Duration::from_secs(12 * 3600)).unwrap();
-    let secret = Secret::new(
-        b"benchmark-secret-benchmark-secret-0123456789".to_vec(),
-        jsonwebtoken::Algorithm::HS256,
-    )
-    .unwrap();
-    let tokens = Arc::new(TokenAuthority::new(
-        &secret,
-        &[],
-        TokenRules {
-            algorithm: jsonwebtoken::Algorithm::HS256,
-            issuer: "nx-azure-cache".into(),
-            audience: "nx-remote-cache".into(),
-            revoked: Default::default(),
-            max_lifetime: Duration::from_secs(90 * 24 * 3600),
-            expired_grace: Duration::from_secs(12 * 3600),
-            leeway: Duration::from_secs(30),
-        },
-    ));
+    let tokens = Arc::new(common::authority());
     let data = tempfile::tempdir().unwrap();
-    let state = AppState {
-        store: Arc::new(LocalStore::open(data.path()).unwrap()),
-        tokens: tokens.clone(),
-        exchange: Some(Arc::new(Exchange::new(policy, tokens).unwrap())),
-        mode: Mode::ReadWrite,
-        max_artifact_bytes: 1 << 30,
-        strict_storage: false,
-        bodies: Arc::new(Bodies::new(Limits::default().body, 64, 2 << 30)),
-        downloads: Arc::new(tokio::sync::Semaphore::new(128)),
-        metrics: Arc::new(Metrics::default()),
-        metrics_token: None,
-    };
+    let state = common::state(
+        Arc::new(LocalStore::open(data.path()).unwrap()),
+        tokens.clone(),
+        Some(Arc::new(Exchange::new(policy, tokens).unwrap())),
+    );
     let app = router(state);
     // A pull request's identity: the second rule decides, after the first was tried.
     let identity = issuer.sign(&issuer.claims(

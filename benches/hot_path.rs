@@ -4,42 +4,22 @@
 //!
 //! Run: `cargo bench --bench hot_path`.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use criterion::{Criterion, criterion_group, criterion_main};
-use nx_azure_cache::api::{AppState, router};
-use nx_azure_cache::auth::{Access, Secret, TokenAuthority, TokenRequest, TokenRules};
-use nx_azure_cache::config::{AzureAuth, AzureConfig, Download, HitCheck, Limits, Mode};
+use nx_azure_cache::api::router;
+use nx_azure_cache::auth::{Access, TokenAuthority, TokenRequest};
+use nx_azure_cache::config::{AzureAuth, AzureConfig, Download, HitCheck};
 use nx_azure_cache::key::{CacheKey, TeamName};
-use nx_azure_cache::limits::Bodies;
-use nx_azure_cache::metrics::Metrics;
 use nx_azure_cache::storage::azure::AzureStore;
 use nx_azure_cache::storage::azure::connection_string::ConnectionString;
 use nx_azure_cache::storage::azure::sas::{BlobSas, Protocols, SAS_VERSION};
 use tower::ServiceExt;
-
-fn authority() -> TokenAuthority {
-    TokenAuthority::new(
-        &Secret::new(
-            b"benchmark-secret-benchmark-secret-0123456789".to_vec(),
-            jsonwebtoken::Algorithm::HS256,
-        )
-        .unwrap(),
-        &[],
-        TokenRules {
-            algorithm: jsonwebtoken::Algorithm::HS256,
-            issuer: "nx-azure-cache".into(),
-            audience: "nx-remote-cache".into(),
-            revoked: Default::default(),
-            max_lifetime: Duration::from_secs(90 * 24 * 3600),
-            expired_grace: Duration::from_secs(12 * 3600),
-            leeway: Duration::from_secs(30),
-        },
-    )
-}
 
 fn token(authority: &TokenAuthority) -> String {
     authority
@@ -56,7 +36,7 @@ fn token(authority: &TokenAuthority) -> String {
 }
 
 fn hot_path(c: &mut Criterion) {
-    let authority = authority();
+    let authority = common::authority();
     let bearer = format!("Bearer {}", token(&authority));
     c.bench_function("token verification (HS256)", |b| {
         b.iter(|| {
@@ -146,18 +126,7 @@ fn hot_path(c: &mut Criterion) {
         strict: false,
     })
     .unwrap();
-    let state = AppState {
-        store: Arc::new(store),
-        tokens: Arc::new(authority),
-        exchange: None,
-        mode: Mode::ReadWrite,
-        max_artifact_bytes: 1 << 30,
-        strict_storage: false,
-        bodies: Arc::new(Bodies::new(Limits::default().body, 64, 2 << 30)),
-        downloads: Arc::new(tokio::sync::Semaphore::new(128)),
-        metrics: Arc::new(Metrics::default()),
-        metrics_token: None,
-    };
+    let state = common::state(Arc::new(store), Arc::new(authority), None);
     let app = router(state);
     c.bench_function("redirected GET decision (router, key mode)", |b| {
         b.iter(|| {
