@@ -33,12 +33,6 @@ fn key_mode_env(azurite: &Azurite) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn start_handler(env: &[(&'static str, String)], extra: &[(&str, &str)]) -> Handler {
-    let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    vars.extend_from_slice(extra);
-    Handler::start(&vars)
-}
-
 async fn put(base: &str, path: &str, token: &str, body: Vec<u8>) -> StatusCode {
     no_redirects()
         .put(format!("{base}{path}"))
@@ -90,7 +84,7 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
 async fn connection_string_mode_stores_blobs_and_redirects_to_read_only_single_blob_sas() {
     let azurite = Azurite::start();
     azurite.create_container(CONTAINER, None).await;
-    let handler = start_handler(&key_mode_env(&azurite), &[("NX_CACHE_SAS_TTL", "2m")]);
+    let handler = Handler::start_with(&key_mode_env(&azurite), &[("NX_CACHE_SAS_TTL", "2m")]);
     let org = issue_token(&["--org"]);
     let web = issue_token(&["--team", "web"]);
     let base = &handler.base_url;
@@ -201,7 +195,7 @@ async fn connection_string_mode_stores_blobs_and_redirects_to_read_only_single_b
 async fn proxy_mode_streams_blobs_through_the_handler() {
     let azurite = Azurite::start();
     azurite.create_container(CONTAINER, None).await;
-    let handler = start_handler(&key_mode_env(&azurite), &[("NX_CACHE_DOWNLOAD", "proxy")]);
+    let handler = Handler::start_with(&key_mode_env(&azurite), &[("NX_CACHE_DOWNLOAD", "proxy")]);
     let token = issue_token(&["--org"]);
     let body = pattern(9 * 1024 * 1024, 3);
     assert_eq!(
@@ -230,7 +224,7 @@ async fn proxy_mode_streams_blobs_through_the_handler() {
 async fn an_upload_cut_off_midway_leaves_no_blob_and_a_retry_succeeds() {
     let azurite = Azurite::start();
     azurite.create_container(CONTAINER, None).await;
-    let handler = start_handler(&key_mode_env(&azurite), &[]);
+    let handler = Handler::start_with(&key_mode_env(&azurite), &[]);
     let token = issue_token(&["--org"]);
     let addr = handler.base_url.trim_start_matches("http://").to_owned();
     let declared = 12 * 1024 * 1024;
@@ -266,7 +260,7 @@ async fn an_upload_cut_off_midway_leaves_no_blob_and_a_retry_succeeds() {
 async fn a_missing_container_is_one_clear_line_and_health_says_why() {
     let azurite = Azurite::start();
     let env = key_mode_env(&azurite);
-    let handler = start_handler(&env, &[]);
+    let handler = Handler::start_with(&env, &[]);
     let line = handler
         .wait_for_log(Duration::from_secs(30), |l| l.contains("storage not ready"))
         .expect("a startup error line");
@@ -317,7 +311,7 @@ async fn a_missing_container_is_one_clear_line_and_health_says_why() {
 async fn storage_outages_degrade_to_misses_and_not_stored_then_recover() {
     let mut azurite = Azurite::start();
     azurite.create_container(CONTAINER, None).await;
-    let handler = start_handler(
+    let handler = Handler::start_with(
         &key_mode_env(&azurite),
         &[
             ("NX_CACHE_DOWNLOAD", "proxy"),
@@ -396,16 +390,8 @@ async fn managed_identity_path_uses_a_user_delegation_sas() {
     let azurite = Azurite::start_oauth(&tls);
     azurite.create_container(CONTAINER, Some(&tls)).await;
     let identity = IdentityEndpoint::start().await;
-    let ca = tls.ca_file().display().to_string();
-    let env: Vec<(&'static str, String)> = vec![
-        ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1".into()),
-        ("AZURE_STORAGE_BLOB_ENDPOINT", azurite.endpoint()),
-        ("AZURE_STORAGE_CONTAINER", CONTAINER.into()),
-        ("IDENTITY_ENDPOINT", identity.url.clone()),
-        ("IDENTITY_HEADER", identity.secret.clone()),
-        ("SSL_CERT_FILE", ca),
-    ];
-    let handler = start_handler(&env, &[]);
+    let env = identity.handler_env(azurite.endpoint(), CONTAINER, &tls);
+    let handler = Handler::start_with(&env, &[]);
     let ready = handler.wait_for_log(Duration::from_secs(30), |l| {
         l.contains("storage ready") || l.contains("storage not ready")
     });
@@ -547,7 +533,7 @@ async fn doctor_tells_the_operator_what_to_fix() {
 async fn concurrent_uploads_of_one_hash_store_exactly_one_whole_body() {
     let azurite = Azurite::start();
     azurite.create_container(CONTAINER, None).await;
-    let handler = start_handler(&key_mode_env(&azurite), &[("NX_CACHE_DOWNLOAD", "proxy")]);
+    let handler = Handler::start_with(&key_mode_env(&azurite), &[("NX_CACHE_DOWNLOAD", "proxy")]);
     let token = issue_token(&["--org"]);
     // Small bodies race on Put Blob, large ones on Put Block List.
     for (hash, len) in [("600", 200 * 1024), ("601", 9 * 1024 * 1024)] {
@@ -595,7 +581,7 @@ async fn concurrent_uploads_of_one_hash_store_exactly_one_whole_body() {
 async fn strict_mode_answers_503_when_storage_fails() {
     let mut azurite = Azurite::start();
     azurite.create_container(CONTAINER, None).await;
-    let handler = start_handler(
+    let handler = Handler::start_with(
         &key_mode_env(&azurite),
         &[
             ("NX_CACHE_STRICT_STORAGE", "true"),
@@ -636,16 +622,8 @@ async fn a_revoked_delegation_key_is_replaced_within_one_health_interval() {
     let identity = IdentityEndpoint::start().await;
     let upstream = format!("https://127.0.0.1:{}", azurite.port);
     let proxy = RevokingProxy::start(&tls, &upstream).await;
-    let ca = tls.ca_file().display().to_string();
-    let env: Vec<(&'static str, String)> = vec![
-        ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1".into()),
-        ("AZURE_STORAGE_BLOB_ENDPOINT", proxy.endpoint()),
-        ("AZURE_STORAGE_CONTAINER", CONTAINER.into()),
-        ("IDENTITY_ENDPOINT", identity.url.clone()),
-        ("IDENTITY_HEADER", identity.secret.clone()),
-        ("SSL_CERT_FILE", ca),
-    ];
-    let handler = start_handler(&env, &[("NX_CACHE_HEALTH_INTERVAL", "1s")]);
+    let env = identity.handler_env(proxy.endpoint(), CONTAINER, &tls);
+    let handler = Handler::start_with(&env, &[("NX_CACHE_HEALTH_INTERVAL", "1s")]);
     handler
         .wait_for_log(Duration::from_secs(30), |l| l.contains("storage ready"))
         .unwrap_or_else(|| panic!("{}", handler.logs().join("\n")));
@@ -706,7 +684,7 @@ async fn a_revoked_delegation_key_is_replaced_within_one_health_interval() {
 #[tokio::test]
 async fn health_answers_from_the_watch_and_names_nothing() {
     let azurite = Azurite::start();
-    let handler = start_handler(
+    let handler = Handler::start_with(
         &key_mode_env(&azurite),
         &[("NX_CACHE_HEALTH_INTERVAL", "5m")],
     );
@@ -747,7 +725,7 @@ async fn exact_hit_checks_tell_hits_from_misses_and_none_makes_no_storage_call()
     const METRICS: &str = "metrics-token-0123456789";
     let azurite = Azurite::start();
     azurite.create_container(CONTAINER, None).await;
-    let handler = start_handler(
+    let handler = Handler::start_with(
         &key_mode_env(&azurite),
         &[
             ("NX_CACHE_STORAGE_TIMEOUT", "2s"),
@@ -854,7 +832,7 @@ async fn exact_hit_checks_tell_hits_from_misses_and_none_makes_no_storage_call()
     assert!(handler.logs().iter().any(|l| l.contains("storage-error")));
 
     // Zero storage calls per GET on request: every GET redirects, counted as a redirect.
-    let blind = start_handler(&key_mode_env(&azurite), &[("NX_CACHE_HIT_CHECK", "none")]);
+    let blind = Handler::start_with(&key_mode_env(&azurite), &[("NX_CACHE_HIT_CHECK", "none")]);
     azurite.settle(None).await;
     let before = heads("teams/web/4");
     let response = no_redirects()

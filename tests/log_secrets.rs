@@ -175,17 +175,13 @@ async fn no_secret_reaches_the_logs_with_managed_identity() {
     let azurite = Azurite::start_oauth(&tls);
     azurite.create_container("nx-cache", Some(&tls)).await;
     let identity = IdentityEndpoint::start().await;
-    let (endpoint, ca) = (azurite.endpoint(), tls.ca_file().display().to_string());
-    let handler = Handler::start(&[
-        ("RUST_LOG", "debug"),
-        ("NX_CACHE_METRICS_TOKEN", METRICS_TOKEN),
-        ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1"),
-        ("AZURE_STORAGE_BLOB_ENDPOINT", &endpoint),
-        ("AZURE_STORAGE_CONTAINER", "nx-cache"),
-        ("IDENTITY_ENDPOINT", &identity.url),
-        ("IDENTITY_HEADER", &identity.secret),
-        ("SSL_CERT_FILE", &ca),
-    ]);
+    let handler = Handler::start_with(
+        &identity.handler_env(azurite.endpoint(), "nx-cache", &tls),
+        &[
+            ("RUST_LOG", "debug"),
+            ("NX_CACHE_METRICS_TOKEN", METRICS_TOKEN),
+        ],
+    );
     let mut secrets = base_secrets();
     secrets.add("identity header secret", &identity.secret);
     let bodies = exercise(&handler, &mut secrets).await;

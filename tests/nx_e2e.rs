@@ -285,15 +285,10 @@ mod azure {
         runtime.block_on(azurite.create_container(CONTAINER, Some(&tls)));
         let identity = runtime.block_on(IdentityEndpoint::start());
         let ca = tls.ca_file().display().to_string();
-        let handler = Handler::start(&[
-            ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1"),
-            ("AZURE_STORAGE_BLOB_ENDPOINT", &azurite.endpoint()),
-            ("AZURE_STORAGE_CONTAINER", CONTAINER),
-            ("IDENTITY_ENDPOINT", &identity.url),
-            ("IDENTITY_HEADER", &identity.secret),
-            ("SSL_CERT_FILE", &ca),
-            ("NX_CACHE_METRICS_TOKEN", METRICS_TOKEN),
-        ]);
+        let handler = Handler::start_with(
+            &identity.handler_env(azurite.endpoint(), CONTAINER, &tls),
+            &[("NX_CACHE_METRICS_TOKEN", METRICS_TOKEN)],
+        );
         let workspace = Workspace::new();
         workspace.trust_ca(&ca);
         round_trip_by_redirect(&runtime, &azurite, Some(&tls), &handler, &workspace);
@@ -326,16 +321,10 @@ mod revocation {
         let upstream = format!("https://127.0.0.1:{}", azurite.port);
         let proxy = runtime.block_on(RevokingProxy::start(&tls, &upstream));
         let ca = tls.ca_file().display().to_string();
-        let endpoint = proxy.endpoint();
-        let handler = Handler::start(&[
-            ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1"),
-            ("AZURE_STORAGE_BLOB_ENDPOINT", &endpoint),
-            ("AZURE_STORAGE_CONTAINER", "nx-cache"),
-            ("IDENTITY_ENDPOINT", &identity.url),
-            ("IDENTITY_HEADER", &identity.secret),
-            ("SSL_CERT_FILE", &ca),
-            ("NX_CACHE_HEALTH_INTERVAL", "2s"),
-        ]);
+        let handler = Handler::start_with(
+            &identity.handler_env(proxy.endpoint(), "nx-cache", &tls),
+            &[("NX_CACHE_HEALTH_INTERVAL", "2s")],
+        );
         let workspace = Workspace::new();
         workspace.trust_ca(&ca);
         let token = issue_token(&["--org"]);

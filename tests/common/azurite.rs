@@ -409,6 +409,24 @@ impl IdentityEndpoint {
             _server: server,
         }
     }
+
+    /// The settings that point a handler at `blob_endpoint` (Azurite, or a proxy in front of
+    /// it) with this managed identity, trusting the test CA.
+    pub fn handler_env(
+        &self,
+        blob_endpoint: String,
+        container: &str,
+        tls: &Tls,
+    ) -> Vec<(&'static str, String)> {
+        vec![
+            ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1".into()),
+            ("AZURE_STORAGE_BLOB_ENDPOINT", blob_endpoint),
+            ("AZURE_STORAGE_CONTAINER", container.into()),
+            ("IDENTITY_ENDPOINT", self.url.clone()),
+            ("IDENTITY_HEADER", self.secret.clone()),
+            ("SSL_CERT_FILE", tls.ca_file().display().to_string()),
+        ]
+    }
 }
 
 /// An access token and the JSON answer that carries it.

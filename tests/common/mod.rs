@@ -62,6 +62,13 @@ impl Handler {
         handler
     }
 
+    /// [`Handler::start`] with owned settings (such as a backend's) followed by `extra`.
+    pub fn start_with(env: &[(&str, String)], extra: &[(&str, &str)]) -> Handler {
+        let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        vars.extend_from_slice(extra);
+        Self::start(&vars)
+    }
+
     /// Starts `handler` with the given data directory. The port is chosen by the OS (`--port 0`)
     /// and read back from the JSON "listening" log line: no fixed ports, no sleeps.
     pub fn start_in(data_dir: &Path, extra: &[(&str, &str)]) -> Handler {
