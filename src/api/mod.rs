@@ -299,9 +299,9 @@ async fn write_entry(
     response
 }
 
-/// A PUT whose key and token are valid: every check an upload must pass before its body is
-/// read, then the upload. A refusal is answered before the body is read, and the body is read
-/// away in full (Nx with a read-only token PUTs every artifact).
+/// A PUT whose key and token are valid: the checks, then the upload. A refusal is answered
+/// before the body is read, and the body is read away (in full for a valid token: Nx with a
+/// read-only token PUTs every artifact).
 async fn write_admitted(
     state: &AppState,
     key: &CacheKey,
@@ -309,32 +309,10 @@ async fn write_admitted(
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(refusal) = may_write(state, key, grant) {
-        return refuse_upload(state, body, refusal.into_response(), Drain::Full);
-    }
-    let Some(len) = declared_length(headers) else {
-        let message = "a Content-Length header is required".to_string();
-        let refusal = text(StatusCode::LENGTH_REQUIRED, message).with(Outcome::BadRequest);
-        return refuse_upload(state, body, refusal, Drain::Brief);
+    let len = match check_upload(state, key, grant, headers).await {
+        Ok(len) => len,
+        Err((refusal, drain)) => return refuse_upload(state, body, refusal, drain),
     };
-    if len > state.max_artifact_bytes {
-        tracing::warn!(namespace = %key.namespace, hash = key.hash.as_str(), bytes = len,
-            limit = state.max_artifact_bytes, "artifact over the size limit; not stored");
-        let message = format!(
-            "not stored: the artifact is {len} bytes, over this cache's limit of {} bytes (NX_CACHE_MAX_ARTIFACT_SIZE)",
-            state.max_artifact_bytes
-        );
-        let refusal = text(StatusCode::FORBIDDEN, message).with(Outcome::TooLarge);
-        return refuse_upload(state, body, refusal, Drain::Full);
-    }
-    match state.store.exists(key).await {
-        Ok(false) => {}
-        Ok(true) => return refuse_upload(state, body, conflict(), Drain::Full),
-        Err(e) => {
-            let refusal = not_stored_storage_error(state, key, e);
-            return refuse_upload(state, body, refusal, Drain::Full);
-        }
-    }
     let stream = state.bodies.paced(body);
     match state.store.put_if_absent(key, len, stream).await {
         Ok(Stored::Created) => {
@@ -347,6 +325,37 @@ async fn write_admitted(
             text(StatusCode::BAD_REQUEST, e.to_string()).with(Outcome::BadRequest)
         }
         Err(e) => not_stored_storage_error(state, key, e),
+    }
+}
+
+/// Every check an upload must pass before its body is read: its declared length, or the
+/// finished refusal and how much of the body to read away.
+async fn check_upload(
+    state: &AppState,
+    key: &CacheKey,
+    grant: &Grant,
+    headers: &HeaderMap,
+) -> Result<u64, (Response, Drain)> {
+    may_write(state, key, grant).map_err(|refusal| (refusal.into_response(), Drain::Full))?;
+    let Some(len) = declared_length(headers) else {
+        let message = "a Content-Length header is required".to_string();
+        let refusal = text(StatusCode::LENGTH_REQUIRED, message).with(Outcome::BadRequest);
+        return Err((refusal, Drain::Brief));
+    };
+    if len > state.max_artifact_bytes {
+        tracing::warn!(namespace = %key.namespace, hash = key.hash.as_str(), bytes = len,
+            limit = state.max_artifact_bytes, "artifact over the size limit; not stored");
+        let message = format!(
+            "not stored: the artifact is {len} bytes, over this cache's limit of {} bytes (NX_CACHE_MAX_ARTIFACT_SIZE)",
+            state.max_artifact_bytes
+        );
+        let refusal = text(StatusCode::FORBIDDEN, message).with(Outcome::TooLarge);
+        return Err((refusal, Drain::Full));
+    }
+    match state.store.exists(key).await {
+        Ok(false) => Ok(len),
+        Ok(true) => Err((conflict(), Drain::Full)),
+        Err(e) => Err((not_stored_storage_error(state, key, e), Drain::Full)),
     }
 }
 
