@@ -572,12 +572,8 @@ impl Store for AzureStore {
     }
 
     async fn exists(&self, key: &CacheKey) -> Result<bool, StoreError> {
-        let name = self.blob_name(key);
-        if self.known.get(&name).is_some() {
-            return Ok(true);
-        }
-        let client = self.blob_client(&name, "r")?;
-        self.observe(self.blob_exists(&client).await)
+        // The same check as an exact GET's, so an entry seen by either is remembered for both.
+        Ok(self.known_size(&self.blob_name(key)).await?.is_some())
     }
 
     async fn put_if_absent(
@@ -657,7 +653,8 @@ impl AzureStore {
     }
 
     /// The size of blob `name` if it exists: remembered, or asked of storage once (bounded by the
-    /// storage timeout; any trouble is an error, which the API answers as a miss at once).
+    /// storage timeout; any trouble is an error, which the API answers as a miss or "not
+    /// stored" at once).
     async fn known_size(&self, name: &str) -> Result<Option<u64>, StoreError> {
         if let Some(len) = self.known.get(name) {
             return Ok(Some(len));
