@@ -8,10 +8,12 @@ pub mod nx;
 pub mod oidc;
 pub mod revoking_proxy;
 
+use std::io::Write;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::Duration;
 
 /// A secret the tests use so that no development secret or banner is involved.
@@ -48,7 +50,7 @@ pub struct Handler {
     pub data_dir: PathBuf,
     /// Log lines as they arrive (for waiting on one), and all of them so far.
     log_lines: mpsc::Receiver<String>,
-    history: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    history: Arc<(Mutex<Vec<String>>, Condvar)>,
     _data: Option<tempfile::TempDir>,
 }
 
@@ -106,7 +108,7 @@ impl Handler {
         let stderr = child.stderr.take().unwrap();
         let (line_tx, line_rx) = mpsc::channel();
         let (addr_tx, addr_rx) = mpsc::channel();
-        let history = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let history = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let kept = history.clone();
         std::thread::spawn(move || {
             let mut addr_tx = Some(addr_tx);
@@ -115,7 +117,8 @@ impl Handler {
                     let _ = tx.send(addr);
                     addr_tx = None;
                 }
-                kept.lock().unwrap().push(line.clone());
+                kept.0.lock().unwrap().push(line.clone());
+                kept.1.notify_all();
                 let _ = line_tx.send(line);
             }
         });
@@ -125,7 +128,7 @@ impl Handler {
                 let _ = child.kill();
                 panic!(
                     "handler did not start; its log:\n{}",
-                    history.lock().unwrap().join("\n")
+                    history.0.lock().unwrap().join("\n")
                 );
             }
         };
@@ -160,9 +163,41 @@ impl Handler {
         None
     }
 
-    /// Every log line written so far.
+    /// Every log line written so far. The handler writes a request's line before its answer,
+    /// but the line reaches this process through a pipe and a reader thread, so a test that got
+    /// its answer could look too early. So first a `GET /` with a fresh request id: once its own
+    /// line is in, so is every line written before it (the pipe keeps order). A handler that is
+    /// gone or does not answer within a few seconds gets what has arrived.
     pub fn logs(&self) -> Vec<String> {
-        self.history.lock().unwrap().clone()
+        const SYNC_LIMIT: Duration = Duration::from_secs(5);
+        static SYNCS: AtomicUsize = AtomicUsize::new(0);
+        let id = format!(
+            "log-sync-{}-{}",
+            std::process::id(),
+            SYNCS.fetch_add(1, Ordering::Relaxed)
+        );
+        let synced = self.request_root(&id, SYNC_LIMIT).is_ok();
+        let marker = format!("\"id\":\"{id}\"");
+        let (lines, arrived) = &*self.history;
+        let (lines, _) = arrived
+            .wait_timeout_while(lines.lock().unwrap(), SYNC_LIMIT, |lines| {
+                synced && !lines.iter().rev().any(|l| l.contains(&marker))
+            })
+            .unwrap();
+        lines.clone()
+    }
+
+    /// `GET /` with request id `id`, read to its end.
+    fn request_root(&self, id: &str, limit: Duration) -> std::io::Result<()> {
+        let addr = self.base_url.trim_start_matches("http://").parse().unwrap();
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, limit)?;
+        stream.set_read_timeout(Some(limit))?;
+        stream.set_write_timeout(Some(limit))?;
+        write!(
+            stream,
+            "GET / HTTP/1.1\r\nhost: x\r\nx-azure-functions-invocationid: {id}\r\nconnection: close\r\n\r\n"
+        )?;
+        std::io::copy(&mut stream, &mut std::io::sink()).map(drop)
     }
 
     /// Waits until a log line satisfies `matches` (bounded by `limit`); returns it.
