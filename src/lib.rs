@@ -2,23 +2,35 @@
 //!
 //! # Layout
 //!
-//! A request travels through the modules in this order, and the file list follows it:
+//! A request travels down this list: the server accepts it, the API routes it, the token is
+//! checked, the store answers. **A module uses only the modules listed below it** (never one
+//! above, so no two modules lean on each other; `tests/layout.rs` checks it). A type that several
+//! modules need lives in the lowest of them: a setting's type beside its section of
+//! configuration, an outcome beside the counters that count it.
 //!
-//! - [`server`]: binds the listener, serves the router, shuts down gracefully on SIGTERM.
+//! - [`server`]: binds the listener, serves the router, shuts down gracefully on SIGTERM;
+//!   `handler doctor` and `handler usage`. May use every module below.
 //! - [`api`]: the axum router and handlers; the only module that knows the status codes the Nx
-//!   client understands (see `docs/` and the shared client contract).
-//! - [`key`]: the cache key (namespace + hash) and the rules that validate it before anything
-//!   touches storage.
+//!   client understands (see `docs/` and the shared client contract). Uses storage, limits,
+//!   telemetry, metrics, config, auth, key.
+//! - [`storage`]: the one [`storage::Store`] interface and the backends behind it (embedded,
+//!   Azure), with what acts on them (health watch, retention, usage). Uses limits (body pace,
+//!   the stream type), metrics (store figures), config (its settings), key.
+//! - [`limits`]: what one client can make the server hold: the pace of request bodies, drains
+//!   of refused uploads, the send timeout of a client that stops reading. Uses config (the
+//!   numbers).
+//! - [`telemetry`]: log setup and the per-request log line. Uses metrics (outcomes are counted
+//!   as they are logged), config (the log format), auth (the caller of a grant).
+//! - [`metrics`]: request outcomes and their counters, at `/metrics` and in the logs. Uses
+//!   auth (exchange refusal reasons).
+//! - [`config`]: environment and flags turned into one typed [`config::Config`], one file per
+//!   section; every error names the setting that is wrong. Uses auth (the token and trust-policy
+//!   types it parses into).
 //! - [`auth`]: this cache's bearer tokens (issue, verify, rotation, grace period) and keyless
 //!   access: the trust policy and the exchange of verified identity tokens (`POST /token`). The
-//!   API layer sees only a [`auth::Grant`].
-//! - [`storage`]: the one [`storage::Store`] interface and the backends behind it.
-//! - [`limits`]: what one client can make the server hold: the pace of request bodies, drains
-//!   of refused uploads, the send timeout of a client that stops reading.
-//! - [`config`]: environment and flags turned into one typed [`config::Config`]; every error
-//!   names the setting that is wrong.
-//! - [`telemetry`]: log setup and the per-request log line.
-//! - [`metrics`]: request counters, at `/metrics` and in the logs.
+//!   API layer sees only a [`auth::Grant`]. Uses key.
+//! - [`key`]: the cache key (namespace + hash) and the rules that validate it before anything
+//!   touches storage. Uses nothing of the crate.
 
 pub mod api;
 pub mod auth;

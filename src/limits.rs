@@ -30,23 +30,17 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 
-use crate::storage::ByteStream;
-
 /// Bytes read from a refused request that has no valid token (or is malformed) before its
 /// connection is closed: enough for the small bodies a client may have sent with its headers.
 pub const BRIEF_DRAIN_BYTES: u64 = 16 * 1024;
 /// Time allowed for that brief drain.
 pub const BRIEF_DRAIN_TIME: Duration = Duration::from_secs(2);
 
-/// How fast a body must arrive: at least `min_rate` bytes per second averaged over `window` of
-/// waiting, and never a pause of `idle` or more.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pace {
-    /// Bytes per second; 0 turns the rate rule off (only the idle rule is left).
-    pub min_rate: u64,
-    pub window: Duration,
-    pub idle: Duration,
-}
+/// The settings type lives beside its section of configuration; its behaviour is here.
+pub use crate::config::Pace;
+
+/// A stream of body chunks, as read from a request (and paced here) or from a store.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
 impl Pace {
     /// Only the idle rule: for streams whose other end is trusted (storage).

@@ -16,71 +16,12 @@ use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome};
 
 /// Header the Azure Functions host adds to every forwarded request.
 pub const INVOCATION_ID: &str = "x-azure-functions-invocationid";
 /// Header echoing the request id, so a user can quote it when reporting a problem.
 pub const REQUEST_ID: &str = "x-request-id";
-
-/// What became of a request, attached by the handler to its response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The entry exists: streamed by the handler, or `redirected` to storage after a check.
-    Hit {
-        bytes: u64,
-        redirected: bool,
-    },
-    /// Redirected to storage without a check (`NX_CACHE_HIT_CHECK=none`): hit or miss unknown.
-    Redirect,
-    Miss,
-    Stored {
-        bytes: u64,
-    },
-    Conflict,
-    /// The token or the server mode does not allow this request.
-    Denied,
-    TooLarge,
-    Unauthorized,
-    BadRequest,
-    StorageError,
-    /// A GET answered as a miss because too many downloads were streaming at once.
-    Busy,
-    /// A token that expired less than `NX_CACHE_EXPIRED_GRACE` ago: a miss, or not stored.
-    Expired,
-    /// `POST /token` gave a token.
-    Exchanged,
-    /// `POST /token` refused.
-    ExchangeRefused,
-}
-
-impl Outcome {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Outcome::Hit { .. } => "hit",
-            Outcome::Redirect => "redirect",
-            Outcome::Miss => "miss",
-            Outcome::Stored { .. } => "stored",
-            Outcome::Conflict => "conflict",
-            Outcome::Denied => "denied",
-            Outcome::TooLarge => "too-large",
-            Outcome::Unauthorized => "unauthorized",
-            Outcome::BadRequest => "bad-request",
-            Outcome::StorageError => "storage-error",
-            Outcome::Busy => "busy",
-            Outcome::Expired => "expired",
-            Outcome::Exchanged => "exchanged",
-            Outcome::ExchangeRefused => "exchange-refused",
-        }
-    }
-
-    pub fn bytes(&self) -> u64 {
-        match self {
-            Outcome::Hit { bytes, .. } | Outcome::Stored { bytes } => *bytes,
-            _ => 0,
-        }
-    }
-}
 
 /// Who made a request, for its log line: the token's subject and, for an exchanged token, the
 /// trust rule it was exchanged under. Never the token itself.

@@ -31,8 +31,9 @@ use crate::config::Mode;
 use crate::key::{CacheKey, Namespace};
 use crate::limits::{Bodies, Drain};
 use crate::metrics::Metrics;
+use crate::metrics::Outcome;
 use crate::storage::{Fetched, Store, StoreError, Stored};
-use crate::telemetry::{self, Caller, Outcome};
+use crate::telemetry::{self, Caller};
 
 /// Shared state of every handler: one cheap `Clone`.
 #[derive(Clone)]

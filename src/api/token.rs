@@ -21,7 +21,8 @@ use time::format_description::well_known::Rfc3339;
 use super::{AppState, WithOutcome, text};
 use crate::auth::exchange::{Exchanged, Refusal};
 use crate::auth::policy::Ask;
-use crate::telemetry::{Caller, Outcome};
+use crate::metrics::Outcome;
+use crate::telemetry::Caller;
 
 /// Largest request body read (a JSON object of a few fields).
 const MAX_BODY: usize = 4 * 1024;

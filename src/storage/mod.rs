@@ -8,11 +8,8 @@
 //! - `exists` lets the API refuse a duplicate upload before reading its body.
 
 use std::io;
-use std::pin::Pin;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use futures_util::Stream;
 
 use crate::key::CacheKey;
 
@@ -28,8 +25,7 @@ pub use health::Health;
 /// reading leaves up to a chunk or two (plus the connection's write buffer) held in memory.
 pub const DOWNLOAD_CHUNK: usize = 64 * 1024;
 
-/// A stream of body chunks, as read from a request or a backend.
-pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+pub use crate::limits::ByteStream;
 
 /// A found entry: bytes to stream to the client, or a URL the client fetches directly (with the
 /// entry's size when the backend checked that it exists; `None` when it redirects unchecked).

@@ -14,7 +14,9 @@
 //! The Rust SDK (`azure_storage_blob` 1.x) has no shared-key credential: in key mode every call
 //! goes to a URL carrying a service SAS for exactly that blob and operation ([`sas`]).
 
-pub mod connection_string;
+/// The connection-string parser belongs to the configuration; re-exported here, where the key
+/// it carries is used.
+pub use crate::config::connection_string;
 pub mod credential;
 pub mod delegation;
 pub mod download;

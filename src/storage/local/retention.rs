@@ -29,20 +29,7 @@ const LOW_WATER_PERCENT: u64 = 90;
 /// The longest pause between two age checks.
 const MAX_AGE_CHECK_EVERY: Duration = Duration::from_secs(600);
 
-/// The retention settings of the embedded store.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RetentionConfig {
-    /// `NX_CACHE_MAX_SIZE`: the store is kept under this many bytes.
-    pub max_size: Option<u64>,
-    /// `NX_CACHE_MAX_AGE`: entries not read (or written) for this long are deleted.
-    pub max_age: Option<Duration>,
-}
-
-impl RetentionConfig {
-    pub fn is_on(&self) -> bool {
-        self.max_size.is_some() || self.max_age.is_some()
-    }
-}
+pub use crate::config::RetentionConfig;
 
 /// One entry of the index.
 #[derive(Debug, Clone, Copy)]
