@@ -37,10 +37,10 @@ fn main() {
 async fn run() {
     let issuer = oidc::Issuer::start("").await;
     let policy = serde_json::json!({"rules": [
-        {"name": "web-main", "issuer": issuer.issuer(), "audience": "nx-cache",
-         "claims": {"repository": "acme/web", "ref": "refs/heads/main"},
+        {"name": "web-main", "issuer": issuer.issuer(), "kind": "github", "audience": "nx-cache",
+         "claims": {"repository": "acme/web", "ref": "refs/heads/main", "event_name": "push"},
          "grant": {"teams": ["web"], "access": "read-write"}},
-        {"name": "web-prs", "issuer": issuer.issuer(), "audience": "nx-cache",
+        {"name": "web-prs", "issuer": issuer.issuer(), "kind": "github", "audience": "nx-cache",
          "claims": {"repository": "acme/web"},
          "grant": {"org": true, "teams": ["web"], "access": "read-only"}}
     ]})

@@ -21,7 +21,7 @@ pub const LOG_EVERY: Duration = Duration::from_secs(60);
 pub const MAX_NAMESPACES: usize = 200;
 
 /// The request counters: Prometheus name, help, and which outcome each counts.
-const COUNTERS: [(&str, &str); 12] = [
+const COUNTERS: [(&str, &str); 13] = [
     (
         "nx_cache_hits_total",
         "GETs of an entry that exists (streamed, or redirected after an exact check)",
@@ -61,6 +61,10 @@ const COUNTERS: [(&str, &str); 12] = [
         "nx_cache_expired_tokens_total",
         "requests with a token expired less than NX_CACHE_EXPIRED_GRACE ago (no access, no 401)",
     ),
+    (
+        "nx_cache_unconfigured_total",
+        "requests answered while the configuration is refused: GETs as misses, uploads refused",
+    ),
 ];
 
 /// What became of a request, attached by the handler to its response.
@@ -92,6 +96,9 @@ pub enum Outcome {
     Exchanged,
     /// `POST /token` refused.
     ExchangeRefused,
+    /// Answered while the configuration is refused (under the Functions host): a miss, an
+    /// upload refused, no token exchanged.
+    Unconfigured,
 }
 
 impl Outcome {
@@ -111,6 +118,7 @@ impl Outcome {
             Outcome::Expired => "expired",
             Outcome::Exchanged => "exchanged",
             Outcome::ExchangeRefused => "exchange-refused",
+            Outcome::Unconfigured => "unconfigured",
         }
     }
 
@@ -122,9 +130,10 @@ impl Outcome {
     }
 }
 
-/// A figure a store reports about itself (size, evictions), appended to `/metrics`.
+/// A figure a part of the server reports about itself (a store's size and evictions, the log's
+/// dropped lines), appended to `/metrics`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreFigure {
+pub struct Figure {
     pub name: &'static str,
     pub help: &'static str,
     /// `counter` or `gauge`.
@@ -142,6 +151,8 @@ pub struct Metrics {
     exchanges: Mutex<BTreeMap<String, u64>>,
     /// Refused exchanges by reason (a fixed set).
     refusals: Mutex<BTreeMap<Reason, u64>>,
+    /// 1 while the handler serves without a configuration (it was refused at startup).
+    configuration_refused: AtomicU64,
 }
 
 /// What one namespace saw.
@@ -171,6 +182,7 @@ impl Metrics {
             Outcome::StorageError => 9,
             Outcome::Busy => 10,
             Outcome::Expired => 11,
+            Outcome::Unconfigured => 12,
             // Counted by rule and by reason instead (`exchanged`, `exchange_refused`).
             Outcome::Exchanged | Outcome::ExchangeRefused => return,
         };
@@ -236,7 +248,7 @@ impl Metrics {
     }
 
     /// The counters in Prometheus text exposition format, followed by the store's own figures.
-    pub fn prometheus(&self, store: &[StoreFigure]) -> String {
+    pub fn prometheus(&self, figures: &[Figure]) -> String {
         let mut out = String::new();
         for (index, (name, help)) in COUNTERS.iter().enumerate() {
             counter(&mut out, name, help, &[("", self.value(index))]);
@@ -316,7 +328,12 @@ impl Metrics {
             "exchanges refused by POST /token, by reason",
             &values,
         );
-        for figure in store {
+        let _ = writeln!(
+            out,
+            "# HELP nx_cache_configuration_refused 1 when the configuration was refused at startup and the handler answers misses (its log says why)\n# TYPE nx_cache_configuration_refused gauge\nnx_cache_configuration_refused {}",
+            self.configuration_refused.load(Ordering::Relaxed)
+        );
+        for figure in figures {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}",
@@ -327,6 +344,11 @@ impl Metrics {
             );
         }
         out
+    }
+
+    /// Marks the handler as serving without a configuration (`nx_cache_configuration_refused`).
+    pub fn set_configuration_refused(&self) {
+        self.configuration_refused.store(1, Ordering::Relaxed);
     }
 
     /// Sum of all request counters, to tell whether anything happened since the last log line.
@@ -414,7 +436,7 @@ mod tests {
         metrics.record(Outcome::Stored { bytes: 7 }, Some("team:web"));
         metrics.record(Outcome::Miss, Some("team:web"));
         metrics.record(Outcome::StorageError, Some("team:web"));
-        let text = metrics.prometheus(&[StoreFigure {
+        let text = metrics.prometheus(&[Figure {
             name: "nx_cache_store_bytes",
             help: "bytes in the store",
             kind: "gauge",

@@ -241,18 +241,68 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
     checks
 }
 
+/// The configuration checks of startup that need neither storage nor an identity issuer
+/// (`handler check`): everything [`Config::load`] refused already, plus what [`prepare`] builds
+/// from it. Returns what an operator should read: the settings in words and each trust rule
+/// explained; the error is one line, as at startup.
+pub fn check(config: &Config) -> Result<Vec<String>, String> {
+    let mut lines = vec![format!(
+        "mode {}, artifacts up to {} bytes, {}, {}",
+        config.mode.as_str(),
+        config.max_artifact_bytes,
+        match &config.backend {
+            Backend::Local => format!("embedded store in {}", config.data_dir.display()),
+            Backend::Azure(azure) => format!(
+                "Azure container '{}' in storage account '{}' ({})",
+                azure.container,
+                azure.account,
+                match azure.auth {
+                    AzureAuth::Key(_) => "account key from the connection string",
+                    AzureAuth::Token { .. } => "Microsoft Entra tokens",
+                }
+            ),
+        },
+        if config.under_functions {
+            "as the Azure Functions host starts it"
+        } else {
+            "outside Azure Functions"
+        }
+    )];
+    if let Some(policy) = &config.trust.policy {
+        // The checks Exchange::new adds to the policy's own (ttl against the token lifetime).
+        let secret = Secret::new(vec![0; 64], config.tokens.rules.algorithm)?;
+        Exchange::new(policy.clone(), Arc::new(token_authority(config, &secret)))
+            .map_err(|e| format!("configuration error: NX_CACHE_TRUST_POLICY: {e}"))?;
+        lines.push(format!(
+            "trust policy: POST /token on, {} rule(s), tried in this order:",
+            policy.rules().len()
+        ));
+        lines.extend(
+            policy
+                .rules()
+                .iter()
+                .map(|rule| format!("  {}", rule.explain())),
+        );
+    } else {
+        lines.push("trust policy: none, POST /token is off".into());
+    }
+    Ok(lines)
+}
+
 /// The trust policy's rules, and whether each trusted issuer's keys can be fetched now.
 async fn trust_checks(config: &Config, policy: &crate::auth::policy::TrustPolicy) -> Vec<Check> {
-    let rules = policy
-        .rules()
-        .iter()
-        .map(|r| format!("{} ({})", r.name, r.grant.describe()))
-        .collect::<Vec<_>>()
-        .join("; ");
     let mut checks = vec![Check {
         what: "trust policy",
-        result: Ok(format!("POST /token on, rules: {rules}")),
+        result: Ok(format!(
+            "POST /token on, {} rule(s), tried in this order:",
+            policy.rules().len()
+        )),
     }];
+    // Each rule in words, so an operator reviews what it really grants.
+    checks.extend(policy.rules().iter().map(|rule| Check {
+        what: "trust rule",
+        result: Ok(rule.explain()),
+    }));
     let exchange = resolve_secret(config).and_then(|(secret, _)| {
         Exchange::new(policy.clone(), Arc::new(token_authority(config, &secret)))
     });
@@ -273,6 +323,43 @@ async fn trust_checks(config: &Config, policy: &crate::auth::policy::TrustPolicy
         }
     }
     checks
+}
+
+/// How often a refused configuration is logged again while the handler serves without it.
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The handler without a configuration, under the Functions host: the degraded router
+/// ([`api::degraded`]) and the limits it is served with. `problem` is the one line startup
+/// refused the configuration with; it is logged at error level now and every minute. The
+/// limits and the metrics token are read from `env` when their own settings parse (defaults
+/// and no `/metrics` otherwise): they bound what clients hold, whatever else is wrong.
+pub fn degraded(problem: String, env: &dyn Fn(&str) -> Option<String>) -> (axum::Router, Limits) {
+    let env = crate::config::Env::new(env);
+    let limits = crate::config::limits::load_limits(&env).unwrap_or_default();
+    let max_artifact = crate::config::limits::load_max_artifact_bytes(&env)
+        .unwrap_or(crate::config::DEFAULT_MAX_ARTIFACT_BYTES);
+    let metrics_token = crate::config::telemetry::load_metrics_token(&env)
+        .ok()
+        .flatten()
+        .map(|t| Arc::from(t.expose()));
+    let state = api::degraded::DegradedState {
+        bodies: Arc::new(Bodies::new(
+            limits.body,
+            limits.max_drains,
+            max_artifact.saturating_mul(2),
+        )),
+        metrics: Arc::new(Metrics::default()),
+        metrics_token,
+    };
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(REFUSED_LOG_EVERY);
+        loop {
+            every.tick().await;
+            tracing::error!(%problem,
+                "the configuration was refused: every cache GET is a miss, every upload is refused and POST /token answers 503 until it is fixed (`handler check` checks the settings)");
+        }
+    });
+    (api::degraded::router(state), limits)
 }
 
 /// Binds the configured address.
@@ -328,8 +415,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// timeout, one that reads nothing of its answer by the send timeout, and at most
 /// `max_connections` are served at once; more wait in the kernel's accept backlog
 /// (backpressure) instead of an unbounded queue in the process.
-pub async fn serve(listener: TcpListener, state: AppState, limits: Limits) -> std::io::Result<()> {
-    let app = api::router(state);
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: Limits,
+) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown_signal());

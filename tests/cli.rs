@@ -314,3 +314,78 @@ async fn usage_lists_every_namespace_of_the_embedded_store() {
         "{table}"
     );
 }
+
+/// Trust rules that do not mean what they say stop the server, one line naming the rule and the
+/// reason. Each was accepted before the write-access checks.
+#[test]
+fn trust_rules_that_would_hand_out_more_than_they_say_stop_the_server() {
+    let github = "https://token.actions.githubusercontent.com";
+    let rule = |issuer: &str, claims: serde_json::Value, access: &str| {
+        serde_json::json!({"rules": [{"name": "r1", "issuer": issuer, "audience": "nx-cache",
+            "claims": claims, "grant": {"teams": ["web"], "access": access}}]})
+        .to_string()
+    };
+    let tid = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    let cases = [
+        (
+            rule(
+                github,
+                serde_json::json!({"repository": "acme/web", "ref": "refs/heads/main"}),
+                "read-write",
+            ),
+            "pull_request_target",
+        ),
+        (
+            rule(
+                github,
+                serde_json::json!({"sub": "environment:production"}),
+                "read-only",
+            ),
+            "every GitHub repository",
+        ),
+        (
+            rule(
+                github,
+                serde_json::json!({"job_workflow_ref": "acme/shared/.github/workflows/build.yml@refs/heads/main"}),
+                "read-only",
+            ),
+            "every GitHub repository",
+        ),
+        (
+            rule(
+                "https://gitlab.com",
+                serde_json::json!({"project_path": "acme/web", "ref": "main"}),
+                "read-write",
+            ),
+            "ref_protected",
+        ),
+        (
+            rule(
+                &format!("https://login.microsoftonline.us/{tid}/v2.0"),
+                serde_json::json!({"scp": "user_impersonation"}),
+                "read-only",
+            ),
+            "tid",
+        ),
+        (
+            rule(
+                "https://GITLAB.com:443",
+                serde_json::json!({"project_path": "acme/web"}),
+                "read-only",
+            ),
+            "write \"https://gitlab.com\"",
+        ),
+    ];
+    for (policy, reason) in cases {
+        let stderr = config_failure(&[
+            ("NX_CACHE_JWT_SECRET", common::TEST_SECRET),
+            ("NX_CACHE_TRUST_POLICY", &policy),
+        ]);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("handler: configuration error: NX_CACHE_TRUST_POLICY: rule 'r1': "),
+            "{stderr}"
+        );
+        assert!(stderr.contains(reason), "{reason}: {stderr}");
+    }
+}

@@ -37,7 +37,8 @@ fn cache_app_uri() -> String {
     format!("api://{CACHE_APP_ID}")
 }
 
-/// The issuers of one test: GitHub-, GitLab- and Entra-shaped (v1 and v2), all on loopback.
+/// The issuers of one test: GitHub-, GitLab- and Entra-shaped (v1 and v2), all on loopback. Their
+/// rules declare the issuer's `kind`, so each gets its issuer's checks as a public issuer would.
 struct Issuers {
     github: Issuer,
     gitlab: Issuer,
@@ -62,22 +63,22 @@ impl Issuers {
         let app = cache_app_uri();
         format!(
             r#"{{"rules": [
-  {{"name": "web-main", "issuer": "{github}", "audience": "{AUDIENCE}",
-   "claims": {{"repository": "acme/web", "ref": "refs/heads/main"}},
+  {{"name": "web-main", "issuer": "{github}", "kind": "github", "audience": "{AUDIENCE}",
+   "claims": {{"repository": "acme/web", "ref": "refs/heads/main", "event_name": "push"}},
    "grant": {{"teams": ["web"], "access": "read-write"}}, "ttl": "2h"}},
-  {{"name": "web-prs", "issuer": "{github}", "audience": "{AUDIENCE}",
+  {{"name": "web-prs", "issuer": "{github}", "kind": "github", "audience": "{AUDIENCE}",
    "claims": {{"repository": "acme/web"}},
    "grant": {{"org": true, "teams": ["web"], "access": "read-only"}}}},
-  {{"name": "gitlab-protected", "issuer": "{gitlab}", "audience": "{AUDIENCE}",
+  {{"name": "gitlab-protected", "issuer": "{gitlab}", "kind": "gitlab", "audience": "{AUDIENCE}",
    "claims": {{"project_path": "acme/web", "ref_protected": "true"}},
    "grant": {{"teams": ["web"], "access": "read-write"}}}},
-  {{"name": "web-pipeline", "issuer": "{v1}", "audience": "{app}",
+  {{"name": "web-pipeline", "issuer": "{v1}", "kind": "entra", "audience": "{app}",
    "claims": {{"tid": "{TENANT}", "oid": "{PIPELINE_OID}"}},
    "grant": {{"teams": ["web"], "access": "read-write"}}}},
-  {{"name": "developers", "issuer": "{v1}", "audience": "{app}",
+  {{"name": "developers", "issuer": "{v1}", "kind": "entra", "audience": "{app}",
    "claims": {{"tid": "{TENANT}", "groups": "{DEVELOPERS}"}},
    "grant": {{"org": true, "teams": ["web", "api"], "access": "read-only"}}, "ttl": "12h"}},
-  {{"name": "developers-v2", "issuer": "{v2}", "audience": "{CACHE_APP_ID}",
+  {{"name": "developers-v2", "issuer": "{v2}", "kind": "entra", "audience": "{CACHE_APP_ID}",
    "claims": {{"tid": "{TENANT}", "groups": "{DEVELOPERS}"}},
    "grant": {{"org": true, "access": "read-only"}}}}
 ]}}"#
@@ -390,7 +391,7 @@ async fn each_identity_token_gets_exactly_its_answer() {
             "another repository",
             Some(&another_repository),
             StatusCode::FORBIDDEN,
-            "no trust rule matches this identity: repository=acme/api ref=refs/heads/main",
+            "no trust rule matches this identity: repository=acme/api ref=refs/heads/main event_name=push",
         ),
         (
             "another audience",
@@ -1273,10 +1274,27 @@ async fn doctor_checks_the_trust_policy_and_each_issuer() {
         !output.status.success(),
         "an unreachable issuer is a problem:\n{stdout}"
     );
+    // Each rule in words, in order.
+    assert!(
+        stdout.contains("ok       trust policy: POST /token on, 6 rule(s), tried in this order:"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains(
-            "ok       trust policy: POST /token on, rules: web-main (read-write access to team web)"
+            "ok       trust rule: web-main: read-write to team web for pushes to refs/heads/main of acme/web (GitHub)\n"
         ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "ok       trust rule: gitlab-protected: read-write to team web for pipelines for protected refs of acme/web (GitLab)\n"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "ok       trust rule: web-pipeline: read-write to team web for object {PIPELINE_OID} of tenant {TENANT} (Entra ID)\n"
+        )),
         "{stdout}"
     );
     assert!(
@@ -1293,4 +1311,236 @@ async fn doctor_checks_the_trust_policy_and_each_issuer() {
         )),
         "{stdout}"
     );
+}
+
+/// A policy of two GitHub rules for `acme/web`, with `web-main` as given (or absent).
+fn github_policy(github: &Issuer, web_main: Option<(&str, &str)>) -> String {
+    let issuer = github.issuer();
+    let mut rules = Vec::new();
+    if let Some((team, access)) = web_main {
+        rules.push(
+            json!({"name": "web-main", "issuer": issuer, "kind": "github",
+            "audience": AUDIENCE,
+            "claims": {"repository": "acme/web", "ref": "refs/heads/main", "event_name": "push"},
+            "grant": {"teams": [team], "access": access}, "ttl": "2h"}),
+        );
+    }
+    rules.push(
+        json!({"name": "web-prs", "issuer": issuer, "kind": "github",
+        "audience": AUDIENCE, "claims": {"repository": "acme/web"},
+        "grant": {"teams": ["web"], "access": "read-only"}}),
+    );
+    json!({ "rules": rules }).to_string()
+}
+
+/// Status of a GET and of a PUT (a fresh hash) on team `team`'s cache with `token`.
+async fn read_and_write(handler: &Handler, token: &str, team: &str, hash: &str) -> (u16, u16) {
+    let client = reqwest::Client::new();
+    let url = |hash: &str| format!("{}/teams/{team}/v1/cache/{hash}", handler.base_url);
+    let got = client
+        .get(url(hash))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let fresh = format!("{hash}{}", rand_suffix());
+    let put = client
+        .put(url(&fresh))
+        .bearer_auth(token)
+        .body("artifact")
+        .send()
+        .await
+        .unwrap();
+    (got.status().as_u16(), put.status().as_u16())
+}
+
+fn rand_suffix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A token keeps what its rule grants now: the rule made read-only, moved to another team and
+/// removed reach a token exchanged before, on the next request after a restart, while a token
+/// from `handler token issue` is unchanged throughout. Never a 401 (it would abort the build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_reaches_tokens_already_issued() {
+    let github = Issuer::start("").await;
+    let data = tempfile::tempdir().unwrap();
+    let start = |policy: Option<String>| {
+        let mut vars = Vec::new();
+        if let Some(policy) = &policy {
+            vars.push(("NX_CACHE_TRUST_POLICY", policy.as_str()));
+        }
+        Handler::start_in(data.path(), &vars)
+    };
+    let handler = start(Some(github_policy(&github, Some(("web", "read-write")))));
+    let main = github.sign(&github.claims(AUDIENCE, github_claims("acme/web", "refs/heads/main")));
+    let (status, _, token) = exchange(&handler, Some(&main), None, false).await;
+    assert_eq!(status, StatusCode::OK, "{token}");
+    let issued = issue_token(&["--team", "web"]);
+    assert_eq!(
+        read_and_write(&handler, &token, "web", "1").await,
+        (404, 200)
+    );
+    let stored = reqwest::Client::new()
+        .put(format!("{}/teams/web/v1/cache/42", handler.base_url))
+        .bearer_auth(&token)
+        .body("main build")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), StatusCode::OK);
+    drop(handler);
+
+    // The rule made read-only: the token still reads, no longer writes.
+    let handler = start(Some(github_policy(&github, Some(("web", "read-only")))));
+    assert_eq!(
+        read_and_write(&handler, &token, "web", "42").await,
+        (200, 403)
+    );
+    assert_eq!(
+        read_and_write(&handler, &issued, "web", "42").await,
+        (200, 200)
+    );
+    drop(handler);
+
+    // Moved to team api: nothing of team web any more (a miss, never a 401), nor of api (the
+    // token never named it).
+    let handler = start(Some(github_policy(&github, Some(("api", "read-write")))));
+    assert_eq!(
+        read_and_write(&handler, &token, "web", "42").await,
+        (404, 403)
+    );
+    assert_eq!(
+        read_and_write(&handler, &token, "api", "42").await,
+        (404, 403)
+    );
+    assert_eq!(
+        read_and_write(&handler, &issued, "web", "42").await,
+        (200, 200)
+    );
+    drop(handler);
+
+    // Removed: no access, a warning naming the rule and the subject.
+    for policy in [Some(github_policy(&github, None)), None] {
+        let handler = start(policy);
+        assert_eq!(
+            read_and_write(&handler, &token, "web", "42").await,
+            (404, 403)
+        );
+        assert_eq!(
+            read_and_write(&handler, &issued, "web", "42").await,
+            (200, 200)
+        );
+        let warning = handler.wait_for_log(std::time::Duration::from_secs(10), |line| {
+            line.contains("no longer exists")
+                && line.contains("\"rule\":\"web-main\"")
+                && line.contains("github:acme/web:refs/heads/main")
+        });
+        assert!(warning.is_some(), "{:#?}", handler.logs());
+    }
+}
+
+/// Identity tokens that name a critical header extension, or give a time claim as anything
+/// but an integer, are refused with 401 even when their signature is good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_tokens_with_critical_extensions_or_loose_times_are_refused() {
+    let github = Issuer::start("").await;
+    let handler = Handler::start(&[(
+        "NX_CACHE_TRUST_POLICY",
+        &github_policy(&github, Some(("web", "read-write"))),
+    )]);
+    let claims = github.claims(AUDIENCE, github_claims("acme/web", "refs/heads/main"));
+    let good = github.sign(&claims);
+    assert_eq!(
+        exchange(&handler, Some(&good), None, false).await.0,
+        StatusCode::OK
+    );
+
+    let crit = github.sign_with_header(&claims, |header| {
+        header.crit = Some(vec!["exp-with-tz".into()]);
+    });
+    let (status, _, body) = exchange(&handler, Some(&crit), None, false).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body.contains("crit"), "{body}");
+
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for (name, value) in [
+        ("iat", json!((now + 24 * 3600).to_string())),
+        ("iat", json!(now as f64 + 0.5)),
+        ("exp", json!(now as f64 + 300.0)),
+        ("nbf", json!((now - 600).to_string())),
+    ] {
+        let mut loose = claims.clone();
+        loose[name] = value.clone();
+        let (status, _, body) = exchange(&handler, Some(&github.sign(&loose)), None, false).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}={value}: {body}");
+        assert!(body.contains("must be integers"), "{body}");
+    }
+}
+
+/// `POST /token` answers a caller without a (valid) identity token before reading its body: a
+/// body trickled at a byte a second cannot hold the connection, and other clients are served.
+#[test]
+fn a_caller_without_an_identity_is_answered_before_its_body_is_read() {
+    use std::io::{Read, Write};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let github = runtime.block_on(Issuer::start(""));
+    let handler = Handler::start(&[(
+        "NX_CACHE_TRUST_POLICY",
+        &github_policy(&github, Some(("web", "read-write"))),
+    )]);
+    let addr = handler.base_url.trim_start_matches("http://").to_owned();
+    for authorization in ["", "Authorization: Bearer not-a-jwt\r\n"] {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+            .unwrap();
+        write!(
+            stream,
+            "POST /token HTTP/1.1\r\nHost: x\r\n{authorization}Content-Length: 4000\r\n\r\n"
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let mut answer = Vec::new();
+        let mut closed = false;
+        // One byte a second, as an attacker would; read whatever comes back meanwhile.
+        for _ in 0..30 {
+            let mut buffer = [0u8; 4096];
+            match stream.read(&mut buffer) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+            if stream.write_all(b"x").is_err() {
+                closed = true;
+                break;
+            }
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 401"),
+            "{authorization:?}: {answer}"
+        );
+        assert!(
+            closed,
+            "{authorization:?}: the connection was held for 30 s"
+        );
+        // The brief drain is 2 s; 10 s leaves a busy machine room.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{authorization:?}: held for {:?}",
+            started.elapsed()
+        );
+    }
 }

@@ -10,8 +10,11 @@
 //! A PUT that will be refused is answered before its body is read; the body is then read away
 //! in the background ([`crate::limits::Bodies`]).
 //!
-//! `POST /token` (keyless access: an identity token in, a cache token out) is in [`token`].
+//! `POST /token` (keyless access: an identity token in, a cache token out) is in [`token`];
+//! what the handler answers when its configuration was refused under the Functions host is in
+//! [`degraded`].
 
+pub mod degraded;
 mod token;
 
 use std::sync::Arc;
@@ -116,7 +119,23 @@ async fn health(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`: the counters, for the holder of `NX_CACHE_METRICS_TOKEN` only.
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let Some(expected) = &state.metrics_token else {
+    metrics_answer(
+        &state.metrics,
+        state.metrics_token.as_deref(),
+        &headers,
+        &state.store.figures(),
+    )
+}
+
+/// The `/metrics` answer: 404 when no token is set, 401 for a missing or wrong one, else the
+/// counters and `figures` in Prometheus text format.
+fn metrics_answer(
+    metrics: &Metrics,
+    expected: Option<&str>,
+    headers: &HeaderMap,
+    figures: &[crate::metrics::Figure],
+) -> Response {
+    let Some(expected) = expected else {
         return text(
             StatusCode::NOT_FOUND,
             "metrics are off (set NX_CACHE_METRICS_TOKEN)".into(),
@@ -133,10 +152,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
             "the metrics token is missing or wrong".into(),
         );
     }
-    let mut response = state
-        .metrics
-        .prometheus(&state.store.figures())
-        .into_response();
+    let mut response = metrics.prometheus(figures).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -194,7 +210,9 @@ fn admit(
             Outcome::Unauthorized,
         )
     })?;
-    Ok((key, grant))
+    // An exchanged token gets what its trust rule grants now, not when it was issued.
+    let policy = state.exchange.as_deref().map(Exchange::policy);
+    Ok((key, grant.under_policy(policy)))
 }
 
 async fn read_entry(

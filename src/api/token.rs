@@ -21,6 +21,7 @@ use time::format_description::well_known::Rfc3339;
 use super::{AppState, WithOutcome, text};
 use crate::auth::exchange::{Exchanged, Refusal};
 use crate::auth::policy::Ask;
+use crate::limits::Drain;
 use crate::metrics::Outcome;
 use crate::telemetry::Caller;
 
@@ -38,21 +39,29 @@ pub(super) async fn exchange(
             "token exchange is off on this server (set NX_CACHE_TRUST_POLICY)".into(),
         );
     };
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
+    // The identity first: a caller without a valid one is answered before its body is read, and
+    // the body (read away briefly) cannot hold the connection.
+    let verified = match exchange.verify(authorization).await {
+        Ok(verified) => verified,
+        Err(refusal) => {
+            let response = refuse(&state, refusal);
+            return super::refuse_upload(&state, body, response, Drain::Brief);
+        }
+    };
     let ask = match read_ask(&state, body).await {
         Ok(ask) => ask,
         Err(refusal) => {
-            state.metrics.exchange_refused(refusal.reason);
-            let mut response = refused(refusal);
+            let mut response = refuse(&state, refusal);
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return response;
         }
     };
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or(""));
-    match exchange.exchange(authorization, &ask).await {
+    match exchange.grant(verified, &ask) {
         Ok(exchanged) => {
             state.metrics.exchanged(&exchanged.rule);
             tracing::info!(subject = %exchanged.subject, rule = %exchanged.rule,
@@ -65,13 +74,16 @@ pub(super) async fn exchange(
             });
             response
         }
-        Err(refusal) => {
-            state.metrics.exchange_refused(refusal.reason);
-            tracing::info!(reason = refusal.reason.as_str(), status = refusal.status,
-                problem = %refusal.message, "token exchange refused");
-            refused(refusal)
-        }
+        Err(refusal) => refuse(&state, refusal),
     }
+}
+
+/// Counts, logs and answers a refused exchange.
+fn refuse(state: &AppState, refusal: Refusal) -> Response {
+    state.metrics.exchange_refused(refusal.reason);
+    tracing::info!(reason = refusal.reason.as_str(), status = refusal.status,
+        problem = %refusal.message, "token exchange refused");
+    refused(refusal)
 }
 
 /// The optional body: at most [`MAX_BODY`] bytes of JSON, held to the body pace.

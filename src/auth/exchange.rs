@@ -8,10 +8,9 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
-
+use super::issuers::IssuerProfile;
 use super::oidc::{Identity, OidcError, Verifier};
-use super::policy::{Ask, Decision, Scope, TrustPolicy};
+use super::policy::{Ask, Decision, Rule, Scope, TrustPolicy};
 use super::tokens::{Issued, TokenAuthority, TokenRequest};
 use super::{AuthError, bearer_token};
 
@@ -33,6 +32,18 @@ pub struct Exchanged {
     pub subject: String,
     pub scope: Scope,
     pub rule: String,
+}
+
+/// An identity token that passed every check, and the rule that decides what it gets.
+pub struct Verified<'a> {
+    identity: Identity,
+    rule: &'a Rule,
+}
+
+impl Verified<'_> {
+    pub fn rule(&self) -> &str {
+        &self.rule.name
+    }
 }
 
 /// Why an exchange was refused, for the metrics' `reason` label.
@@ -117,7 +128,13 @@ impl Exchange {
                 ));
             }
         }
-        let verifier = Verifier::new(policy.issuers())?;
+        let mut issuers: Vec<(String, String)> = Vec::new();
+        for rule in policy.rules() {
+            if !issuers.iter().any(|(issuer, _)| *issuer == rule.issuer) {
+                issuers.push((rule.issuer.clone(), rule.discovery()));
+            }
+        }
+        let verifier = Verifier::new(issuers)?;
         Ok(Self {
             policy,
             verifier,
@@ -134,13 +151,10 @@ impl Exchange {
         self.verifier.check_issuers().await
     }
 
-    /// Verifies the identity token in `authorization`, finds the rule, narrows its grant to what
-    /// was asked, and issues a token.
-    pub async fn exchange(
-        &self,
-        authorization: Option<&str>,
-        ask: &Ask,
-    ) -> Result<Exchanged, Refusal> {
+    /// Verifies the identity token in `authorization` and finds the rule that decides: all that
+    /// needs no request body, so a caller without a valid identity is answered before its body
+    /// is read.
+    pub async fn verify(&self, authorization: Option<&str>) -> Result<Verified<'_>, Refusal> {
         let missing = || {
             Refusal::new(
                 401,
@@ -192,6 +206,12 @@ impl Exchange {
                 ));
             }
         };
+        Ok(Verified { identity, rule })
+    }
+
+    /// Narrows the rule's grant to what was asked, and issues a token.
+    pub fn grant(&self, verified: Verified<'_>, ask: &Ask) -> Result<Exchanged, Refusal> {
+        let Verified { identity, rule } = verified;
         let scope = rule.grant.narrow(ask).map_err(|refused| {
             Refusal::new(
                 403,
@@ -209,7 +229,7 @@ impl Exchange {
                 "the request asks for no scope: ask for \"org\": true or some \"teams\", or send no body",
             ));
         }
-        let subject = subject_of(&identity);
+        let subject = subject_of(rule.profile(), &identity);
         let issued = self
             .tokens
             .issue(&TokenRequest {
@@ -232,7 +252,9 @@ impl Exchange {
 
 fn refusal_of(error: OidcError) -> Refusal {
     let reason = match &error {
-        OidcError::Malformed | OidcError::MissingClaim(_) => Reason::Malformed,
+        OidcError::Malformed | OidcError::Unsupported(_) | OidcError::MissingClaim(_) => {
+            Reason::Malformed
+        }
         OidcError::Algorithm(_) => Reason::Algorithm,
         OidcError::UnknownIssuer => Reason::UnknownIssuer,
         OidcError::UnknownKey | OidcError::Signature => Reason::Signature,
@@ -247,38 +269,12 @@ fn refusal_of(error: OidcError) -> Refusal {
     Refusal::new(status, reason, error.to_string())
 }
 
-/// Where an identity comes from, for the exchanged token's subject and the logs:
-/// `github:acme/web:refs/heads/main`, `gitlab:acme/web:branch:main`,
-/// `entra:dev@acme.example:OID`, or `HOST:SUB` for any other issuer.
-pub fn subject_of(identity: &Identity) -> String {
-    let claim = |name: &str| identity.claims.get(name).and_then(Value::as_str);
-    let subject = if let Some(repository) = claim("repository") {
-        format!(
-            "github:{repository}:{}",
-            claim("ref").or(claim("sub")).unwrap_or("-")
-        )
-    } else if let Some(project) = claim("project_path") {
-        format!(
-            "gitlab:{project}:{}:{}",
-            claim("ref_type").unwrap_or("-"),
-            claim("ref").unwrap_or("-")
-        )
-    } else if let (Some(_), Some(oid)) = (claim("tid"), claim("oid")) {
-        let name = ["upn", "preferred_username", "unique_name", "appid", "azp"]
-            .iter()
-            .find_map(|n| claim(n))
-            .unwrap_or("-");
-        format!("entra:{name}:{oid}")
-    } else {
-        let host = identity
-            .issuer
-            .split("://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .unwrap_or("-");
-        format!("{host}:{}", claim("sub").unwrap_or("-"))
-    };
-    subject
+/// Where an identity comes from, for the exchanged token's subject and the logs, in the
+/// issuer's own format (`github:acme/web:refs/heads/main`, `gitlab:acme/web:branch:main`,
+/// `entra:dev@acme.example:OID`, or `HOST:SUB` for any other issuer); printable and short.
+pub fn subject_of(profile: &dyn IssuerProfile, identity: &Identity) -> String {
+    profile
+        .subject(&identity.issuer, &identity.claims)
         .chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .take(MAX_SUBJECT)
@@ -288,7 +284,7 @@ pub fn subject_of(identity: &Identity) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn identity(issuer: &str, claims: Value) -> Identity {
         Identity {
@@ -337,10 +333,14 @@ mod tests {
                 "ci.example.com:pipeline:7?",
             ),
         ];
+        let subject = |identity: &Identity| {
+            let profile = crate::auth::issuers::classify(&identity.issuer, None).unwrap();
+            subject_of(profile, identity)
+        };
         for (identity, expected) in cases {
-            assert_eq!(subject_of(&identity), expected);
+            assert_eq!(subject(&identity), expected);
         }
         let long = identity("https://x.example", json!({"sub": "s".repeat(1000)}));
-        assert_eq!(subject_of(&long).chars().count(), MAX_SUBJECT);
+        assert_eq!(subject(&long).chars().count(), MAX_SUBJECT);
     }
 }

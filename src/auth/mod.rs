@@ -7,13 +7,18 @@
 //!   for which grant. Checked at startup; a mistake stops the server.
 //! - [`oidc`]: verification of identity tokens (OIDC ID tokens, Entra ID access tokens): OIDC
 //!   discovery and a JWKS cache per trusted issuer, signature, algorithm and time checks.
+//! - [`issuers`]: what is true of each identity issuer (GitHub, GitLab, Entra ID): its hosts,
+//!   the claims that pin an identity and write access, its subject format; [`conditions`]: claim
+//!   conditions and how they match.
 //! - [`exchange`]: `POST /token`: a verified identity token in, a short-lived token of this
 //!   cache out, scoped by the first rule that matches.
 //!
 //! The API layer sees one thing of all this on a cache request: a [`Grant`]. It never learns
 //! where a grant came from (issued by an operator or exchanged).
 
+pub mod conditions;
 pub mod exchange;
+pub mod issuers;
 pub mod oidc;
 pub mod policy;
 pub mod tokens;
@@ -70,6 +75,33 @@ impl Grant {
 
     pub fn can_write(&self, namespace: &Namespace) -> bool {
         self.covers(namespace) && self.access == Access::ReadWrite
+    }
+
+    /// An exchanged token's grant as its trust rule allows it **now**: the lesser of what the
+    /// token says and what the rule grants today, so making a rule read-only, moving it to
+    /// other teams or removing it reaches tokens already issued. A token whose rule (or whole
+    /// policy) is gone has no access: its GETs are misses and its PUTs are refused, never a 401
+    /// that would abort the build. Tokens issued by an operator (`handler token issue`) have no
+    /// rule and are left as they are.
+    pub fn under_policy(mut self, policy: Option<&policy::TrustPolicy>) -> Grant {
+        let Some(rule) = &self.rule else {
+            return self;
+        };
+        match policy.and_then(|p| p.current(rule)) {
+            Some(scope) => {
+                self.org &= scope.org;
+                self.teams.retain(|team| scope.teams.contains(team));
+                self.access = self.access.min(scope.access);
+            }
+            None => {
+                tracing::warn!(rule = %rule, subject = %self.subject, token_id = %self.token_id,
+                    "the trust rule this token was exchanged under no longer exists: no access (GETs are misses, uploads refused)");
+                self.org = false;
+                self.teams.clear();
+                self.access = Access::ReadOnly;
+            }
+        }
+        self
     }
 }
 

@@ -4,23 +4,22 @@
 //! ```json
 //! {"rules": [
 //!   {"name": "web-main", "issuer": "https://token.actions.githubusercontent.com", "audience": "nx-cache",
-//!    "claims": {"repository": "acme/web", "ref": "refs/heads/main"},
+//!    "claims": {"repository": "acme/web", "ref": "refs/heads/main", "event_name": "push"},
 //!    "grant": {"teams": ["web"], "access": "read-write"}, "ttl": "2h"}
 //! ]}
 //! ```
 //!
 //! Rules are tried in order; the first whose issuer, audience and every claim condition hold
-//! decides. A condition is a string (exact, `*` matching any run of characters) or a list (any
-//! of them); a claim that is itself a list (Entra `groups`, `roles`) matches when any element
-//! does. Numbers and booleans are compared as their JSON text.
+//! decides ([`super::conditions`] says how a condition matches).
 //!
-//! Checked at startup, a mistake being one line naming the rule. Above all, a rule must pin an
-//! identity: trusting `token.actions.githubusercontent.com` without naming a repository owner
-//! hands the cache to every GitHub user (anyone can mint a token with any audience). So for the
-//! public issuers a rule needs a condition on a claim that names an owner (GitHub: `repository`,
-//! `repository_owner`, ids or `sub`; GitLab.com: project or namespace; Entra ID: `tid` plus an
-//! object, group or role), with no wildcard before the owner; for any other issuer, at least one
-//! condition that is not a bare `*`.
+//! Checked at startup, a mistake being one line naming the rule. The engine is issuer-neutral:
+//! what a rule must say to trust an issuer's tokens (the claims that pin an identity, the
+//! claims that pin write access to builds of protected branches) is the issuer's profile's
+//! business ([`super::issuers`]), chosen from the issuer URL or the rule's `kind`.
+//!
+//! A rule also decides what the tokens exchanged under it may do **now**: a token carries its
+//! rule's name, and [`TrustPolicy::current`] gives it the lesser of what it says and what the
+//! rule grants today, or nothing once the rule is gone.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -30,14 +29,14 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::Access;
+use super::conditions::{Condition, echo, echo_text};
+use super::issuers::{self, IssuerProfile, RuleFacts};
 use crate::key::TeamName;
 
 /// Lifetime of an exchanged token when its rule gives none.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 /// Shortest `ttl` a rule may give.
 const MIN_TTL: Duration = Duration::from_secs(60);
-/// Longest value echoed per claim in a refusal.
-const ECHO_LIMIT: usize = 80;
 
 /// A checked policy.
 #[derive(Debug, Clone)]
@@ -46,7 +45,7 @@ pub struct TrustPolicy {
 }
 
 /// One rule: who (issuer, audience, claims) gets what (scope, lifetime).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Rule {
     pub name: String,
     pub issuer: String,
@@ -54,6 +53,22 @@ pub struct Rule {
     conditions: Vec<Condition>,
     pub grant: Scope,
     pub ttl: Duration,
+    /// What the server knows of the issuer (recognised, or the rule's `kind`).
+    profile: &'static dyn IssuerProfile,
+}
+
+impl fmt::Debug for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rule")
+            .field("name", &self.name)
+            .field("issuer", &self.issuer)
+            .field("kind", &self.profile.kind())
+            .field("audience", &self.audience)
+            .field("conditions", &self.conditions)
+            .field("grant", &self.grant)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
 }
 
 /// The namespaces and access of a grant.
@@ -71,13 +86,6 @@ pub struct Ask {
     pub org: Option<bool>,
     pub teams: Option<Vec<String>>,
     pub access: Option<Access>,
-}
-
-#[derive(Debug, Clone)]
-struct Condition {
-    claim: String,
-    /// Any of these matches.
-    patterns: Vec<String>,
 }
 
 /// The policy's verdict on a verified identity token.
@@ -106,6 +114,8 @@ struct RawPolicy {
 struct RawRule {
     name: String,
     issuer: String,
+    /// The issuer's kind, for a private instance (`github`, `gitlab`, `entra`).
+    kind: Option<String>,
     audience: String,
     #[serde(default)]
     claims: Claims,
@@ -208,6 +218,12 @@ impl TrustPolicy {
         self.rules.iter().any(|r| r.issuer == issuer)
     }
 
+    /// What a token exchanged under rule `name` may still do: its rule's grant as the policy
+    /// says it today, or `None` when no rule has that name any more.
+    pub fn current(&self, name: &str) -> Option<&Scope> {
+        self.rules.iter().find(|r| r.name == name).map(|r| &r.grant)
+    }
+
     /// The first rule whose issuer, audience and claim conditions all hold.
     pub fn decide(
         &self,
@@ -256,7 +272,7 @@ impl Rule {
         if !name_ok {
             return Err("a rule needs a name of 1 to 64 letters, digits, '-', '_' or '.'".into());
         }
-        check_issuer(&raw.issuer)?;
+        let profile = issuers::classify(&raw.issuer, raw.kind.as_deref())?;
         if raw.audience.trim().is_empty() || raw.audience.contains('*') {
             return Err("needs an audience (exact, no wildcard), e.g. \"nx-cache\"".into());
         }
@@ -278,7 +294,11 @@ impl Rule {
             }
             conditions.push(Condition { claim, patterns });
         }
-        check_identity(&raw.issuer, &conditions)?;
+        profile.check(&RuleFacts {
+            issuer: &raw.issuer,
+            conditions: &conditions,
+            access: raw.grant.access,
+        })?;
         let teams = raw
             .grant
             .teams
@@ -317,6 +337,7 @@ impl Rule {
                 access: raw.grant.access,
             },
             ttl,
+            profile,
         })
     }
 
@@ -327,21 +348,45 @@ impl Rule {
                 .is_some_and(|value| condition.holds_for(value))
         })
     }
-}
 
-impl Condition {
-    fn holds_for(&self, value: &Value) -> bool {
-        match value {
-            Value::Array(items) => items.iter().any(|item| self.holds_for_scalar(item)),
-            scalar => self.holds_for_scalar(scalar),
+    fn facts(&self) -> RuleFacts<'_> {
+        RuleFacts {
+            issuer: &self.issuer,
+            conditions: &self.conditions,
+            access: self.grant.access,
         }
     }
 
-    fn holds_for_scalar(&self, value: &Value) -> bool {
-        let Some(text) = scalar_text(value) else {
-            return false;
-        };
-        self.patterns.iter().any(|p| glob(p, &text))
+    /// The issuer's profile: `github`, `gitlab`, `entra` or `other`.
+    pub fn kind(&self) -> &'static str {
+        self.profile.kind()
+    }
+
+    /// The rule in words, for an operator to review what it really grants:
+    /// `web-main: read-write to team web for pushes to refs/heads/main of acme/web (GitHub)`.
+    pub fn explain(&self) -> String {
+        format!(
+            "{}: {} for {} ({})",
+            self.name,
+            self.grant.words(),
+            self.profile.explain(&self.facts()),
+            self.profile.name()
+        )
+    }
+
+    /// The subject of a token exchanged under this rule: where the identity comes from.
+    pub fn subject(&self, claims: &Map<String, Value>) -> String {
+        self.profile.subject(&self.issuer, claims)
+    }
+
+    /// What the server knows of the rule's issuer.
+    pub fn profile(&self) -> &'static dyn IssuerProfile {
+        self.profile
+    }
+
+    /// Where the rule's issuer publishes its discovery document.
+    pub fn discovery(&self) -> String {
+        self.profile.discovery(&self.issuer)
     }
 }
 
@@ -392,232 +437,22 @@ impl Scope {
 
     /// `read-write access to org, team web`: for messages.
     pub fn describe(&self) -> String {
+        format!("{} access to {}", self.access.as_str(), self.namespaces())
+    }
+
+    /// `read-write to org, team web`: for a rule in words.
+    pub fn words(&self) -> String {
+        format!("{} to {}", self.access.as_str(), self.namespaces())
+    }
+
+    fn namespaces(&self) -> String {
         let mut parts = Vec::new();
         if self.org {
             parts.push("org".to_string());
         }
         parts.extend(self.teams.iter().map(|t| format!("team {}", t.as_str())));
-        format!("{} access to {}", self.access.as_str(), parts.join(", "))
+        parts.join(", ")
     }
-}
-
-/// `*` matches any run of characters (including none and `/`); everything else is literal.
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut ti) = (0, 0);
-    // Where the last `*` was, and the text position it is currently made to cover up to.
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((star_pi, star_ti)) = star {
-            pi = star_pi + 1;
-            ti = star_ti + 1;
-            star = Some((star_pi, star_ti + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&b| b == b'*')
-}
-
-/// A claim value as text for matching: strings as they are, numbers and booleans as JSON.
-fn scalar_text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// A claim value for a refusal message: short, printable.
-fn echo(value: Option<&Value>) -> String {
-    match value {
-        None => "(absent)".into(),
-        Some(Value::Array(items)) => {
-            let texts: Vec<String> = items.iter().filter_map(scalar_text).collect();
-            echo_text(&format!("[{}]", texts.join(",")))
-        }
-        Some(other) => scalar_text(other)
-            .map(|t| echo_text(&t))
-            .unwrap_or_else(|| "(not text)".into()),
-    }
-}
-
-fn echo_text(text: &str) -> String {
-    let clean: String = text
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .take(ECHO_LIMIT)
-        .collect();
-    if text.chars().count() > ECHO_LIMIT {
-        format!("{clean}...")
-    } else {
-        clean
-    }
-}
-
-/// Issuers are https URLs (plain http only on this machine, for tests), without query or
-/// fragment: they are compared exactly with the tokens' `iss` and keys are fetched from them.
-fn check_issuer(issuer: &str) -> Result<(), String> {
-    let problem = || {
-        format!(
-            "issuer '{}' must be an https URL without query or fragment, exactly as the tokens' iss (plain http only for 127.0.0.1 or localhost)",
-            echo_text(issuer)
-        )
-    };
-    let uri: hyper::Uri = issuer.parse().map_err(|_| problem())?;
-    let host = uri.host().ok_or_else(problem)?;
-    let loopback = host == "localhost"
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    let scheme_ok = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => loopback,
-        _ => false,
-    };
-    if !scheme_ok
-        || uri.query().is_some()
-        || issuer.contains('#')
-        || issuer.contains(char::is_whitespace)
-    {
-        return Err(problem());
-    }
-    Ok(())
-}
-
-/// The kind of issuer, for the identity conditions a rule must carry.
-enum IssuerKind {
-    GitHub,
-    GitLabCom,
-    Entra,
-    Other,
-}
-
-fn issuer_kind(issuer: &str) -> IssuerKind {
-    let github = "https://token.actions.githubusercontent.com";
-    if issuer == github || issuer.starts_with(&format!("{github}/")) {
-        IssuerKind::GitHub
-    } else if issuer.trim_end_matches('/') == "https://gitlab.com" {
-        IssuerKind::GitLabCom
-    } else if issuer.starts_with("https://sts.windows.net/")
-        || issuer.starts_with("https://login.microsoftonline.com/")
-    {
-        IssuerKind::Entra
-    } else {
-        IssuerKind::Other
-    }
-}
-
-/// Claims whose value starts with an owner (`acme/web`, `repo:acme/web:...`): a pattern pins an
-/// identity when its literal part before any `*` reaches past the owner (contains a `/`).
-const OWNER_PATHS: &[&str] = &[
-    "repository",
-    "workflow_ref",
-    "job_workflow_ref",
-    "project_path",
-    "sub",
-];
-/// Claims that name one identity exactly (owners, ids, tenants, objects, groups, roles): a
-/// pattern pins only when it has no `*` at all.
-const EXACT_IDS: &[&str] = &[
-    "repository_owner",
-    "repository_id",
-    "repository_owner_id",
-    "namespace_path",
-    "namespace_id",
-    "project_id",
-    "tid",
-    "oid",
-    "groups",
-    "roles",
-];
-
-/// Whether one pattern on `claim` names an identity rather than a family of them.
-fn pins(claim: &str, pattern: &str) -> bool {
-    let literal = pattern.split('*').next().unwrap_or("");
-    if EXACT_IDS.contains(&claim) {
-        !pattern.contains('*')
-    } else if OWNER_PATHS.contains(&claim) {
-        !pattern.contains('*') || literal.contains('/')
-    } else {
-        pattern.chars().any(|c| c != '*')
-    }
-}
-
-fn pinned<'a>(conditions: &'a [Condition], claims: &[&str]) -> Option<&'a Condition> {
-    conditions.iter().find(|c| {
-        claims.contains(&c.claim.as_str()) && c.patterns.iter().all(|p| pins(&c.claim, p))
-    })
-}
-
-/// Refuses a rule that would trust every repository, project or tenant of its issuer.
-fn check_identity(issuer: &str, conditions: &[Condition]) -> Result<(), String> {
-    match issuer_kind(issuer) {
-        IssuerKind::GitHub => {
-            let claims = [
-                "repository",
-                "repository_owner",
-                "repository_id",
-                "repository_owner_id",
-                "sub",
-                "workflow_ref",
-                "job_workflow_ref",
-            ];
-            if pinned(conditions, &claims).is_none() {
-                return Err(format!(
-                    "would trust every GitHub repository: add a condition on repository, repository_owner, repository_id, repository_owner_id or sub that names the owner, with no wildcard before it (e.g. \"repository\": \"acme/web\" or \"acme/*\"); a token's audience proves nothing, any workflow can ask for any audience ({issuer})"
-                ));
-            }
-        }
-        IssuerKind::GitLabCom => {
-            let claims = [
-                "project_path",
-                "project_id",
-                "namespace_path",
-                "namespace_id",
-                "sub",
-            ];
-            if pinned(conditions, &claims).is_none() {
-                return Err(
-                    "would trust every gitlab.com project: add a condition on project_path, project_id, namespace_path, namespace_id or sub that names the group, with no wildcard before it (e.g. \"project_path\": \"acme/web\")"
-                        .into(),
-                );
-            }
-        }
-        IssuerKind::Entra => {
-            if pinned(conditions, &["tid"]).is_none() {
-                return Err(
-                    "an Entra ID rule needs an exact \"tid\" condition (your tenant id)".into(),
-                );
-            }
-            if pinned(conditions, &["oid", "sub", "groups", "roles"]).is_none() {
-                return Err(
-                    "an Entra ID rule needs an exact condition on oid, groups or roles: every account of the tenant can get a token for the cache's app registration"
-                        .into(),
-                );
-            }
-        }
-        IssuerKind::Other => {
-            let any = conditions
-                .iter()
-                .any(|c| c.patterns.iter().all(|p| pins(&c.claim, p)));
-            if !any {
-                return Err(format!(
-                    "has no identity condition: add at least one claim condition that is not a bare '*' (e.g. on sub) for {issuer}"
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -642,31 +477,11 @@ mod tests {
     }
 
     #[test]
-    fn globs() {
-        for (pattern, text, expected) in [
-            ("acme/web", "acme/web", true),
-            ("acme/web", "acme/webx", false),
-            ("acme/*", "acme/web", true),
-            ("acme/*", "acme/", true),
-            ("acme/*", "acmex/web", false),
-            ("refs/heads/release/*", "refs/heads/release/1.2", true),
-            ("*", "", true),
-            ("a*b*c", "aXbYc", true),
-            ("a*b*c", "aXbY", false),
-            ("*main", "refs/heads/main", true),
-            ("", "", true),
-            ("", "x", false),
-        ] {
-            assert_eq!(glob(pattern, text), expected, "{pattern} ~ {text}");
-        }
-    }
-
-    #[test]
     fn the_first_matching_rule_decides() {
         // Text, not `json!`: the policy's own order of claims is kept in refusals.
         let text = r#"{"rules": [
             {"name": "web-main", "issuer": "https://token.actions.githubusercontent.com", "audience": "nx-cache",
-             "claims": {"repository": "acme/web", "ref": "refs/heads/main"},
+             "claims": {"repository": "acme/web", "ref": "refs/heads/main", "event_name": "push"},
              "grant": {"teams": ["web"], "access": "read-write"}, "ttl": "2h"},
             {"name": "web-prs", "issuer": "https://token.actions.githubusercontent.com", "audience": "nx-cache",
              "claims": {"repository": "acme/web"},
@@ -674,7 +489,9 @@ mod tests {
         ]}"#;
         let p = TrustPolicy::parse(text, MAX).unwrap();
         let aud = vec!["nx-cache".to_string()];
-        let main = claims(json!({"repository": "acme/web", "ref": "refs/heads/main"}));
+        let main = claims(
+            json!({"repository": "acme/web", "ref": "refs/heads/main", "event_name": "push"}),
+        );
         let Decision::Matched(rule) = p.decide(GITHUB, &aud, &main) else {
             panic!("main matches")
         };
@@ -690,7 +507,10 @@ mod tests {
         let other = claims(json!({"repository": "acme/api", "ref": "refs/pull/7/merge"}));
         match p.decide(GITHUB, &aud, &other) {
             Decision::NoRule { compared } => {
-                assert_eq!(compared, "repository=acme/api ref=refs/pull/7/merge")
+                assert_eq!(
+                    compared,
+                    "repository=acme/api ref=refs/pull/7/merge event_name=(absent)"
+                )
             }
             d => panic!("{d:?}"),
         }
@@ -800,7 +620,7 @@ mod tests {
             (
                 json!({"name": "gl", "issuer": "https://gitlab.com", "audience": "nx-cache",
                     "claims": {"ref_protected": "true"}, "grant": {"org": true, "access": "read-write"}}),
-                "every gitlab.com project",
+                "every project of https://gitlab.com",
             ),
             (
                 json!({"name": "tenant-only", "issuer": entra, "audience": "api://x",
@@ -948,5 +768,251 @@ mod tests {
             .unwrap_err();
         assert_eq!(refused, vec!["team api", "read-write"]);
         assert_eq!(scope.narrow(&Ask::default()).unwrap(), scope);
+    }
+
+    fn refused(rule: Value) -> String {
+        let name = rule["name"].as_str().unwrap().to_owned();
+        let err = policy(json!([rule])).unwrap_err();
+        assert!(err.starts_with(&format!("rule '{name}': ")), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        err
+    }
+
+    fn rule(issuer: &str, claims: Value, access: &str) -> Value {
+        json!({"name": "r", "issuer": issuer, "audience": "nx-cache", "claims": claims,
+               "grant": {"teams": ["web"], "access": access}})
+    }
+
+    #[test]
+    fn github_write_access_needs_an_event_of_the_repositorys_own_branch_code() {
+        let main = json!({"repository": "acme/web", "ref": "refs/heads/main"});
+        // The rule the docs used to show: pull_request_target runs carry refs/heads/main too.
+        let err = refused(github_rule("web-main", main.clone(), "read-write"));
+        assert!(err.contains("pull_request_target"), "{err}");
+        assert!(err.contains("event_name"), "{err}");
+        for events in [
+            json!("pull_request_target"),
+            json!("pull_request"),
+            json!("issue_comment"),
+            json!("workflow_run"),
+            json!("merge_group"),
+            json!("release"),
+            json!("repository_dispatch"),
+            json!("*"),
+            json!("pu*"),
+            json!(["push", "workflow_run"]),
+        ] {
+            let mut claims = main.clone();
+            claims["event_name"] = events.clone();
+            let err = refused(github_rule("web-main", claims, "read-write"));
+            assert!(err.contains("pull_request_target"), "{events}: {err}");
+        }
+        // The branch must be named: a push to any branch, or of a tag, is not reviewed code.
+        for claims in [
+            json!({"repository": "acme/web", "event_name": "push"}),
+            json!({"repository": "acme/web", "event_name": "push", "ref": "refs/heads/*"}),
+            json!({"repository": "acme/web", "event_name": "push", "ref": "*"}),
+            json!({"repository": "acme/web", "event_name": "push", "ref": "refs/tags/v1"}),
+            json!({"repository": "acme/web", "event_name": "push", "environment": "prod*"}),
+        ] {
+            let err = refused(github_rule("web-main", claims.clone(), "read-write"));
+            assert!(err.contains("\"ref\""), "{claims}: {err}");
+        }
+        for claims in [
+            json!({"repository": "acme/web", "ref": "refs/heads/main", "event_name": "push"}),
+            json!({"repository": "acme/web", "ref": ["refs/heads/main", "refs/heads/release/*"],
+                   "event_name": ["push", "schedule", "workflow_dispatch"]}),
+            json!({"repository_id": "5678", "environment": "production", "event_name": "push"}),
+        ] {
+            assert!(
+                policy(json!([github_rule("ok", claims.clone(), "read-write")])).is_ok(),
+                "{claims}"
+            );
+        }
+        // Read-only rules need no event: pull requests get read-only tokens.
+        assert!(policy(json!([github_rule("prs", main, "read-only")])).is_ok());
+    }
+
+    #[test]
+    fn github_pins_name_the_caller_not_a_template_or_a_called_workflow() {
+        for claims in [
+            json!({"sub": "environment:production"}),
+            json!({"sub": "ref:refs/heads/*"}),
+            json!({"sub": "pull_request"}),
+            json!({"job_workflow_ref": "acme/shared/.github/workflows/build.yml@refs/heads/main"}),
+            json!({"workflow_ref": "acme/web/.github/workflows/build.yml@refs/heads/main"}),
+        ] {
+            let err = refused(github_rule("loose", claims.clone(), "read-only"));
+            assert!(err.contains("every GitHub repository"), "{claims}: {err}");
+        }
+        for claims in [
+            json!({"sub": "repo:acme@1234/web@5678:*"}),
+            json!({"sub": "repository_owner_id:1234:*"}),
+            json!({"sub": "repo:acme/web:pull_request"}),
+        ] {
+            assert!(
+                policy(json!([github_rule("ok", claims.clone(), "read-only")])).is_ok(),
+                "{claims}"
+            );
+        }
+    }
+
+    #[test]
+    fn gitlab_write_access_needs_a_protected_ref() {
+        let err = refused(rule(
+            "https://gitlab.com",
+            json!({"project_path": "acme/web", "ref": "main"}),
+            "read-write",
+        ));
+        assert!(err.contains("ref_protected"), "{err}");
+        let err = refused(rule(
+            "https://gitlab.com",
+            json!({"project_path": "acme/web", "ref": "main", "ref_protected": ["true", "false"]}),
+            "read-write",
+        ));
+        assert!(err.contains("ref_protected"), "{err}");
+        let ok = rule(
+            "https://gitlab.com",
+            json!({"project_path": "acme/web", "ref": "main", "ref_protected": "true"}),
+            "read-write",
+        );
+        assert!(policy(json!([ok])).is_ok());
+        // A self-managed instance, declared as GitLab, gets the same checks.
+        let mut own = rule(
+            "https://git.acme.example",
+            json!({"project_path": "acme/web", "ref": "main"}),
+            "read-write",
+        );
+        own["kind"] = "gitlab".into();
+        assert!(refused(own.clone()).contains("ref_protected"));
+        own["claims"]["ref_protected"] = "true".into();
+        assert!(policy(json!([own])).is_ok());
+        // So does GitHub Enterprise Server, recognised by its issuer path.
+        let err = refused(rule(
+            "https://ghes.acme.example/_services/token",
+            json!({"repository": "acme/web", "ref": "refs/heads/main"}),
+            "read-write",
+        ));
+        assert!(err.contains("pull_request_target"), "{err}");
+    }
+
+    #[test]
+    fn every_entra_authority_needs_a_tenant_and_an_identity() {
+        let tid = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+        for issuer in [
+            format!("https://login.microsoftonline.us/{tid}/v2.0"),
+            format!("https://login.partner.microsoftonline.cn/{tid}/v2.0"),
+            format!("https://sts.chinacloudapi.cn/{tid}/"),
+            format!("https://login.windows.net/{tid}/v2.0"),
+            format!("https://acme.ciamlogin.com/{tid}/v2.0"),
+            format!("https://acme.b2clogin.com/{tid}/v2.0/"),
+        ] {
+            let err = refused(rule(
+                &issuer,
+                json!({"scp": "user_impersonation"}),
+                "read-only",
+            ));
+            assert!(err.contains("tid"), "{issuer}: {err}");
+            let err = refused(rule(&issuer, json!({"tid": tid, "scp": "x"}), "read-only"));
+            assert!(err.contains("oid, groups or roles"), "{issuer}: {err}");
+        }
+        let gov = rule(
+            &format!("https://login.microsoftonline.us/{tid}/v2.0"),
+            json!({"tid": tid, "oid": "11111111-1111-1111-1111-111111111111"}),
+            "read-write",
+        );
+        assert!(policy(json!([gov])).is_ok());
+    }
+
+    #[test]
+    fn misspelled_known_issuers_are_refused_with_the_right_spelling() {
+        for (issuer, canonical) in [
+            (
+                "https://Token.Actions.GithubUserContent.com",
+                "https://token.actions.githubusercontent.com",
+            ),
+            (
+                "https://token.actions.githubusercontent.com:443",
+                "https://token.actions.githubusercontent.com",
+            ),
+            ("https://gitlab.com.", "https://gitlab.com"),
+            (
+                "https://me@login.microsoftonline.com/t/v2.0",
+                "https://login.microsoftonline.com/t/v2.0",
+            ),
+        ] {
+            let err = refused(rule(issuer, json!({"repository": "acme/web"}), "read-only"));
+            assert!(err.contains(canonical), "{issuer}: {err}");
+        }
+    }
+
+    #[test]
+    fn rules_explain_themselves() {
+        let p = policy(json!([
+            github_rule(
+                "web-main",
+                json!({"repository": "acme/web", "ref": "refs/heads/main", "event_name": "push"}),
+                "read-write"
+            ),
+            json!({"name": "gl", "issuer": "https://gitlab.com", "audience": "nx-cache",
+                   "claims": {"project_path": "acme/web", "ref": "main", "ref_protected": "true"},
+                   "grant": {"org": true, "teams": ["web"], "access": "read-write"}}),
+            json!({"name": "devs", "issuer": "https://login.microsoftonline.com/t/v2.0",
+                   "audience": "api://nx", "claims": {"tid": "t", "groups": "g"},
+                   "grant": {"org": true, "access": "read-only"}}),
+            json!({"name": "ci", "issuer": "https://ci.example.com", "audience": "nx",
+                   "claims": {"sub": "pipeline:7"}, "grant": {"org": true, "access": "read-only"}}),
+        ]))
+        .unwrap();
+        let words: Vec<String> = p.rules().iter().map(Rule::explain).collect();
+        assert_eq!(
+            words[0],
+            "web-main: read-write to team web for pushes to refs/heads/main of acme/web (GitHub)"
+        );
+        assert_eq!(
+            words[1],
+            "gl: read-write to org, team web for pipelines for protected refs named main of acme/web (GitLab)"
+        );
+        assert_eq!(
+            words[2],
+            "devs: read-only to org for members of group g of tenant t (Entra ID)"
+        );
+        assert!(words[3].contains("no write-access checks"), "{}", words[3]);
+    }
+
+    #[test]
+    fn tokens_get_what_their_rule_grants_now() {
+        use crate::auth::Grant;
+        let p = policy(json!([github_rule(
+            "web-prs",
+            json!({"repository": "acme/web"}),
+            "read-only"
+        ),]))
+        .unwrap();
+        let grant = |rule: Option<&str>| Grant {
+            subject: "github:acme/web:refs/heads/main".into(),
+            token_id: "t1".into(),
+            org: true,
+            teams: vec![
+                TeamName::parse("web").unwrap(),
+                TeamName::parse("api").unwrap(),
+            ],
+            access: Access::ReadWrite,
+            rule: rule.map(str::to_owned),
+            expired: false,
+        };
+        let now = grant(Some("web-prs")).under_policy(Some(&p));
+        assert_eq!(now.access, Access::ReadOnly);
+        assert!(!now.org);
+        assert_eq!(now.teams, vec![TeamName::parse("web").unwrap()]);
+        for gone in [
+            grant(Some("web-main")).under_policy(Some(&p)),
+            grant(Some("web-prs")).under_policy(None),
+        ] {
+            assert!(!gone.org && gone.teams.is_empty(), "{gone:?}");
+            assert_eq!(gone.access, Access::ReadOnly);
+        }
+        let issued = grant(None).under_policy(None);
+        assert!(issued.org && issued.teams.len() == 2 && issued.access == Access::ReadWrite);
     }
 }

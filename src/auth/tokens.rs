@@ -286,6 +286,10 @@ impl TokenAuthority {
     /// not-before, issuer and audience (not yet for expiry).
     fn authentic_claims(&self, token: &str) -> Result<Claims, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+        // RFC 7515 4.1.11: an extension named in `crit` must be understood; none is here.
+        if header.crit.is_some() {
+            return Err(AuthError::Invalid);
+        }
         let keys: Vec<&DecodingKey> = match &header.kid {
             Some(kid) => {
                 let key = self
@@ -617,6 +621,33 @@ mod tests {
             authority(&[]).verify(&token).unwrap_err(),
             AuthError::NotYetValid
         );
+    }
+
+    #[test]
+    fn critical_extensions_and_loose_times_are_refused() {
+        let good = forge(r#"{"alg":"HS256"}"#, &claims_json(600, 0), &[7u8; 32]);
+        assert!(authority(&[]).verify(&good).is_ok());
+        let crit = forge(
+            r#"{"alg":"HS256","crit":["exp-with-tz"],"exp-with-tz":"UTC"}"#,
+            &claims_json(600, 0),
+            &[7u8; 32],
+        );
+        assert_eq!(
+            authority(&[]).verify(&crit).unwrap_err(),
+            AuthError::Invalid
+        );
+        let now = unix_now();
+        for (name, value) in [
+            ("iat", serde_json::json!((now + 24 * 3600).to_string())),
+            ("iat", serde_json::json!(now as f64 + 0.5)),
+            ("exp", serde_json::json!(now as f64 + 600.0)),
+            ("nbf", serde_json::json!(now.to_string())),
+        ] {
+            let mut claims = claims_json(600, 0);
+            claims[name] = value.clone();
+            let token = forge(r#"{"alg":"HS256"}"#, &claims, &[7u8; 32]);
+            assert!(authority(&[]).verify(&token).is_err(), "{name}={value}");
+        }
     }
 
     #[test]

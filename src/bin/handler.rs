@@ -8,9 +8,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use nx_azure_cache::auth::{Access, TokenRequest};
-use nx_azure_cache::config::{Config, Flags};
+use nx_azure_cache::config::{self, Config, Flags, LogFormat};
 use nx_azure_cache::key::TeamName;
-use nx_azure_cache::{server, telemetry};
+use nx_azure_cache::{api, server, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +41,23 @@ enum Command {
     Doctor,
     /// What the cache holds per namespace: entries, bytes, oldest and newest entry.
     Usage(UsageArgs),
+    /// Check settings offline, as startup would (no storage, no identity issuer contacted):
+    /// before a deployment, on the app settings it is about to apply. Exits 1 with the same
+    /// one-line message the server would stop with.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// A settings file (`NAME=VALUE` lines, `#` comments) instead of this process's
+    /// environment. Key Vault references of the token secrets are accepted unchecked (the
+    /// platform resolves them).
+    #[arg(long, value_name = "FILE")]
+    env_file: Option<std::path::PathBuf>,
+    /// Check the settings as the Azure Functions host starts the handler (the token secret is
+    /// then required, logs are JSON).
+    #[arg(long)]
+    functions: bool,
 }
 
 #[derive(Args)]
@@ -81,15 +98,29 @@ fn main() -> ExitCode {
         port: cli.port,
         bind: Some(cli.bind),
     };
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Check(args) = command {
+        return match run_check(&flags, args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => fail(&message),
+        };
+    }
     let config = match Config::load(&flags, |name| std::env::var(name).ok()) {
         Ok(config) => config,
+        Err(e) if matches!(command, Command::Serve) && functions_port().is_some() => {
+            return match run_degraded(&flags, e.to_string()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => fail(&message),
+            };
+        }
         Err(e) => return fail(&e.to_string()),
     };
-    let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => run_server(config),
+    let result = match command {
+        Command::Serve => run_server(config, &flags),
         Command::Token(TokenCommand::Issue(args)) => issue_token(&config, args),
         Command::Doctor => run_doctor(&config),
         Command::Usage(args) => run_usage(&config, args),
+        Command::Check(_) => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -102,14 +133,32 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn run_server(config: Config) -> Result<(), String> {
-    telemetry::init(config.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// The port the Functions host gave, when it started the handler.
+fn functions_port() -> Option<u16> {
+    std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT")
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(async {
-        let prepared = server::prepare(&config).await?;
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn run_server(config: Config, flags: &Flags) -> Result<(), String> {
+    telemetry::init(config.log_format);
+    runtime()?.block_on(async {
+        let prepared = match server::prepare(&config).await {
+            Ok(prepared) => prepared,
+            // Under the Functions host a refused configuration must not take the cache down:
+            // exiting would turn every request into an error that aborts the build.
+            Err(problem) if config.under_functions && !problem.starts_with("storage not ready") => {
+                return serve_degraded(flags, problem).await;
+            }
+            Err(problem) => return Err(problem),
+        };
         let listener = server::bind(&config).await?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(%addr, under_functions = config.under_functions, "listening");
@@ -122,10 +171,69 @@ fn run_server(config: Config) -> Result<(), String> {
                 server::nx_exports(&prepared.state, addr)?
             );
         }
-        server::serve(listener, prepared.state, config.limits)
+        server::serve(listener, api::router(prepared.state), config.limits)
             .await
             .map_err(|e| format!("server failed: {e}"))
     })
+}
+
+/// Under the Functions host, with a configuration that was refused: keep answering, misses and
+/// refusals only (`api::degraded`), so no build aborts on the cache.
+fn run_degraded(flags: &Flags, problem: String) -> Result<(), String> {
+    telemetry::init(LogFormat::Json);
+    runtime()?.block_on(serve_degraded(flags, problem))
+}
+
+async fn serve_degraded(flags: &Flags, problem: String) -> Result<(), String> {
+    let port = functions_port().ok_or("FUNCTIONS_CUSTOMHANDLER_PORT is not a port")?;
+    tracing::error!(%problem,
+        "the configuration was refused: serving without it under the Functions host (every cache GET a miss, every upload refused, POST /token 503, /health 503)");
+    let (app, limits) = server::degraded(problem, &|name| std::env::var(name).ok());
+    let addr = std::net::SocketAddr::new(flags.bind.unwrap_or(IpAddr::from([127, 0, 0, 1])), port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, under_functions = true, configured = false, "listening");
+    server::serve(listener, app, limits)
+        .await
+        .map_err(|e| format!("server failed: {e}"))
+}
+
+fn run_check(flags: &Flags, args: CheckArgs) -> Result<(), String> {
+    let mut settings: Vec<(String, String)> = match &args.env_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            config::env_file::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => std::env::vars().collect(),
+    };
+    let notes = config::env_file::stand_in_for_key_vault_references(&mut settings);
+    if args.functions
+        && !settings
+            .iter()
+            .any(|(n, _)| n == "FUNCTIONS_CUSTOMHANDLER_PORT")
+    {
+        // Any port: only its presence matters to the checks.
+        settings.push(("FUNCTIONS_CUSTOMHANDLER_PORT".into(), "7071".into()));
+    }
+    let config = Config::load(flags, |name| {
+        settings
+            .iter()
+            .find(|(known, _)| known == name)
+            .map(|(_, value)| value.clone())
+    })
+    .map_err(|e| e.to_string())?;
+    let lines = server::check(&config)?;
+    for note in notes {
+        println!("note     {note}");
+    }
+    for line in lines {
+        println!("ok       {line}");
+    }
+    println!("configuration OK");
+    Ok(())
 }
 
 fn run_doctor(config: &Config) -> Result<(), String> {

@@ -8,9 +8,11 @@
 //! trust policy), [`limits`], [`storage`] (the embedded store or Azure), [`retention`],
 //! [`telemetry`] (logs and metrics); the parsers they share (durations, sizes, counts, choices)
 //! are written once in [`parse`]. [`Config`] gathers the sections, plus where the server listens
-//! and what it lets clients do.
+//! and what it lets clients do. [`env_file`] reads the settings files `handler check` checks
+//! before a deployment.
 
 pub mod connection_string;
+pub mod env_file;
 pub mod limits;
 pub mod parse;
 pub mod retention;
@@ -70,6 +72,17 @@ pub enum Mode {
     ReadOnly,
     /// Neither: every GET is a miss and every PUT is not stored.
     NoCache,
+}
+
+impl Mode {
+    /// The setting's word for it: `read-write`, `read-only`, `no-cache`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::ReadWrite => "read-write",
+            Mode::ReadOnly => "read-only",
+            Mode::NoCache => "no-cache",
+        }
+    }
 }
 
 /// The whole server configuration.

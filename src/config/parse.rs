@@ -122,6 +122,20 @@ impl<'a> Env<'a> {
     }
 }
 
+/// A value for a message: at most 80 characters, control characters replaced.
+pub fn shorten(text: &str) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(80)
+        .collect();
+    if text.chars().count() > 80 {
+        format!("{clean}...")
+    } else {
+        clean
+    }
+}
+
 /// `a`, `a or b`, `a, b or c`.
 fn one_of(names: &[&str]) -> String {
     match names {

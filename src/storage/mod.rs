@@ -103,7 +103,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<usage::Usage, StoreError>;
 
     /// Figures the backend reports about itself for `/metrics` (size, evictions).
-    fn figures(&self) -> Vec<crate::metrics::StoreFigure> {
+    fn figures(&self) -> Vec<crate::metrics::Figure> {
         Vec::new()
     }
 }

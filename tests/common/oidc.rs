@@ -38,6 +38,8 @@ struct Shared {
     discovery_requests: AtomicUsize,
     jwks_requests: AtomicUsize,
     down: AtomicBool,
+    /// RSA modulus size of the keys it makes.
+    bits: usize,
 }
 
 pub struct Issuer {
@@ -51,15 +53,21 @@ impl Issuer {
     /// Starts an issuer whose `iss` is `http://127.0.0.1:PORT{path}` (path "" or e.g.
     /// `/TENANT/v2.0`), with one fresh RS256 key.
     pub async fn start(path: &str) -> Issuer {
+        Self::start_with_bits(path, 2048).await
+    }
+
+    /// [`Issuer::start`] with RSA keys of `bits` bits (2048 or 4096, as real issuers use).
+    pub async fn start_with_bits(path: &str, bits: usize) -> Issuer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shared = Arc::new(Shared {
             issuer: format!("{base}{path}"),
-            keys: Mutex::new(vec![new_key()]),
+            keys: Mutex::new(vec![new_key(bits)]),
             ci_claims: Mutex::new(json!({})),
             discovery_requests: AtomicUsize::new(0),
             jwks_requests: AtomicUsize::new(0),
             down: AtomicBool::new(false),
+            bits,
         });
         let root = path.trim_end_matches('/');
         let app = axum::Router::new()
@@ -90,6 +98,18 @@ impl Issuer {
     pub fn sign(&self, claims: &Value) -> String {
         let keys = self.shared.keys.lock().unwrap();
         sign_with(keys.last().unwrap(), claims)
+    }
+
+    /// Mints a token signed with the current key, its header changed by `edit` (a `crit`
+    /// extension, say) before signing.
+    pub fn sign_with_header(&self, claims: &Value, edit: impl FnOnce(&mut Header)) -> String {
+        let keys = self.shared.keys.lock().unwrap();
+        let key = keys.last().unwrap();
+        let der = key.private.to_pkcs1_der().unwrap();
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(key.kid.clone());
+        edit(&mut header);
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_der(der.as_bytes())).unwrap()
     }
 
     /// `claims` with this issuer's `iss`, the audience and a fresh 5-minute lifetime added.
@@ -124,7 +144,7 @@ impl Issuer {
 
     /// Rotates: a new key signs from now on; the JWKS publishes only it.
     pub fn rotate(&self) -> String {
-        let key = new_key();
+        let key = new_key(self.shared.bits);
         let kid = key.kid.clone();
         *self.shared.keys.lock().unwrap() = vec![key];
         kid
@@ -187,8 +207,8 @@ fi
     }
 }
 
-fn new_key() -> SigningKey {
-    let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+fn new_key(bits: usize) -> SigningKey {
+    let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, bits).unwrap();
     SigningKey {
         kid: uuid::Uuid::new_v4().simple().to_string(),
         private,

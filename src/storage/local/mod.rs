@@ -23,7 +23,7 @@ use self::retention::{Retention, RetentionConfig};
 use super::usage::Usage;
 use super::{ByteStream, DOWNLOAD_CHUNK, Fetched, Health, Store, StoreError, Stored};
 use crate::key::CacheKey;
-use crate::metrics::StoreFigure;
+use crate::metrics::Figure;
 
 /// Write buffer size: large enough to keep syscalls few for multi-MiB artifacts.
 const WRITE_BUFFER: usize = 256 * 1024;
@@ -238,7 +238,7 @@ impl Store for LocalStore {
         &self.health
     }
 
-    fn figures(&self) -> Vec<StoreFigure> {
+    fn figures(&self) -> Vec<Figure> {
         self.retention
             .as_ref()
             .map(|retention| retention.figures())

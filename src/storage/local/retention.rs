@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
-use crate::metrics::StoreFigure;
+use crate::metrics::Figure;
 
 /// After an eviction pass the store holds at most this share of the size limit.
 const LOW_WATER_PERCENT: u64 = 90;
@@ -147,37 +147,37 @@ impl Retention {
     }
 
     /// The store's size and the eviction counters, for `/metrics`.
-    pub fn figures(&self) -> Vec<StoreFigure> {
+    pub fn figures(&self) -> Vec<Figure> {
         let (bytes, entries) = {
             let index = self.lock();
             (index.total, index.entries.len() as u64)
         };
         vec![
-            StoreFigure {
+            Figure {
                 name: "nx_cache_store_bytes",
                 help: "bytes of the entries in the embedded store",
                 kind: "gauge",
                 value: bytes,
             },
-            StoreFigure {
+            Figure {
                 name: "nx_cache_store_entries",
                 help: "entries in the embedded store",
                 kind: "gauge",
                 value: entries,
             },
-            StoreFigure {
+            Figure {
                 name: "nx_cache_eviction_passes_total",
                 help: "eviction passes that deleted something",
                 kind: "counter",
                 value: self.passes.load(Ordering::Relaxed),
             },
-            StoreFigure {
+            Figure {
                 name: "nx_cache_evicted_entries_total",
                 help: "entries deleted by retention (NX_CACHE_MAX_SIZE, NX_CACHE_MAX_AGE)",
                 kind: "counter",
                 value: self.evicted_entries.load(Ordering::Relaxed),
             },
-            StoreFigure {
+            Figure {
                 name: "nx_cache_evicted_bytes_total",
                 help: "bytes deleted by retention",
                 kind: "counter",

@@ -1,0 +1,123 @@
+//! GitLab CI ID tokens (GitLab docs, "OpenID Connect (OIDC) Authentication Using ID Tokens").
+//!
+//! - Issuer: the instance URL, `https://gitlab.com` or a self-managed `external_url` (a rule
+//!   names that one with `"kind": "gitlab"`).
+//! - **Identity.** `project_path` (`acme/web`, `acme/*`), `namespace_path`, `project_id`,
+//!   `namespace_id`, or a `sub` (`project_path:acme/web:ref_type:branch:ref:main`) that names
+//!   the group.
+//! - **Write access.** `ref` is only a branch name: a merge-request pipeline's `ref` is its
+//!   source branch, and a fork can name its branch `main`. Only `ref_protected: "true"` says
+//!   the pipeline runs for a protected branch or tag, so a read-write rule needs it.
+//!
+//! Claim values are strings, except `runner_id` (a number), `user_identities` and
+//! `groups_direct` (arrays); `ci_config_*` may be null.
+
+use serde_json::{Map, Value};
+
+use super::{IssuerProfile, IssuerUrl, RuleFacts, claim, remaining};
+use crate::auth::Access;
+use crate::auth::conditions::{Condition, literal_prefix, on};
+
+pub struct GitLab;
+
+impl IssuerProfile for GitLab {
+    fn kind(&self) -> &'static str {
+        "gitlab"
+    }
+
+    fn name(&self) -> &'static str {
+        "GitLab"
+    }
+
+    fn canonical(&self, url: &IssuerUrl) -> Option<String> {
+        (url.host == "gitlab.com").then(|| "https://gitlab.com".to_owned())
+    }
+
+    fn check(&self, rule: &RuleFacts) -> Result<(), String> {
+        if !pins_identity(rule.conditions) {
+            return Err(format!(
+                "would trust every project of {}: add a condition on project_path, project_id, namespace_path, namespace_id or sub that names the group, with no wildcard before it (e.g. \"project_path\": \"acme/web\")",
+                rule.issuer
+            ));
+        }
+        let protected = on(rule.conditions, "ref_protected")
+            .is_some_and(|c| c.patterns.iter().all(|p| p == "true"));
+        if rule.access == Access::ReadWrite && !protected {
+            return Err(
+                "read-write needs \"ref_protected\": \"true\": ref is only a branch name, which a merge-request pipeline (a fork's too) can carry; only pipelines for protected branches and tags have ref_protected \"true\""
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn explain(&self, rule: &RuleFacts) -> String {
+        let conditions = rule.conditions;
+        let protected =
+            on(conditions, "ref_protected").is_some_and(|c| c.patterns.iter().all(|p| p == "true"));
+        let mut words = if protected {
+            "pipelines for protected refs".to_string()
+        } else {
+            "pipelines".to_string()
+        };
+        if let Some(r) = on(conditions, "ref") {
+            words.push_str(&format!(" named {}", r.describe()));
+        }
+        let mut owners = Vec::new();
+        for (claim, label) in [
+            ("project_path", ""),
+            ("project_id", "project id "),
+            ("namespace_path", "projects of "),
+            ("namespace_id", "projects of namespace id "),
+        ] {
+            if let Some(c) = on(conditions, claim) {
+                owners.push(format!("{label}{}", c.describe()));
+            }
+        }
+        if owners.is_empty() {
+            owners.push(match on(conditions, "sub") {
+                Some(c) => format!("sub {}", c.describe()),
+                None => "any project".into(),
+            });
+        }
+        words.push_str(&format!(" of {}", owners.join(", ")));
+        words.push_str(&remaining(
+            conditions,
+            &[
+                "ref_protected",
+                "ref",
+                "project_path",
+                "project_id",
+                "namespace_path",
+                "namespace_id",
+            ],
+        ));
+        words
+    }
+
+    fn subject(&self, _issuer: &str, claims: &Map<String, Value>) -> String {
+        format!(
+            "gitlab:{}:{}:{}",
+            claim(claims, "project_path").unwrap_or("-"),
+            claim(claims, "ref_type").unwrap_or("-"),
+            claim(claims, "ref").unwrap_or("-")
+        )
+    }
+}
+
+/// Whether some condition names a project or a group, in every one of its patterns.
+fn pins_identity(conditions: &[Condition]) -> bool {
+    conditions.iter().any(|c| {
+        let pins: fn(&str) -> bool = match c.claim.as_str() {
+            "project_path" => |p| literal_prefix(p).contains('/'),
+            "namespace_path" | "project_id" | "namespace_id" => |p| !p.contains('*'),
+            "sub" => |p| {
+                literal_prefix(p)
+                    .strip_prefix("project_path:")
+                    .is_some_and(|rest| rest.contains('/'))
+            },
+            _ => return false,
+        };
+        c.patterns.iter().all(|p| pins(p))
+    })
+}

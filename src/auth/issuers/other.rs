@@ -1,0 +1,50 @@
+//! Any other issuer: a CI system this server has no profile for. Its claims mean nothing to the
+//! server, so a rule only has to pin something (a condition that is not a bare `*`), and write
+//! access is the operator's judgement: `handler doctor` says so next to such a rule. A GitHub
+//! Enterprise Server or a self-managed GitLab gets its own profile's checks with `"kind"`.
+
+use serde_json::{Map, Value};
+
+use super::{IssuerProfile, IssuerUrl, RuleFacts, remaining};
+
+pub struct Other;
+
+impl IssuerProfile for Other {
+    fn kind(&self) -> &'static str {
+        "other"
+    }
+
+    fn name(&self) -> &'static str {
+        "other issuer"
+    }
+
+    fn canonical(&self, _url: &IssuerUrl) -> Option<String> {
+        None
+    }
+
+    fn check(&self, rule: &RuleFacts) -> Result<(), String> {
+        let pinned = rule
+            .conditions
+            .iter()
+            .any(|c| c.patterns.iter().all(|p| p.chars().any(|ch| ch != '*')));
+        if !pinned {
+            return Err(format!(
+                "has no identity condition: add at least one claim condition that is not a bare '*' (e.g. on sub) for {}",
+                rule.issuer
+            ));
+        }
+        Ok(())
+    }
+
+    fn explain(&self, rule: &RuleFacts) -> String {
+        format!(
+            "tokens of {}{}; no write-access checks for this issuer (set \"kind\" if it is a GitHub Enterprise Server or a self-managed GitLab)",
+            rule.issuer,
+            remaining(rule.conditions, &[])
+        )
+    }
+
+    fn subject(&self, issuer: &str, claims: &Map<String, Value>) -> String {
+        super::host_and_sub(issuer, claims)
+    }
+}
