@@ -26,14 +26,18 @@ snippets of the repository (scripts/check-infra runs it).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ruamel.yaml import YAML
 
@@ -294,6 +298,445 @@ def snippet_problems(repo: Path = REPO) -> list[str]:
                     problem = problem.replace(str(path), label)
                 found.append(problem)
     return found
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The deploy job of deploy.yml: the order of its steps, their inputs, and the steps themselves run
+# against stand-ins for az, curl and the handler
+# ---------------------------------------------------------------------------------------------
+#
+# No Azure here, so the deploy job's scripts are run as GitHub runs them (`bash -e STEP`, with the
+# job's and the step's environment) in a scratch workspace, with `az`, `curl`, `sleep` and the
+# packaged `handler` replaced by stand-ins (FAKE below) that record every call and answer as a
+# scenario says. That proves what the steps do with what Azure answers: the configuration check
+# runs the packaged handler on the app settings the deployment will write, the deployment uses
+# the same parameters, config-zip's own health check is tolerated but a failed deployment is not,
+# and the health check refreshes unresolved Key Vault references a bounded number of times.
+
+DEPLOY_WORKFLOW = Path(".github") / "workflows" / "deploy.yml"
+DEPLOY_JOB = "deploy"
+PACKAGE_ZIP = "dist/functionapp.zip"
+DEPLOY_INPUTS = "scripts/deploy-inputs"
+CHECK_COMMAND = ("check", "--functions", "--env-file")
+
+# The app settings main.bicep writes that are known only once its resources exist; the
+# configuration check cannot have them (scripts/deploy-inputs says so too).
+SETTINGS_KNOWN_AFTER_DEPLOYMENT = frozenset({"AzureWebJobsStorage__accountName", "APPLICATIONINSIGHTS_CONNECTION_STRING", "AZURE_STORAGE_BLOB_ENDPOINT"})
+
+# Every input the workflow offers: repository variable (or secret) -> the environment variable the
+# deploy job maps it to -> the template parameter scripts/deploy-inputs makes of it, with an
+# example value and the parameter value it must become. The secret is mapped by the two steps
+# that need it, the variables by the job.
+TRUST_POLICY_EXAMPLE = '\n{"rules": [\n  {"name": "web-main", "issuer": "https://token.actions.githubusercontent.com", "audience": "nx-cache",\n   "claims": {"repository": "acme/web", "ref": "refs/heads/main", "event_name": "push"}, "grant": {"teams": ["web"], "access": "read-write"}}\n]}\n'
+WORKFLOW_INPUTS = (
+    ("vars.NX_CACHE_APP_NAME", "APP_NAME", "appName", "acme-nx-cache", "acme-nx-cache"),
+    ("vars.NX_CACHE_STORAGE_ACCOUNT", "CACHE_ACCOUNT", "cacheStorageAccountName", "acmenxcache", "acmenxcache"),
+    ("vars.NX_CACHE_CONTAINER", "CACHE_CONTAINER", "cacheContainerName", "nx-cache", "nx-cache"),
+    ("vars.NX_CACHE_STORAGE_RESOURCE_GROUP", "CACHE_RESOURCE_GROUP", "cacheStorageResourceGroup", "rg-cache", "rg-cache"),
+    ("vars.NX_CACHE_TOKEN_SECRET_URI", "TOKEN_SECRET_URI", "tokenSecretKeyVaultUri", "https://kv-current.vault.azure.net/secrets/nx-cache-jwt-secret", "https://kv-current.vault.azure.net/secrets/nx-cache-jwt-secret"),
+    ("vars.NX_CACHE_TOKEN_SECRET_RESOURCE_GROUP", "TOKEN_SECRET_RESOURCE_GROUP", "tokenSecretKeyVaultResourceGroup", "rg-vault", "rg-vault"),
+    ("vars.NX_CACHE_TOKEN_PREVIOUS_SECRETS_URI", "TOKEN_PREVIOUS_SECRETS_URI", "tokenPreviousSecretsKeyVaultUri", "https://kv-previous.vault.azure.net/secrets/nx-cache-jwt-previous-secrets", "https://kv-previous.vault.azure.net/secrets/nx-cache-jwt-previous-secrets"),
+    ("vars.NX_CACHE_TOKEN_PREVIOUS_SECRETS_RESOURCE_GROUP", "TOKEN_PREVIOUS_SECRETS_RESOURCE_GROUP", "tokenPreviousSecretsKeyVaultResourceGroup", "rg-previous-vault", "rg-previous-vault"),
+    ("vars.NX_CACHE_GRANT_KEY_VAULT_SECRET_ACCESS", "GRANT_KEY_VAULT_SECRET_ACCESS", "grantKeyVaultSecretAccess", "false", False),
+    ("vars.NX_CACHE_MODE", "MODE", "mode", "read-only", "read-only"),
+    ("vars.NX_CACHE_MAX_ARTIFACT_SIZE_MIB", "MAX_ARTIFACT_SIZE_MIB", "maxArtifactSizeMiB", "2048", 2048),
+    ("vars.NX_CACHE_RETENTION_DAYS", "RETENTION_DAYS", "retentionDays", "30", 30),
+    ("vars.NX_CACHE_REVOKED_TOKENS", "REVOKED_TOKENS", "revokedTokenIds", " 3f2a9c, 77b0e1 ,,", ["3f2a9c", "77b0e1"]),
+    ("vars.NX_CACHE_EXPIRED_GRACE", "EXPIRED_GRACE", "expiredGrace", "1d", "1d"),
+    ("vars.NX_CACHE_TRUST_POLICY", "TRUST_POLICY", "trustPolicy", TRUST_POLICY_EXAMPLE, TRUST_POLICY_EXAMPLE),
+)
+SECRET_INPUT = ("secrets.NX_CACHE_JWT_SECRET", "TOKEN_SECRET", "tokenSecret", "s" * 44, "s" * 44)
+
+# Scenarios for the inputs: environment of the deploy job -> what it must deploy.
+REQUIRED_INPUTS = {"APP_NAME": "acme-nx-cache", "CACHE_ACCOUNT": "acmenxcache", "CACHE_CONTAINER": "nx-cache"}
+INPUT_SCENARIOS = {
+    "Key Vault, defaults": {**REQUIRED_INPUTS, "TOKEN_SECRET_URI": WORKFLOW_INPUTS[4][3]},
+    "every variable": {env: example for _, env, _, example, _ in WORKFLOW_INPUTS},
+    "secret as a secure parameter, blank policy": {**REQUIRED_INPUTS, "TOKEN_SECRET": SECRET_INPUT[3], "TRUST_POLICY": " \n "},
+}
+
+# The stand-in for az, curl, sleep and the handler. Every call is appended to calls.jsonl (with the
+# files it was given, read at the time of the call); the answer is the first rule of plan.json
+# for that program whose tokens all appear among the arguments and whose conditions on earlier
+# calls hold.
+FAKE = r"""
+import json, os, stat, sys
+state = os.environ["FAKE_STATE"]
+program, args = sys.argv[1], sys.argv[2:]
+calls_path = os.path.join(state, "calls.jsonl")
+calls = [json.loads(line) for line in open(calls_path)] if os.path.exists(calls_path) else []
+record = {"program": program, "args": args, "cwd": os.getcwd()}
+if program in ("handler", "decoy-handler") and "--env-file" in args:
+    path = args[args.index("--env-file") + 1]
+    record["env_file"] = {"path": path, "mode": stat.S_IMODE(os.stat(path).st_mode), "text": open(path).read()}
+for arg in args:
+    if arg.startswith("@") and os.path.isfile(arg[1:]):
+        record.setdefault("files", {})[arg] = {"mode": stat.S_IMODE(os.stat(arg[1:]).st_mode), "text": open(arg[1:]).read()}
+with open(calls_path, "a") as out:
+    out.write(json.dumps(record) + "\n")
+
+def called(tokens):
+    return sum(1 for c in calls if c["program"] == tokens[0] and all(t in c["args"] for t in tokens[1:]))
+
+plan = json.load(open(os.path.join(state, "plan.json")))
+for rule in plan.get(program, []):
+    if not all(t in args for t in rule.get("when", [])):
+        continue
+    if any(called(t) < n for t, n in rule.get("after", [])):
+        continue
+    if any(called(t) >= n for t, n in rule.get("before", [])):
+        continue
+    if "body" in rule and "-o" in args:
+        open(args[args.index("-o") + 1], "w").write(rule["body"])
+    sys.stdout.write(rule.get("stdout", ""))
+    sys.stderr.write(rule.get("stderr", ""))
+    sys.exit(rule.get("exit", 0))
+"""
+
+
+@dataclass
+class StepRun:
+    """A step of the deploy job, run: its exit status, output, and the stand-ins' calls."""
+
+    status: int
+    output: str
+    calls: list[dict]
+    runner_temp: Path
+    github_output: str
+
+    def of(self, program: str, *tokens: str) -> list[dict]:
+        return [c for c in self.calls if c["program"] == program and all(t in c["args"] for t in tokens)]
+
+
+def load_yaml(path: Path) -> Any:
+    return YAML(typ="safe", pure=True).load(Path(path).read_text(encoding="utf-8"))
+
+
+def deploy_steps(workflow: Path) -> tuple[dict[str, str], list[dict]]:
+    """The deploy job's environment and steps."""
+    job = ((load_yaml(workflow) or {}).get("jobs") or {}).get(DEPLOY_JOB) or {}
+    return dict(job.get("env") or {}), [s for s in job.get("steps") or [] if isinstance(s, dict)]
+
+
+def _find(steps: list[dict], needle: str) -> int | None:
+    """Index of the first step whose script contains `needle`."""
+    return next((i for i, s in enumerate(steps) if needle in str(s.get("run") or "")), None)
+
+
+def _check_step(steps: list[dict]) -> int | None:
+    return next((i for i, s in enumerate(steps) if re.search(r"\bhandler\"? check\b", str(s.get("run") or ""))), None)
+
+
+STEP_MARKERS = {
+    "package": "scripts/package",
+    "deployment": "az deployment group create",
+    "config-zip": "az functionapp deployment source config-zip",
+    "health": "/health",
+}
+
+
+def step_index(steps: list[dict], which: str) -> int | None:
+    return _check_step(steps) if which == "check" else _find(steps, STEP_MARKERS[which])
+
+
+def deploy_order_problems(repo: Path = REPO) -> list[str]:
+    """The configuration check runs after the package is built and before the deployment, on the
+    output of scripts/deploy-inputs; the deployment uses the parameters of the same script; the
+    token secret reaches both (and only them), every variable the job maps."""
+    workflow = Path(repo) / DEPLOY_WORKFLOW
+    env, steps = deploy_steps(workflow)
+    found = []
+    where = {which: step_index(steps, which) for which in ("package", "check", "deployment", "config-zip", "health")}
+    for which, index in where.items():
+        if index is None:
+            found.append(f"deploy.yml: the deploy job has no {which} step" + (" (no step runs `handler check`)" if which == "check" else f" (no step runs `{STEP_MARKERS[which]}`)"))
+    if None in where.values():
+        return found
+    if not where["package"] < where["check"] < where["deployment"] < where["config-zip"] < where["health"]:
+        found.append(f"deploy.yml: the deploy job's steps must run package, check, deployment, config-zip, health in that order; they are at {where}")
+    for which in ("check", "deployment"):
+        step = steps[where[which]]
+        if DEPLOY_INPUTS not in str(step.get("run")):
+            found.append(f"deploy.yml: the {which} step does not take its inputs from {DEPLOY_INPUTS}")
+        secret = (step.get("env") or {}).get(SECRET_INPUT[1])
+        if secret != "${{ " + SECRET_INPUT[0] + " }}":
+            found.append(f"deploy.yml: the {which} step does not map {SECRET_INPUT[0]} to {SECRET_INPUT[1]}")
+    for index, step in enumerate(steps):
+        if index not in (where["check"], where["deployment"]) and SECRET_INPUT[0] in json.dumps(step):
+            found.append(f"deploy.yml: step {index + 1} gets {SECRET_INPUT[0]}, which only the check and the deployment need")
+    if SECRET_INPUT[0] in json.dumps(env):
+        found.append(f"deploy.yml: the deploy job's env holds {SECRET_INPUT[0]}: every step would get it")
+    for variable, name, _, _, _ in WORKFLOW_INPUTS:
+        if env.get(name) != "${{ " + variable + " }}":
+            found.append(f"deploy.yml: the deploy job does not map {variable} to {name}")
+    return found
+
+
+def _fake_bin(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    fake = directory / "fake.py"
+    fake.write_text(FAKE, encoding="utf-8")
+    for program in ("az", "curl", "sleep"):
+        wrapper = directory / program
+        wrapper.write_text(_handler_wrapper(fake, program), encoding="utf-8")
+        wrapper.chmod(0o755)
+    return fake
+
+
+def _handler_wrapper(fake: Path, program: str) -> str:
+    # -S -E: no site packages, no PYTHON* variables; the stand-in needs neither, and starts faster.
+    return f'#!/bin/sh\nexec "{sys.executable}" -S -E "{fake}" {program} "$@"\n'
+
+
+def workspace(repo: Path, tmp: Path) -> Path:
+    """A checkout as the deploy job sees it after `scripts/package`: the repository's scripts,
+    dist/functionapp.zip whose `handler` is the stand-in, and two decoy handlers (the unzipped
+    staging copy and cargo's output) that a check must not run instead of the packaged one."""
+    fake = _fake_bin(tmp / "bin")
+    root = tmp / "workspace"
+    shutil.copytree(Path(repo) / "scripts", root / "scripts")
+    (root / "dist" / "functionapp").mkdir(parents=True)
+    with zipfile.ZipFile(root / PACKAGE_ZIP, "w") as archive:
+        info = zipfile.ZipInfo("handler")
+        info.external_attr = (0o100755 << 16)
+        archive.writestr(info, _handler_wrapper(fake, "handler"))
+        archive.writestr("host.json", "{}")
+    for decoy in (root / "dist" / "functionapp" / "handler", root / "target" / "x86_64-unknown-linux-musl" / "release" / "handler"):
+        decoy.parent.mkdir(parents=True, exist_ok=True)
+        decoy.write_text(_handler_wrapper(fake, "decoy-handler"), encoding="utf-8")
+        decoy.chmod(0o755)
+    return root
+
+
+def run_step(repo: Path, tmp: Path, which: str, values: dict[str, str], plan: dict[str, list[dict]]) -> StepRun:
+    """Runs one step of the repository's deploy job, as GitHub would (`bash -e`), with `values`
+    for the variables of the job's and the step's `env` (others are empty, as unset variables
+    are) and the stand-ins answering by `plan`."""
+    env_map, steps = deploy_steps(Path(repo) / DEPLOY_WORKFLOW)
+    index = step_index(steps, which)
+    if index is None:
+        raise LookupError(f"no {which} step")
+    step = steps[index]
+    script = str(step.get("run") or "")
+    if "${{" in script:
+        raise ValueError(f"the {which} step expands an expression into its script")
+    tmp.mkdir(parents=True, exist_ok=True)
+    root = workspace(repo, tmp)
+    state = tmp / "state"
+    state.mkdir()
+    (state / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
+    runner_temp = tmp / "runner-temp"
+    runner_temp.mkdir()
+    (tmp / "step.sh").write_text(script, encoding="utf-8")
+    env = {
+        "PATH": f"{tmp / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HOME": str(tmp),
+        "FAKE_STATE": str(state),
+        "RUNNER_TEMP": str(runner_temp),
+        "GITHUB_OUTPUT": str(tmp / "github-output"),
+        "GITHUB_STEP_SUMMARY": str(tmp / "step-summary"),
+        "GITHUB_RUN_ID": "4242",
+    }
+    for name in [*env_map, *(step.get("env") or {})]:
+        env[name] = values.get(name, "")
+    result = subprocess.run(["bash", "-e", str(tmp / "step.sh")], cwd=root, env=env, capture_output=True, text=True, timeout=120, check=False)
+    calls_path = state / "calls.jsonl"
+    calls = [json.loads(line) for line in calls_path.read_text().splitlines()] if calls_path.exists() else []
+    output_path = tmp / "github-output"
+    return StepRun(result.returncode, result.stdout + result.stderr, calls, runner_temp, output_path.read_text() if output_path.exists() else "")
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """`NAME=VALUE` lines as `handler check --env-file` reads them: `#` comments and blank lines
+    ignored, the value the rest of the line with one pair of matching surrounding quotes removed."""
+    settings = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, value = line.partition("=")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        settings[name.strip()] = value
+    return settings
+
+
+def settings_mismatches(repo: Path, parameters: dict[str, Any], settings: dict[str, str], label: str) -> list[str]:
+    """What main.bicep would write with `parameters` (evaluated offline, bicep_checks), against
+    the settings the handler was asked to check. Every setting known before the deployment must be
+    there with the template's value (the trust policy compacted, so compared as JSON)."""
+    import bicep_checks  # noqa: PLC0415 - only the deploy checks need pycep
+
+    templates = bicep_checks.load(Path(repo) / "infra")
+    main = bicep_checks.main_template(templates)
+    found = [f"{label}: '{name}' is not a parameter of main.bicep" for name in parameters if main is None or name not in main.params]
+    try:
+        written = bicep_checks.app_settings_under(templates, parameters)
+        expected, unknown = {}, set()
+        for name, (template, expr) in written.items():
+            try:
+                expected[name] = bicep_checks._value(template, expr, parameters)
+            except bicep_checks._NotEvaluable:
+                unknown.add(name)
+    except bicep_checks._DeploymentFails as failure:
+        return found + [f"{label}: main.bicep refuses these parameters: {failure.args[0] if failure.args else failure}"]
+    if unknown != SETTINGS_KNOWN_AFTER_DEPLOYMENT:
+        found.append(f"{label}: the settings known only after the deployment are {sorted(unknown)}, not {sorted(SETTINGS_KNOWN_AFTER_DEPLOYMENT)}")
+    for name in sorted(set(expected) | set(settings)):
+        if name not in expected:
+            found.append(f"{label}: the checked settings have {name}, which main.bicep does not write with these parameters")
+        elif name not in settings:
+            found.append(f"{label}: main.bicep writes {name} = {json.dumps(expected[name])[:80]}, which is not checked")
+        elif name == "NX_CACHE_TRUST_POLICY":
+            if "\n" in settings[name] or json.loads(settings[name]) != json.loads(expected[name]):
+                found.append(f"{label}: {name} checked as {settings[name][:80]!r}, not the deployed policy on one line")
+        elif str(expected[name]) != settings[name]:
+            found.append(f"{label}: {name} checked as {settings[name][:80]!r}, but main.bicep writes {str(expected[name])[:80]!r}")
+    return found
+
+
+def deploy_inputs_problems(repo: Path = REPO, tmp: Path | None = None) -> list[str]:
+    """scripts/deploy-inputs, for every input scenario: the parameters are main.bicep's, each
+    variable becomes its parameter, and the settings file holds exactly what main.bicep writes
+    with those parameters (mode 600)."""
+    found = []
+    with tempfile.TemporaryDirectory(prefix="deploy-inputs-") as scratch:
+        base = Path(tmp or scratch)
+        for number, (label, values) in enumerate(INPUT_SCENARIOS.items()):
+            out = base / f"inputs-{number}"
+            result = subprocess.run(["bash", str(Path(repo) / DEPLOY_INPUTS), str(out)], env={"PATH": os.environ.get("PATH", ""), **values}, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                found.append(f"{DEPLOY_INPUTS} ({label}): exit status {result.returncode}: {result.stderr.strip()[:300]}")
+                continue
+            for name in ("parameters.json", "app-settings.env"):
+                mode = stat.S_IMODE((out / name).stat().st_mode)
+                if mode != 0o600:
+                    found.append(f"{DEPLOY_INPUTS} ({label}): {name} has mode {mode:o}, not 600 (it may hold the secret)")
+            parameters = {k: v["value"] for k, v in json.loads((out / "parameters.json").read_text())["parameters"].items()}
+            settings = parse_env_file((out / "app-settings.env").read_text())
+            found += settings_mismatches(repo, parameters, settings, f"{DEPLOY_INPUTS} ({label})")
+            for _, name, param, example, value in (*WORKFLOW_INPUTS, SECRET_INPUT):
+                if values.get(name) == example and parameters.get(param) != value:
+                    found.append(f"{DEPLOY_INPUTS} ({label}): {name}={example!r} gives {param} = {parameters.get(param)!r}, not {value!r}")
+    return found
+
+
+def check_step_problems(repo: Path = REPO, tmp: Path | None = None) -> list[str]:
+    """The configuration check runs the handler unpacked from dist/functionapp.zip (not a decoy),
+    as `handler check --functions --env-file FILE`, on a mode-600 file holding the settings
+    main.bicep writes from the deployment's parameters, removes the file, and fails the job with
+    the handler's line when the handler refuses the configuration."""
+    found = []
+    with tempfile.TemporaryDirectory(prefix="check-step-") as scratch:
+        base = Path(tmp or scratch)
+        values = {**INPUT_SCENARIOS["every variable"], "TOKEN_SECRET": SECRET_INPUT[3], "RESOURCE_GROUP": "rg-app"}
+        ok = run_step(repo, base / "ok", "check", values, {"handler": [{"stdout": "configuration OK\n"}]})
+        runs = ok.of("handler")
+        if ok.of("decoy-handler"):
+            found.append("check step: runs a handler other than the one in dist/functionapp.zip (the staging copy or cargo's output)")
+        if ok.status != 0:
+            found.append(f"check step: fails on an accepted configuration (exit status {ok.status}): {ok.output[-400:]}")
+        if len(runs) != 1:
+            found.append(f"check step: runs the packaged handler {len(runs)} times, not once")
+        else:
+            args = runs[0]["args"]
+            if tuple(args[:3]) != CHECK_COMMAND or len(args) != 4:
+                found.append(f"check step: runs `handler {' '.join(args)}`, not `handler {' '.join(CHECK_COMMAND)} FILE`")
+            env_file = runs[0].get("env_file")
+            if env_file is None:
+                found.append("check step: gives the handler no settings file")
+            else:
+                if env_file["mode"] != 0o600:
+                    found.append(f"check step: the settings file has mode {env_file['mode']:o}, not 600 (it may hold the secret)")
+                if not env_file["path"].startswith(str(ok.runner_temp)):
+                    found.append(f"check step: the settings file {env_file['path']} is not under RUNNER_TEMP")
+                if Path(env_file["path"]).exists():
+                    found.append("check step: the settings file is left behind")
+                deployed = run_step(repo, base / "deployed", "deployment", values, {"az": [{"when": ["deployment", "create"], "stdout": DEPLOYMENT_OUTPUTS}]})
+                parameters = _deployed_parameters(deployed)
+                if parameters is None:
+                    found.append("check step: cannot compare with the deployment step, which passes no parameters file")
+                else:
+                    found += settings_mismatches(repo, parameters, parse_env_file(env_file["text"]), "check step (the deployment's parameters)")
+        leftovers = [p.name for p in ok.runner_temp.iterdir() if p.name.startswith("deploy-inputs")]
+        if leftovers:
+            found.append(f"check step: leaves {leftovers} in RUNNER_TEMP")
+        refusal = "handler: configuration error: NX_CACHE_TRUST_POLICY: rule 'web-main': a read-write rule needs event_name"
+        refused = run_step(repo, base / "refused", "check", values, {"handler": [{"stderr": refusal + "\n", "exit": 1}]})
+        if refused.status == 0:
+            found.append("check step: passes although the handler refuses the configuration")
+        elif refusal not in refused.output or "::error" not in refused.output:
+            found.append(f"check step: a refused configuration does not end in an error annotation with the handler's line: {refused.output[-400:]}")
+    return found
+
+
+DEPLOYMENT_OUTPUTS = json.dumps({
+    "cacheUrl": {"type": "String", "value": "https://acme-nx-cache.azurewebsites.net"},
+    "teamCacheUrl": {"type": "String", "value": "https://acme-nx-cache.azurewebsites.net/teams/<team>"},
+    "functionAppName": {"type": "String", "value": "acme-nx-cache"},
+})
+
+
+def _deployed_parameters(run: StepRun) -> dict[str, Any] | None:
+    """The parameters of the run's `az deployment group create`, from its `@file` (read when az
+    was called)."""
+    for call in run.of("az", "deployment", "create"):
+        for argument, content in (call.get("files") or {}).items():
+            if argument.startswith("@"):
+                return {k: v["value"] for k, v in json.loads(content["text"])["parameters"].items()}
+    return None
+
+
+def deployment_step_problems(repo: Path = REPO, tmp: Path | None = None) -> list[str]:
+    """The deployment passes the parameters of scripts/deploy-inputs as a mode-600 file (not on
+    the command line: the secret), removes it, and hands the outputs to the later steps."""
+    found = []
+    with tempfile.TemporaryDirectory(prefix="deployment-step-") as scratch:
+        base = Path(tmp or scratch)
+        values = {**INPUT_SCENARIOS["secret as a secure parameter, blank policy"], "RESOURCE_GROUP": "rg-app"}
+        run = run_step(repo, base / "run", "deployment", values, {"az": [{"when": ["deployment", "create"], "stdout": DEPLOYMENT_OUTPUTS}]})
+        if run.status != 0:
+            return [f"deployment step: fails (exit status {run.status}): {run.output[-400:]}"]
+        calls = run.of("az", "deployment", "create")
+        if len(calls) != 1:
+            return [f"deployment step: runs `az deployment group create` {len(calls)} times"]
+        args = calls[0]["args"]
+        if any(SECRET_INPUT[3] in arg for arg in args):
+            found.append("deployment step: the token secret is on az's command line")
+        files = [c for a, c in (calls[0].get("files") or {}).items() if a.startswith("@")]
+        if not files:
+            found.append("deployment step: passes no parameters file (`--parameters @FILE`)")
+        elif files[0]["mode"] != 0o600:
+            found.append(f"deployment step: the parameters file has mode {files[0]['mode']:o}, not 600")
+        parameters = _deployed_parameters(run)
+        reference = base / "reference"
+        subprocess.run(["bash", str(Path(repo) / DEPLOY_INPUTS), str(reference)], env={"PATH": os.environ.get("PATH", ""), **values}, capture_output=True, check=False)
+        if parameters is not None and (reference / "parameters.json").exists():
+            expected = {k: v["value"] for k, v in json.loads((reference / "parameters.json").read_text())["parameters"].items()}
+            if parameters != expected:
+                found.append(f"deployment step: deploys other parameters than {DEPLOY_INPUTS} makes: {sorted(set(parameters.items()) ^ set(expected.items()))[:4]}")
+        for flag, value in (("--resource-group", "rg-app"), ("--template-file", "infra/main.bicep")):
+            if flag not in args or args[args.index(flag) + 1] != value:
+                found.append(f"deployment step: az deployment group create lacks {flag} {value}")
+        if [p.name for p in run.runner_temp.iterdir() if p.name.startswith("deploy-inputs")]:
+            found.append("deployment step: leaves the parameters file in RUNNER_TEMP")
+        for line in ("cache_url=https://acme-nx-cache.azurewebsites.net", "app_name=acme-nx-cache"):
+            if line not in run.github_output.splitlines():
+                found.append(f"deployment step: does not output {line}")
+        missing = run_step(repo, base / "no-group", "deployment", {**values, "RESOURCE_GROUP": ""}, {})
+        if missing.status == 0 or missing.of("az"):
+            found.append("deployment step: runs without vars.AZURE_RESOURCE_GROUP")
+    return found
+
+
+def deploy_job_problems(repo: Path = REPO) -> list[str]:
+    """Every check of the deploy job."""
+    return [
+        *deploy_order_problems(repo),
+        *deploy_inputs_problems(repo),
+        *check_step_problems(repo),
+        *deployment_step_problems(repo),
+    ]
 
 
 def main(argv: list[str]) -> int:
