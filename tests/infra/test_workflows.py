@@ -301,6 +301,7 @@ DEPLOY_JOB_CHECKS = (
     checks.deploy_inputs_problems,
     checks.check_step_problems,
     checks.deployment_step_problems,
+    checks.config_zip_problems,
 )
 
 
@@ -461,3 +462,24 @@ def test_template_default_changed_on_one_side_is_caught(deploy_repo: Path, tmp_p
 def test_trust_policy_not_compacted_is_caught(deploy_repo: Path, tmp_path: Path):
     edit(deploy_repo / checks.DEPLOY_INPUTS, "($p.trustPolicy.value | fromjson | tojson)", "$p.trustPolicy.value")
     assert_found(checks.deploy_inputs_problems(deploy_repo, tmp_path / "inputs"), "(every variable): exit status", "NX_CACHE_TRUST_POLICY would hold a line break")
+
+
+CONFIG_ZIP_STEP = "Deploy the package"
+
+
+def test_config_zip_not_tolerant_is_caught(deploy_repo: Path, tmp_path: Path):
+    """The plain command of before: az's own health check on Flex fails the deployment."""
+    path = workflow(deploy_repo)
+    edit(
+        path,
+        step_block(path, CONFIG_ZIP_STEP),
+        "      - name: Deploy the package\n        env:\n          DEPLOYED_APP: ${{ steps.infra.outputs.app_name }}\n        run: |\n"
+        '          az functionapp deployment source config-zip --resource-group "$RESOURCE_GROUP" --name "$DEPLOYED_APP" --src dist/functionapp.zip\n',
+    )
+    found = checks.config_zip_problems(deploy_repo, tmp_path / "run")
+    assert_found(found, "fails on `ERROR: Failed to fetch host key to check for function app status`", "fails on `ERROR: Deployment was successful but the app appears to be unhealthy")
+
+
+def test_config_zip_tolerating_a_failed_deployment_is_caught(deploy_repo: Path, tmp_path: Path):
+    edit(workflow(deploy_repo), '          exit "$status"\n', "          exit 0\n")
+    assert_found(checks.config_zip_problems(deploy_repo, tmp_path / "run"), "passes on `ERROR: Zip deployment failed.", "passes on `ERROR: There may be an ongoing deployment")

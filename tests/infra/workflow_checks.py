@@ -729,6 +729,41 @@ def deployment_step_problems(repo: Path = REPO, tmp: Path | None = None) -> list
     return found
 
 
+CONFIG_ZIP_TOLERATED = (
+    # azure-cli 2.91.0, appservice/custom.py, check_flex_app_after_deployment (exit status 3, then 1).
+    (3, "ERROR: Failed to fetch host key to check for function app status\n"),
+    (1, "ERROR: Deployment was successful but the app appears to be unhealthy. Please check the app logs.\n"),
+)
+CONFIG_ZIP_FAILURES = (
+    # _check_zip_deployment_status_flex and enable_zip_deploy_flex: the package is not deployed.
+    (1, "ERROR: Zip deployment failed. {'status': 3}. These are the deployment logs: \n[]\n"),
+    (1, "ERROR: There may be an ongoing deployment. Please track your deployment in https://acme-nx-cache.scm.azurewebsites.net/api/deployments/latest\n"),
+)
+
+
+def config_zip_problems(repo: Path = REPO, tmp: Path | None = None) -> list[str]:
+    """The package step tolerates exactly the two failures of config-zip's own health check on
+    Flex Consumption (the package is deployed by then) and fails on any other failure."""
+    found = []
+    with tempfile.TemporaryDirectory(prefix="config-zip-step-") as scratch:
+        base = Path(tmp or scratch)
+        values = {"RESOURCE_GROUP": "rg-app", "DEPLOYED_APP": "acme-nx-cache"}
+        cases = [(0, "", True), *((e, m, True) for e, m in CONFIG_ZIP_TOLERATED), *((e, m, False) for e, m in CONFIG_ZIP_FAILURES)]
+        for number, (exit_status, stderr, passes) in enumerate(cases):
+            run = run_step(repo, base / f"case-{number}", "config-zip", values, {"az": [{"when": ["config-zip"], "stderr": stderr, "exit": exit_status}]})
+            calls = run.of("az", "config-zip")
+            what = stderr.strip().splitlines()[0] if stderr else "success"
+            if len(calls) != 1 or "--src" not in calls[0]["args"] or calls[0]["args"][calls[0]["args"].index("--src") + 1] != PACKAGE_ZIP:
+                found.append(f"config-zip step ({what}): does not deploy {PACKAGE_ZIP} once with config-zip")
+            if passes and run.status != 0:
+                found.append(f"config-zip step: fails on `{what}` (exit status {exit_status}), which leaves the package deployed; the health check must decide")
+            if not passes and run.status == 0:
+                found.append(f"config-zip step: passes on `{what}`, a failed deployment")
+            if stderr and stderr.strip() not in run.output:
+                found.append(f"config-zip step ({what}): hides az's message")
+    return found
+
+
 def deploy_job_problems(repo: Path = REPO) -> list[str]:
     """Every check of the deploy job."""
     return [
@@ -736,6 +771,7 @@ def deploy_job_problems(repo: Path = REPO) -> list[str]:
         *deploy_inputs_problems(repo),
         *check_step_problems(repo),
         *deployment_step_problems(repo),
+        *config_zip_problems(repo),
     ]
 
 
