@@ -302,6 +302,7 @@ DEPLOY_JOB_CHECKS = (
     checks.check_step_problems,
     checks.deployment_step_problems,
     checks.config_zip_problems,
+    checks.health_check_problems,
 )
 
 
@@ -483,3 +484,40 @@ def test_config_zip_not_tolerant_is_caught(deploy_repo: Path, tmp_path: Path):
 def test_config_zip_tolerating_a_failed_deployment_is_caught(deploy_repo: Path, tmp_path: Path):
     edit(workflow(deploy_repo), '          exit "$status"\n', "          exit 0\n")
     assert_found(checks.config_zip_problems(deploy_repo, tmp_path / "run"), "passes on `ERROR: Zip deployment failed.", "passes on `ERROR: There may be an ongoing deployment")
+
+
+def test_health_check_without_refresh_is_caught(deploy_repo: Path, tmp_path: Path):
+    path = workflow(deploy_repo)
+    edit(path, '                az rest --method post --url "$references/refresh?$api" || echo "::warning::the reference refresh failed"\n', "")
+    edit(path, '                az functionapp restart --resource-group "$RESOURCE_GROUP" --name "$DEPLOYED_APP" || echo "::warning::the restart failed"\n', "")
+    found = checks.health_check_problems(deploy_repo, tmp_path / "run", only=("recovers",))
+    assert_found(found, "does not refresh the Key Vault references", "does not restart the app", "fails although the app is healthy after a refresh")
+
+
+def test_health_check_refreshing_without_bound_is_caught(deploy_repo: Path, tmp_path: Path):
+    edit(workflow(deploy_repo), "max_refreshes=3", "max_refreshes=100")
+    assert_found(checks.health_check_problems(deploy_repo, tmp_path / "run", only=("never",)), "refreshes 5 times while a reference stays unresolved")
+
+
+def test_health_check_refreshing_back_to_back_is_caught(deploy_repo: Path, tmp_path: Path):
+    edit(workflow(deploy_repo), "[ $((attempt - last_refresh)) -ge 4 ]", "[ $((attempt - last_refresh)) -ge 1 ]")
+    assert_found(checks.health_check_problems(deploy_repo, tmp_path / "run", only=("never",)), "refreshes back to back (after health checks [1, 2, 3])")
+
+
+def test_health_check_refreshing_for_a_storage_problem_is_caught(deploy_repo: Path, tmp_path: Path):
+    edit(workflow(deploy_repo), '            if [ -n "$unresolved" ]; then\n              echo "Key Vault', '            if true; then\n              echo "Key Vault')
+    assert_found(checks.health_check_problems(deploy_repo, tmp_path / "run", only=("storage",)), "refreshes or restarts although every Key Vault reference is resolved")
+
+
+def test_health_check_failing_silently_is_caught(deploy_repo: Path, tmp_path: Path):
+    """The failure must say what it saw: the last answer and the references' statuses."""
+    path = workflow(deploy_repo)
+    edit(path, '            echo "::error::Key Vault references still not resolved after $refreshes refresh(es): ${unresolved//$\'\\n\'/; }"\n', "")
+    edit(path, 'echo "::error::$CACHE_URL/health did not answer 200 in $attempts attempts; last answer: $code: $answer"', 'echo "::error::$CACHE_URL/health did not answer 200"')
+    found = checks.health_check_problems(deploy_repo, tmp_path / "run", only=("never",))
+    assert_found(found, "does not show `NX_CACHE_JWT_SECRET: AccessToKeyVaultDenied`", "does not show `503`", "does not show `not ready: the cache storage is unavailable`")
+
+
+def test_health_check_with_curl_f_is_caught(deploy_repo: Path, tmp_path: Path):
+    edit(workflow(deploy_repo), "curl -sS --max-time 30", "curl -fsS --max-time 30")
+    assert_found(checks.health_check_problems(deploy_repo, tmp_path / "run", only=("never",)), "curl -f hides the body of a 503")

@@ -764,6 +764,118 @@ def config_zip_problems(repo: Path = REPO, tmp: Path | None = None) -> list[str]
     return found
 
 
+APP_ID = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-app/providers/Microsoft.Web/sites/acme-nx-cache"
+REFERENCES_API = "api-version=2022-03-01"
+
+
+def _health_plan(*, healthy_after: list | None, references: str, resolved_after: list | None) -> dict[str, list[dict]]:
+    """Stand-ins for the health check: /health answers 503 until the calls in `healthy_after` have
+    happened (never, when None), the Key Vault references are `references` until the calls in
+    `resolved_after` have happened."""
+    unhealthy = {"when": ["--max-time"], "body": "not ready: the cache storage is unavailable (the handler's log says why; `handler doctor` checks it)", "stdout": "503"}
+    healthy = {"when": ["--max-time"], "body": "ok", "stdout": "200"}
+    resolved = json.dumps({"value": [{"name": "NX_CACHE_JWT_SECRET", "properties": {"status": "Resolved", "details": "Reference has been successfully resolved."}}]})
+    plan: dict[str, list[dict]] = {"curl": [], "az": [{"when": ["functionapp", "show"], "stdout": APP_ID + "\n"}]}
+    if healthy_after is not None:
+        plan["curl"].append({**healthy, "after": healthy_after})
+    plan["curl"].append(unhealthy)
+    if resolved_after is not None:
+        plan["az"].append({"when": ["rest", "get"], "after": resolved_after, "stdout": resolved})
+    plan["az"].append({"when": ["rest", "get"], "stdout": references})
+    return plan
+
+
+UNRESOLVED = json.dumps({"value": [
+    {"name": "NX_CACHE_JWT_SECRET", "properties": {"status": "AccessToKeyVaultDenied", "details": "Key Vault reference was not able to be resolved because site was denied access to Key Vault reference's vault."}},
+    {"name": "NX_CACHE_JWT_PREVIOUS_SECRETS", "properties": {"status": "Resolved", "details": "Reference has been successfully resolved."}},
+]})
+NO_REFERENCES = json.dumps({"value": []})
+REFRESH = ["az", "rest", "post"]
+RESTART = ["az", "functionapp", "restart"]
+
+
+HEALTH_SCENARIOS = ("healthy", "recovers", "never", "storage")
+
+
+def health_check_problems(repo: Path = REPO, tmp: Path | None = None, only: tuple[str, ...] = HEALTH_SCENARIOS) -> list[str]:
+    """The health check waits for /health 200 without hiding a 503's body; while it is not 200 and
+    a Key Vault reference is not Resolved, it refreshes the references and restarts the app, at
+    most 3 times and not back to back; it fails with what it saw. `only`: some of the scenarios
+    (healthy at once; a reference that resolves after a refresh; one that never does; a storage
+    problem with every reference resolved)."""
+    found = []
+    values = {"RESOURCE_GROUP": "rg-app", "DEPLOYED_APP": "acme-nx-cache", "CACHE_URL": "https://acme-nx-cache.azurewebsites.net"}
+    refresh_url = f"{APP_ID}/config/configreferences/appsettings/refresh?{REFERENCES_API}"
+    status_url = f"{APP_ID}/config/configreferences/appsettings?{REFERENCES_API}"
+    with tempfile.TemporaryDirectory(prefix="health-step-") as scratch:
+        base = Path(tmp or scratch)
+
+        if "healthy" in only:
+            run = run_step(repo, base / "healthy", "health", values, _health_plan(healthy_after=[], references=NO_REFERENCES, resolved_after=None))
+            if run.status != 0 or run.of(*REFRESH) or run.of(*RESTART):
+                found.append(f"health step: a healthy app fails the step or gets refreshed (exit status {run.status}): {run.output[-300:]}")
+
+        if "recovers" in only:
+            # The reference resolves after one refresh, and the app is healthy after the restart.
+            run = run_step(repo, base / "recovers", "health", values, _health_plan(healthy_after=[[RESTART, 1]], references=UNRESOLVED, resolved_after=[[REFRESH, 1]]))
+            refreshes, restarts = run.of(*REFRESH), run.of(*RESTART)
+            if not refreshes:
+                found.append("health step: does not refresh the Key Vault references while one is not Resolved (POST .../config/configreferences/appsettings/refresh)")
+            elif refreshes[0]["args"][refreshes[0]["args"].index("--url") + 1] != refresh_url:
+                found.append(f"health step: refreshes {refreshes[0]['args']}, not {refresh_url}")
+            if not restarts:
+                found.append("health step: does not restart the app after refreshing the references")
+            if run.status != 0:
+                found.append(f"health step: fails although the app is healthy after a refresh and a restart: {run.output[-300:]}")
+            if len(refreshes) > 1:
+                found.append(f"health step: refreshes {len(refreshes)} times, although one did it")
+            gets = run.of("az", "rest", "get")
+            if gets and gets[0]["args"][gets[0]["args"].index("--url") + 1] != status_url:
+                found.append(f"health step: reads the references' statuses at {gets[0]['args']}, not {status_url}")
+            positions = [i for i, c in enumerate(run.calls) if c["program"] == "az" and ({"post"} <= set(c["args"]) or "restart" in c["args"])]
+            kinds = ["refresh" if "post" in run.calls[i]["args"] else "restart" for i in positions]
+            if kinds[:2] == ["restart", "refresh"]:
+                found.append("health step: restarts before it refreshes the references")
+
+        if "never" in only:
+            # It never resolves: bounded refreshes, spaced, then a failure that says what was seen.
+            run = run_step(repo, base / "never", "health", values, _health_plan(healthy_after=None, references=UNRESOLVED, resolved_after=None))
+            refreshes = run.of(*REFRESH)
+            if run.status == 0:
+                found.append("health step: passes although /health never answers 200")
+            if not 1 <= len(refreshes) <= 3:
+                found.append(f"health step: refreshes {len(refreshes)} times while a reference stays unresolved; expected at most 3 (and at least 1)")
+            attempts_between = []
+            count = 0
+            for call in run.calls:
+                if call["program"] == "curl":
+                    count += 1
+                elif call["program"] == "az" and "post" in call["args"]:
+                    attempts_between.append(count)
+            if any(b - a < 2 for a, b in zip(attempts_between, attempts_between[1:])):
+                found.append(f"health step: refreshes back to back (after health checks {attempts_between})")
+            errors = "\n".join(line for line in run.output.splitlines() if line.startswith("::error"))
+            for needle in ("NX_CACHE_JWT_SECRET: AccessToKeyVaultDenied", "503", "not ready: the cache storage is unavailable"):
+                if needle not in errors:
+                    found.append(f"health step: its failure (the ::error lines) does not show `{needle}`")
+            if "NX_CACHE_JWT_PREVIOUS_SECRETS: Resolved" in run.output:
+                found.append("health step: reports a resolved reference as unresolved")
+            if len(run.of("curl")) > 40:
+                found.append(f"health step: checks /health {len(run.of('curl'))} times; it must give up")
+            curl = run.of("curl")
+            if curl and any(arg.startswith("-") and not arg.startswith("--") and "f" in arg for arg in curl[0]["args"]):
+                found.append("health step: curl -f hides the body of a 503")
+
+        if "storage" in only:
+            # Not a Key Vault problem: no refresh, no restart.
+            run = run_step(repo, base / "storage", "health", values, _health_plan(healthy_after=None, references=NO_REFERENCES, resolved_after=None))
+            if run.of(*REFRESH) or run.of(*RESTART):
+                found.append("health step: refreshes or restarts although every Key Vault reference is resolved")
+            if run.status == 0:
+                found.append("health step: passes although /health never answers 200")
+    return found
+
+
 def deploy_job_problems(repo: Path = REPO) -> list[str]:
     """Every check of the deploy job."""
     return [
@@ -772,6 +884,7 @@ def deploy_job_problems(repo: Path = REPO) -> list[str]:
         *check_step_problems(repo),
         *deployment_step_problems(repo),
         *config_zip_problems(repo),
+        *health_check_problems(repo),
     ]
 
 
