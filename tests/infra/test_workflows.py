@@ -303,6 +303,8 @@ DEPLOY_JOB_CHECKS = (
     checks.deployment_step_problems,
     checks.config_zip_problems,
     checks.health_check_problems,
+    checks.doc_settings_problems,
+    checks.doc_command_problems,
 )
 
 
@@ -458,6 +460,7 @@ def test_template_default_changed_on_one_side_is_caught(deploy_repo: Path, tmp_p
     a default changed in the template alone is a difference."""
     edit(deploy_repo / "infra" / "main.bicep", "param sasTtl string = '5m'", "param sasTtl string = '10m'")
     assert_found(checks.deploy_inputs_problems(deploy_repo, tmp_path / "inputs"), "NX_CACHE_SAS_TTL checked as '5m', but main.bicep writes '10m'")
+    assert_found(checks.doc_settings_problems(deploy_repo), "docs/deploy.md (settings for handler check): NX_CACHE_SAS_TTL checked as '5m'")
 
 
 def test_trust_policy_not_compacted_is_caught(deploy_repo: Path, tmp_path: Path):
@@ -521,3 +524,18 @@ def test_health_check_failing_silently_is_caught(deploy_repo: Path, tmp_path: Pa
 def test_health_check_with_curl_f_is_caught(deploy_repo: Path, tmp_path: Path):
     edit(workflow(deploy_repo), "curl -sS --max-time 30", "curl -fsS --max-time 30")
     assert_found(checks.health_check_problems(deploy_repo, tmp_path / "run", only=("never",)), "curl -f hides the body of a 503")
+
+
+def test_doc_with_app_instead_of_apps_is_caught(deploy_repo: Path):
+    edit_first(deploy_repo / "docs" / "deploy.md", '--apps "$APP-insights"', '--app "$APP-insights"')
+    assert_found(checks.doc_command_problems(deploy_repo), "takes the component as --apps")
+
+
+def test_doc_without_the_check_is_caught(deploy_repo: Path):
+    edit(deploy_repo / "docs" / "deploy.md", "dist/functionapp/handler check --functions --env-file app-settings.env\n", "")
+    assert_found(checks.doc_command_problems(deploy_repo), "must run `handler check --functions --env-file` before `az deployment group create`")
+
+
+def test_doc_settings_misspelt_is_caught(deploy_repo: Path):
+    edit(deploy_repo / "docs" / "deploy.md", "NX_CACHE_SAS_TTL=5m\n", "NX_CACHE_SAS_TIL=5m\n")
+    assert_found(checks.doc_settings_problems(deploy_repo), "have NX_CACHE_SAS_TIL, which main.bicep does not write", "main.bicep writes NX_CACHE_SAS_TTL")

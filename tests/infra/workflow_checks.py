@@ -876,6 +876,54 @@ def health_check_problems(repo: Path = REPO, tmp: Path | None = None, only: tupl
     return found
 
 
+# ---------------------------------------------------------------------------------------------
+# docs/deploy.md: its settings file for `handler check`, and its az commands
+# ---------------------------------------------------------------------------------------------
+
+DEPLOY_DOC = Path("docs") / "deploy.md"
+# The placeholders of the guide's settings example, as the parameters they stand for.
+DOC_SETTINGS_PARAMETERS = {
+    "appName": "$APP",
+    "cacheStorageAccountName": "$ACCOUNT",
+    "cacheContainerName": "$CONTAINER",
+    "tokenSecretKeyVaultUri": "$SECRET_URI",
+}
+
+
+def doc_settings_example(repo: Path = REPO) -> str | None:
+    """The body of the guide's `cat > app-settings.env <<EOF ... EOF`."""
+    text = (Path(repo) / DEPLOY_DOC).read_text(encoding="utf-8")
+    match = re.search(r"^cat > app-settings\.env <<EOF\n(.*?)^EOF$", text, re.M | re.S)
+    return match.group(1) if match else None
+
+
+def doc_settings_problems(repo: Path = REPO) -> list[str]:
+    """The settings file the guide writes before `handler check` (step 3) is what main.bicep
+    writes with the guide's parameters and the defaults: no setting missing, none misspelt, no
+    value other than the template's."""
+    example = doc_settings_example(repo)
+    if example is None:
+        return [f"{DEPLOY_DOC}: no `cat > app-settings.env <<EOF` example for `handler check`"]
+    return settings_mismatches(repo, DOC_SETTINGS_PARAMETERS, parse_env_file(example), f"{DEPLOY_DOC} (settings for handler check)")
+
+
+def doc_command_problems(repo: Path = REPO) -> list[str]:
+    """az commands of the guide that azure-cli 2.91.0 spells otherwise: `az monitor app-insights
+    query` takes the component as `--apps` (the application-insights extension's _params.py;
+    `--app` works only as an abbreviation). And the check runs before the deployment."""
+    text = (Path(repo) / DEPLOY_DOC).read_text(encoding="utf-8")
+    found = []
+    for match in re.finditer(r"az monitor app-insights query[^\n]*(?:\\\n[^\n]*)*", text):
+        if re.search(r"\s--app\b(?!s)", match.group(0)) or "--apps" not in match.group(0):
+            line = text[: match.start()].count("\n") + 1
+            found.append(f"{DEPLOY_DOC}:{line}: `az monitor app-insights query` takes the component as --apps")
+    check = re.search(r"^\S*handler check --functions --env-file ", text, re.M)
+    deploy = re.search(r"^az deployment group create ", text, re.M)
+    if check is None or deploy is None or check.start() > deploy.start():
+        found.append(f"{DEPLOY_DOC}: the manual path must run `handler check --functions --env-file` before `az deployment group create`")
+    return found
+
+
 def deploy_job_problems(repo: Path = REPO) -> list[str]:
     """Every check of the deploy job."""
     return [
@@ -885,6 +933,8 @@ def deploy_job_problems(repo: Path = REPO) -> list[str]:
         *deployment_step_problems(repo),
         *config_zip_problems(repo),
         *health_check_problems(repo),
+        *doc_settings_problems(repo),
+        *doc_command_problems(repo),
     ]
 
 
