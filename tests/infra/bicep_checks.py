@@ -960,6 +960,14 @@ def _value(template: Template, expr: Any, env: dict[str, Any], depth: int = 0) -
             if not (isinstance(a, int) and isinstance(b, int)):
                 raise _NotEvaluable(f"{kind} of non-numbers")
             return {"greater_than": a > b, "greater_than_or_equals": a >= b, "less_than": a < b, "less_than_or_equals": a <= b}[kind]
+        if kind in ("multiply", "add", "substract", "divide"):  # pycep spells it "substract"
+            if not all(isinstance(x, int) and not isinstance(x, bool) for x in (a, b)):
+                raise _NotEvaluable(f"{kind} of non-numbers")
+            if kind == "divide":
+                if b == 0:
+                    raise _DeploymentFails("division by zero")
+                return abs(a) // abs(b) * (1 if (a < 0) == (b < 0) else -1)  # ARM truncates
+            return {"multiply": a * b, "add": a + b, "substract": a - b}[kind]
         if kind == "index_accessor":
             try:
                 return a[b]

@@ -26,14 +26,18 @@ snippets of the repository (scripts/check-infra runs it).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ruamel.yaml import YAML
 
@@ -294,6 +298,644 @@ def snippet_problems(repo: Path = REPO) -> list[str]:
                     problem = problem.replace(str(path), label)
                 found.append(problem)
     return found
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The deploy job of deploy.yml: the order of its steps, their inputs, and the steps themselves run
+# against stand-ins for az, curl and the handler
+# ---------------------------------------------------------------------------------------------
+#
+# No Azure here, so the deploy job's scripts are run as GitHub runs them (`bash -e STEP`, with the
+# job's and the step's environment) in a scratch workspace, with `az`, `curl`, `sleep` and the
+# packaged `handler` replaced by stand-ins (FAKE below) that record every call and answer as a
+# scenario says. That proves what the steps do with what Azure answers: the configuration check
+# runs the packaged handler on the app settings the deployment will write, the deployment uses
+# the same parameters, config-zip's own health check is tolerated but a failed deployment is not,
+# and the health check refreshes unresolved Key Vault references a bounded number of times.
+
+DEPLOY_WORKFLOW = Path(".github") / "workflows" / "deploy.yml"
+DEPLOY_JOB = "deploy"
+PACKAGE_ZIP = "dist/functionapp.zip"
+DEPLOY_INPUTS = "scripts/deploy-inputs"
+CHECK_COMMAND = ("check", "--functions", "--env-file")
+
+# The app settings main.bicep writes that are known only once its resources exist; the
+# configuration check cannot have them (scripts/deploy-inputs says so too).
+SETTINGS_KNOWN_AFTER_DEPLOYMENT = frozenset({"AzureWebJobsStorage__accountName", "APPLICATIONINSIGHTS_CONNECTION_STRING", "AZURE_STORAGE_BLOB_ENDPOINT"})
+
+# Every input the workflow offers: repository variable (or secret) -> the environment variable the
+# deploy job maps it to -> the template parameter scripts/deploy-inputs makes of it, with an
+# example value and the parameter value it must become. The secret is mapped by the two steps
+# that need it, the variables by the job.
+TRUST_POLICY_EXAMPLE = '\n{"rules": [\n  {"name": "web-main", "issuer": "https://token.actions.githubusercontent.com", "audience": "nx-cache",\n   "claims": {"repository": "acme/web", "ref": "refs/heads/main", "event_name": "push"}, "grant": {"teams": ["web"], "access": "read-write"}}\n]}\n'
+WORKFLOW_INPUTS = (
+    ("vars.NX_CACHE_APP_NAME", "APP_NAME", "appName", "acme-nx-cache", "acme-nx-cache"),
+    ("vars.NX_CACHE_STORAGE_ACCOUNT", "CACHE_ACCOUNT", "cacheStorageAccountName", "acmenxcache", "acmenxcache"),
+    ("vars.NX_CACHE_CONTAINER", "CACHE_CONTAINER", "cacheContainerName", "nx-cache", "nx-cache"),
+    ("vars.NX_CACHE_STORAGE_RESOURCE_GROUP", "CACHE_RESOURCE_GROUP", "cacheStorageResourceGroup", "rg-cache", "rg-cache"),
+    ("vars.NX_CACHE_TOKEN_SECRET_URI", "TOKEN_SECRET_URI", "tokenSecretKeyVaultUri", "https://kv-current.vault.azure.net/secrets/nx-cache-jwt-secret", "https://kv-current.vault.azure.net/secrets/nx-cache-jwt-secret"),
+    ("vars.NX_CACHE_TOKEN_SECRET_RESOURCE_GROUP", "TOKEN_SECRET_RESOURCE_GROUP", "tokenSecretKeyVaultResourceGroup", "rg-vault", "rg-vault"),
+    ("vars.NX_CACHE_TOKEN_PREVIOUS_SECRETS_URI", "TOKEN_PREVIOUS_SECRETS_URI", "tokenPreviousSecretsKeyVaultUri", "https://kv-previous.vault.azure.net/secrets/nx-cache-jwt-previous-secrets", "https://kv-previous.vault.azure.net/secrets/nx-cache-jwt-previous-secrets"),
+    ("vars.NX_CACHE_TOKEN_PREVIOUS_SECRETS_RESOURCE_GROUP", "TOKEN_PREVIOUS_SECRETS_RESOURCE_GROUP", "tokenPreviousSecretsKeyVaultResourceGroup", "rg-previous-vault", "rg-previous-vault"),
+    ("vars.NX_CACHE_GRANT_KEY_VAULT_SECRET_ACCESS", "GRANT_KEY_VAULT_SECRET_ACCESS", "grantKeyVaultSecretAccess", "false", False),
+    ("vars.NX_CACHE_MODE", "MODE", "mode", "read-only", "read-only"),
+    ("vars.NX_CACHE_MAX_ARTIFACT_SIZE_MIB", "MAX_ARTIFACT_SIZE_MIB", "maxArtifactSizeMiB", "2048", 2048),
+    ("vars.NX_CACHE_RETENTION_DAYS", "RETENTION_DAYS", "retentionDays", "30", 30),
+    ("vars.NX_CACHE_REVOKED_TOKENS", "REVOKED_TOKENS", "revokedTokenIds", " 3f2a9c, 77b0e1 ,,", ["3f2a9c", "77b0e1"]),
+    ("vars.NX_CACHE_EXPIRED_GRACE", "EXPIRED_GRACE", "expiredGrace", "1d", "1d"),
+    ("vars.NX_CACHE_TRUST_POLICY", "TRUST_POLICY", "trustPolicy", TRUST_POLICY_EXAMPLE, TRUST_POLICY_EXAMPLE),
+)
+SECRET_INPUT = ("secrets.NX_CACHE_JWT_SECRET", "TOKEN_SECRET", "tokenSecret", "s" * 44, "s" * 44)
+
+# Scenarios for the inputs: environment of the deploy job -> what it must deploy.
+REQUIRED_INPUTS = {"APP_NAME": "acme-nx-cache", "CACHE_ACCOUNT": "acmenxcache", "CACHE_CONTAINER": "nx-cache"}
+INPUT_SCENARIOS = {
+    "Key Vault, defaults": {**REQUIRED_INPUTS, "TOKEN_SECRET_URI": WORKFLOW_INPUTS[4][3]},
+    "every variable": {env: example for _, env, _, example, _ in WORKFLOW_INPUTS},
+    "secret as a secure parameter, blank policy": {**REQUIRED_INPUTS, "TOKEN_SECRET": SECRET_INPUT[3], "TRUST_POLICY": " \n "},
+}
+
+# The stand-in for az, curl, sleep and the handler. Every call is appended to calls.jsonl (with the
+# files it was given, read at the time of the call); the answer is the first rule of plan.json
+# for that program whose tokens all appear among the arguments and whose conditions on earlier
+# calls hold.
+FAKE = r"""
+import json, os, stat, sys
+state = os.environ["FAKE_STATE"]
+program, args = sys.argv[1], sys.argv[2:]
+calls_path = os.path.join(state, "calls.jsonl")
+calls = [json.loads(line) for line in open(calls_path)] if os.path.exists(calls_path) else []
+record = {"program": program, "args": args, "cwd": os.getcwd()}
+if program in ("handler", "decoy-handler") and "--env-file" in args:
+    path = args[args.index("--env-file") + 1]
+    record["env_file"] = {"path": path, "mode": stat.S_IMODE(os.stat(path).st_mode), "text": open(path).read()}
+for arg in args:
+    if arg.startswith("@") and os.path.isfile(arg[1:]):
+        record.setdefault("files", {})[arg] = {"mode": stat.S_IMODE(os.stat(arg[1:]).st_mode), "text": open(arg[1:]).read()}
+with open(calls_path, "a") as out:
+    out.write(json.dumps(record) + "\n")
+
+def called(tokens):
+    return sum(1 for c in calls if c["program"] == tokens[0] and all(t in c["args"] for t in tokens[1:]))
+
+plan = json.load(open(os.path.join(state, "plan.json")))
+for rule in plan.get(program, []):
+    if not all(t in args for t in rule.get("when", [])):
+        continue
+    if any(called(t) < n for t, n in rule.get("after", [])):
+        continue
+    if any(called(t) >= n for t, n in rule.get("before", [])):
+        continue
+    if "body" in rule and "-o" in args:
+        open(args[args.index("-o") + 1], "w").write(rule["body"])
+    sys.stdout.write(rule.get("stdout", ""))
+    sys.stderr.write(rule.get("stderr", ""))
+    sys.exit(rule.get("exit", 0))
+"""
+
+
+@dataclass
+class StepRun:
+    """A step of the deploy job, run: its exit status, output, and the stand-ins' calls."""
+
+    status: int
+    output: str
+    calls: list[dict]
+    runner_temp: Path
+    github_output: str
+
+    def of(self, program: str, *tokens: str) -> list[dict]:
+        return [c for c in self.calls if c["program"] == program and all(t in c["args"] for t in tokens)]
+
+
+def load_yaml(path: Path) -> Any:
+    return YAML(typ="safe", pure=True).load(Path(path).read_text(encoding="utf-8"))
+
+
+def deploy_steps(workflow: Path) -> tuple[dict[str, str], list[dict]]:
+    """The deploy job's environment and steps."""
+    job = ((load_yaml(workflow) or {}).get("jobs") or {}).get(DEPLOY_JOB) or {}
+    return dict(job.get("env") or {}), [s for s in job.get("steps") or [] if isinstance(s, dict)]
+
+
+def _find(steps: list[dict], needle: str) -> int | None:
+    """Index of the first step whose script contains `needle`."""
+    return next((i for i, s in enumerate(steps) if needle in str(s.get("run") or "")), None)
+
+
+def _check_step(steps: list[dict]) -> int | None:
+    return next((i for i, s in enumerate(steps) if re.search(r"\bhandler\"? check\b", str(s.get("run") or ""))), None)
+
+
+STEP_MARKERS = {
+    "package": "scripts/package",
+    "deployment": "az deployment group create",
+    "config-zip": "az functionapp deployment source config-zip",
+    "health": "/health",
+}
+
+
+def step_index(steps: list[dict], which: str) -> int | None:
+    return _check_step(steps) if which == "check" else _find(steps, STEP_MARKERS[which])
+
+
+def deploy_order_problems(repo: Path = REPO) -> list[str]:
+    """The configuration check runs after the package is built and before the deployment, on the
+    output of scripts/deploy-inputs; the deployment uses the parameters of the same script; the
+    token secret reaches both (and only them), every variable the job maps."""
+    workflow = Path(repo) / DEPLOY_WORKFLOW
+    env, steps = deploy_steps(workflow)
+    found = []
+    where = {which: step_index(steps, which) for which in ("package", "check", "deployment", "config-zip", "health")}
+    for which, index in where.items():
+        if index is None:
+            found.append(f"deploy.yml: the deploy job has no {which} step" + (" (no step runs `handler check`)" if which == "check" else f" (no step runs `{STEP_MARKERS[which]}`)"))
+    if None in where.values():
+        return found
+    if not where["package"] < where["check"] < where["deployment"] < where["config-zip"] < where["health"]:
+        found.append(f"deploy.yml: the deploy job's steps must run package, check, deployment, config-zip, health in that order; they are at {where}")
+    for which in ("check", "deployment"):
+        step = steps[where[which]]
+        if DEPLOY_INPUTS not in str(step.get("run")):
+            found.append(f"deploy.yml: the {which} step does not take its inputs from {DEPLOY_INPUTS}")
+        secret = (step.get("env") or {}).get(SECRET_INPUT[1])
+        if secret != "${{ " + SECRET_INPUT[0] + " }}":
+            found.append(f"deploy.yml: the {which} step does not map {SECRET_INPUT[0]} to {SECRET_INPUT[1]}")
+    for index, step in enumerate(steps):
+        if index not in (where["check"], where["deployment"]) and SECRET_INPUT[0] in json.dumps(step):
+            found.append(f"deploy.yml: step {index + 1} gets {SECRET_INPUT[0]}, which only the check and the deployment need")
+    if SECRET_INPUT[0] in json.dumps(env):
+        found.append(f"deploy.yml: the deploy job's env holds {SECRET_INPUT[0]}: every step would get it")
+    for variable, name, _, _, _ in WORKFLOW_INPUTS:
+        if env.get(name) != "${{ " + variable + " }}":
+            found.append(f"deploy.yml: the deploy job does not map {variable} to {name}")
+    return found
+
+
+def _fake_bin(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    fake = directory / "fake.py"
+    fake.write_text(FAKE, encoding="utf-8")
+    for program in ("az", "curl", "sleep"):
+        wrapper = directory / program
+        wrapper.write_text(_handler_wrapper(fake, program), encoding="utf-8")
+        wrapper.chmod(0o755)
+    return fake
+
+
+def _handler_wrapper(fake: Path, program: str) -> str:
+    # -S -E: no site packages, no PYTHON* variables; the stand-in needs neither, and starts faster.
+    return f'#!/bin/sh\nexec "{sys.executable}" -S -E "{fake}" {program} "$@"\n'
+
+
+def workspace(repo: Path, tmp: Path) -> Path:
+    """A checkout as the deploy job sees it after `scripts/package`: the repository's scripts,
+    dist/functionapp.zip whose `handler` is the stand-in, and two decoy handlers (the unzipped
+    staging copy and cargo's output) that a check must not run instead of the packaged one."""
+    fake = _fake_bin(tmp / "bin")
+    root = tmp / "workspace"
+    shutil.copytree(Path(repo) / "scripts", root / "scripts")
+    (root / "dist" / "functionapp").mkdir(parents=True)
+    with zipfile.ZipFile(root / PACKAGE_ZIP, "w") as archive:
+        info = zipfile.ZipInfo("handler")
+        info.external_attr = (0o100755 << 16)
+        archive.writestr(info, _handler_wrapper(fake, "handler"))
+        archive.writestr("host.json", "{}")
+    for decoy in (root / "dist" / "functionapp" / "handler", root / "target" / "x86_64-unknown-linux-musl" / "release" / "handler"):
+        decoy.parent.mkdir(parents=True, exist_ok=True)
+        decoy.write_text(_handler_wrapper(fake, "decoy-handler"), encoding="utf-8")
+        decoy.chmod(0o755)
+    return root
+
+
+def run_step(repo: Path, tmp: Path, which: str, values: dict[str, str], plan: dict[str, list[dict]]) -> StepRun:
+    """Runs one step of the repository's deploy job, as GitHub would (`bash -e`), with `values`
+    for the variables of the job's and the step's `env` (others are empty, as unset variables
+    are) and the stand-ins answering by `plan`."""
+    env_map, steps = deploy_steps(Path(repo) / DEPLOY_WORKFLOW)
+    index = step_index(steps, which)
+    if index is None:
+        raise LookupError(f"no {which} step")
+    step = steps[index]
+    script = str(step.get("run") or "")
+    if "${{" in script:
+        raise ValueError(f"the {which} step expands an expression into its script")
+    tmp.mkdir(parents=True, exist_ok=True)
+    root = workspace(repo, tmp)
+    state = tmp / "state"
+    state.mkdir()
+    (state / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
+    runner_temp = tmp / "runner-temp"
+    runner_temp.mkdir()
+    (tmp / "step.sh").write_text(script, encoding="utf-8")
+    env = {
+        "PATH": f"{tmp / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HOME": str(tmp),
+        "FAKE_STATE": str(state),
+        "RUNNER_TEMP": str(runner_temp),
+        "GITHUB_OUTPUT": str(tmp / "github-output"),
+        "GITHUB_STEP_SUMMARY": str(tmp / "step-summary"),
+        "GITHUB_RUN_ID": "4242",
+    }
+    for name in [*env_map, *(step.get("env") or {})]:
+        env[name] = values.get(name, "")
+    result = subprocess.run(["bash", "-e", str(tmp / "step.sh")], cwd=root, env=env, capture_output=True, text=True, timeout=120, check=False)
+    calls_path = state / "calls.jsonl"
+    calls = [json.loads(line) for line in calls_path.read_text().splitlines()] if calls_path.exists() else []
+    output_path = tmp / "github-output"
+    return StepRun(result.returncode, result.stdout + result.stderr, calls, runner_temp, output_path.read_text() if output_path.exists() else "")
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """`NAME=VALUE` lines as `handler check --env-file` reads them: `#` comments and blank lines
+    ignored, the value the rest of the line with one pair of matching surrounding quotes removed."""
+    settings = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, value = line.partition("=")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        settings[name.strip()] = value
+    return settings
+
+
+def settings_mismatches(repo: Path, parameters: dict[str, Any], settings: dict[str, str], label: str) -> list[str]:
+    """What main.bicep would write with `parameters` (evaluated offline, bicep_checks), against
+    the settings the handler was asked to check. Every setting known before the deployment must be
+    there with the template's value (the trust policy compacted, so compared as JSON)."""
+    import bicep_checks  # noqa: PLC0415 - only the deploy checks need pycep
+
+    templates = bicep_checks.load(Path(repo) / "infra")
+    main = bicep_checks.main_template(templates)
+    found = [f"{label}: '{name}' is not a parameter of main.bicep" for name in parameters if main is None or name not in main.params]
+    try:
+        written = bicep_checks.app_settings_under(templates, parameters)
+        expected, unknown = {}, set()
+        for name, (template, expr) in written.items():
+            try:
+                expected[name] = bicep_checks._value(template, expr, parameters)
+            except bicep_checks._NotEvaluable:
+                unknown.add(name)
+    except bicep_checks._DeploymentFails as failure:
+        return found + [f"{label}: main.bicep refuses these parameters: {failure.args[0] if failure.args else failure}"]
+    if unknown != SETTINGS_KNOWN_AFTER_DEPLOYMENT:
+        found.append(f"{label}: the settings known only after the deployment are {sorted(unknown)}, not {sorted(SETTINGS_KNOWN_AFTER_DEPLOYMENT)}")
+    for name in sorted(set(expected) | set(settings)):
+        if name not in expected:
+            found.append(f"{label}: the checked settings have {name}, which main.bicep does not write with these parameters")
+        elif name not in settings:
+            found.append(f"{label}: main.bicep writes {name} = {json.dumps(expected[name])[:80]}, which is not checked")
+        elif name == "NX_CACHE_TRUST_POLICY":
+            if "\n" in settings[name] or json.loads(settings[name]) != json.loads(expected[name]):
+                found.append(f"{label}: {name} checked as {settings[name][:80]!r}, not the deployed policy on one line")
+        elif str(expected[name]) != settings[name]:
+            found.append(f"{label}: {name} checked as {settings[name][:80]!r}, but main.bicep writes {str(expected[name])[:80]!r}")
+    return found
+
+
+def deploy_inputs_problems(repo: Path = REPO, tmp: Path | None = None) -> list[str]:
+    """scripts/deploy-inputs, for every input scenario: the parameters are main.bicep's, each
+    variable becomes its parameter, and the settings file holds exactly what main.bicep writes
+    with those parameters (mode 600)."""
+    found = []
+    with tempfile.TemporaryDirectory(prefix="deploy-inputs-") as scratch:
+        base = Path(tmp or scratch)
+        for number, (label, values) in enumerate(INPUT_SCENARIOS.items()):
+            out = base / f"inputs-{number}"
+            result = subprocess.run(["bash", str(Path(repo) / DEPLOY_INPUTS), str(out)], env={"PATH": os.environ.get("PATH", ""), **values}, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                found.append(f"{DEPLOY_INPUTS} ({label}): exit status {result.returncode}: {result.stderr.strip()[:300]}")
+                continue
+            for name in ("parameters.json", "app-settings.env"):
+                mode = stat.S_IMODE((out / name).stat().st_mode)
+                if mode != 0o600:
+                    found.append(f"{DEPLOY_INPUTS} ({label}): {name} has mode {mode:o}, not 600 (it may hold the secret)")
+            parameters = {k: v["value"] for k, v in json.loads((out / "parameters.json").read_text())["parameters"].items()}
+            settings = parse_env_file((out / "app-settings.env").read_text())
+            found += settings_mismatches(repo, parameters, settings, f"{DEPLOY_INPUTS} ({label})")
+            for _, name, param, example, value in (*WORKFLOW_INPUTS, SECRET_INPUT):
+                if values.get(name) == example and parameters.get(param) != value:
+                    found.append(f"{DEPLOY_INPUTS} ({label}): {name}={example!r} gives {param} = {parameters.get(param)!r}, not {value!r}")
+    return found
+
+
+def check_step_problems(repo: Path = REPO, tmp: Path | None = None) -> list[str]:
+    """The configuration check runs the handler unpacked from dist/functionapp.zip (not a decoy),
+    as `handler check --functions --env-file FILE`, on a mode-600 file holding the settings
+    main.bicep writes from the deployment's parameters, removes the file, and fails the job with
+    the handler's line when the handler refuses the configuration."""
+    found = []
+    with tempfile.TemporaryDirectory(prefix="check-step-") as scratch:
+        base = Path(tmp or scratch)
+        values = {**INPUT_SCENARIOS["every variable"], "TOKEN_SECRET": SECRET_INPUT[3], "RESOURCE_GROUP": "rg-app"}
+        ok = run_step(repo, base / "ok", "check", values, {"handler": [{"stdout": "configuration OK\n"}]})
+        runs = ok.of("handler")
+        if ok.of("decoy-handler"):
+            found.append("check step: runs a handler other than the one in dist/functionapp.zip (the staging copy or cargo's output)")
+        if ok.status != 0:
+            found.append(f"check step: fails on an accepted configuration (exit status {ok.status}): {ok.output[-400:]}")
+        if len(runs) != 1:
+            found.append(f"check step: runs the packaged handler {len(runs)} times, not once")
+        else:
+            args = runs[0]["args"]
+            if tuple(args[:3]) != CHECK_COMMAND or len(args) != 4:
+                found.append(f"check step: runs `handler {' '.join(args)}`, not `handler {' '.join(CHECK_COMMAND)} FILE`")
+            env_file = runs[0].get("env_file")
+            if env_file is None:
+                found.append("check step: gives the handler no settings file")
+            else:
+                if env_file["mode"] != 0o600:
+                    found.append(f"check step: the settings file has mode {env_file['mode']:o}, not 600 (it may hold the secret)")
+                if not env_file["path"].startswith(str(ok.runner_temp)):
+                    found.append(f"check step: the settings file {env_file['path']} is not under RUNNER_TEMP")
+                if Path(env_file["path"]).exists():
+                    found.append("check step: the settings file is left behind")
+                deployed = run_step(repo, base / "deployed", "deployment", values, {"az": [{"when": ["deployment", "create"], "stdout": DEPLOYMENT_OUTPUTS}]})
+                parameters = _deployed_parameters(deployed)
+                if parameters is None:
+                    found.append("check step: cannot compare with the deployment step, which passes no parameters file")
+                else:
+                    found += settings_mismatches(repo, parameters, parse_env_file(env_file["text"]), "check step (the deployment's parameters)")
+        leftovers = [p.name for p in ok.runner_temp.iterdir() if p.name.startswith("deploy-inputs")]
+        if leftovers:
+            found.append(f"check step: leaves {leftovers} in RUNNER_TEMP")
+        refusal = "handler: configuration error: NX_CACHE_TRUST_POLICY: rule 'web-main': a read-write rule needs event_name"
+        refused = run_step(repo, base / "refused", "check", values, {"handler": [{"stderr": refusal + "\n", "exit": 1}]})
+        if refused.status == 0:
+            found.append("check step: passes although the handler refuses the configuration")
+        elif refusal not in refused.output or "::error" not in refused.output:
+            found.append(f"check step: a refused configuration does not end in an error annotation with the handler's line: {refused.output[-400:]}")
+    return found
+
+
+DEPLOYMENT_OUTPUTS = json.dumps({
+    "cacheUrl": {"type": "String", "value": "https://acme-nx-cache.azurewebsites.net"},
+    "teamCacheUrl": {"type": "String", "value": "https://acme-nx-cache.azurewebsites.net/teams/<team>"},
+    "functionAppName": {"type": "String", "value": "acme-nx-cache"},
+})
+
+
+def _deployed_parameters(run: StepRun) -> dict[str, Any] | None:
+    """The parameters of the run's `az deployment group create`, from its `@file` (read when az
+    was called)."""
+    for call in run.of("az", "deployment", "create"):
+        for argument, content in (call.get("files") or {}).items():
+            if argument.startswith("@"):
+                return {k: v["value"] for k, v in json.loads(content["text"])["parameters"].items()}
+    return None
+
+
+def deployment_step_problems(repo: Path = REPO, tmp: Path | None = None) -> list[str]:
+    """The deployment passes the parameters of scripts/deploy-inputs as a mode-600 file (not on
+    the command line: the secret), removes it, and hands the outputs to the later steps."""
+    found = []
+    with tempfile.TemporaryDirectory(prefix="deployment-step-") as scratch:
+        base = Path(tmp or scratch)
+        values = {**INPUT_SCENARIOS["secret as a secure parameter, blank policy"], "RESOURCE_GROUP": "rg-app"}
+        run = run_step(repo, base / "run", "deployment", values, {"az": [{"when": ["deployment", "create"], "stdout": DEPLOYMENT_OUTPUTS}]})
+        if run.status != 0:
+            return [f"deployment step: fails (exit status {run.status}): {run.output[-400:]}"]
+        calls = run.of("az", "deployment", "create")
+        if len(calls) != 1:
+            return [f"deployment step: runs `az deployment group create` {len(calls)} times"]
+        args = calls[0]["args"]
+        if any(SECRET_INPUT[3] in arg for arg in args):
+            found.append("deployment step: the token secret is on az's command line")
+        files = [c for a, c in (calls[0].get("files") or {}).items() if a.startswith("@")]
+        if not files:
+            found.append("deployment step: passes no parameters file (`--parameters @FILE`)")
+        elif files[0]["mode"] != 0o600:
+            found.append(f"deployment step: the parameters file has mode {files[0]['mode']:o}, not 600")
+        parameters = _deployed_parameters(run)
+        reference = base / "reference"
+        subprocess.run(["bash", str(Path(repo) / DEPLOY_INPUTS), str(reference)], env={"PATH": os.environ.get("PATH", ""), **values}, capture_output=True, check=False)
+        if parameters is not None and (reference / "parameters.json").exists():
+            expected = {k: v["value"] for k, v in json.loads((reference / "parameters.json").read_text())["parameters"].items()}
+            if parameters != expected:
+                found.append(f"deployment step: deploys other parameters than {DEPLOY_INPUTS} makes: {sorted(set(parameters.items()) ^ set(expected.items()))[:4]}")
+        for flag, value in (("--resource-group", "rg-app"), ("--template-file", "infra/main.bicep")):
+            if flag not in args or args[args.index(flag) + 1] != value:
+                found.append(f"deployment step: az deployment group create lacks {flag} {value}")
+        if [p.name for p in run.runner_temp.iterdir() if p.name.startswith("deploy-inputs")]:
+            found.append("deployment step: leaves the parameters file in RUNNER_TEMP")
+        for line in ("cache_url=https://acme-nx-cache.azurewebsites.net", "app_name=acme-nx-cache"):
+            if line not in run.github_output.splitlines():
+                found.append(f"deployment step: does not output {line}")
+        missing = run_step(repo, base / "no-group", "deployment", {**values, "RESOURCE_GROUP": ""}, {})
+        if missing.status == 0 or missing.of("az"):
+            found.append("deployment step: runs without vars.AZURE_RESOURCE_GROUP")
+    return found
+
+
+CONFIG_ZIP_TOLERATED = (
+    # azure-cli 2.91.0, appservice/custom.py, check_flex_app_after_deployment (exit status 3, then 1).
+    (3, "ERROR: Failed to fetch host key to check for function app status\n"),
+    (1, "ERROR: Deployment was successful but the app appears to be unhealthy. Please check the app logs.\n"),
+)
+CONFIG_ZIP_FAILURES = (
+    # _check_zip_deployment_status_flex and enable_zip_deploy_flex: the package is not deployed.
+    (1, "ERROR: Zip deployment failed. {'status': 3}. These are the deployment logs: \n[]\n"),
+    (1, "ERROR: There may be an ongoing deployment. Please track your deployment in https://acme-nx-cache.scm.azurewebsites.net/api/deployments/latest\n"),
+)
+
+
+def config_zip_problems(repo: Path = REPO, tmp: Path | None = None) -> list[str]:
+    """The package step tolerates exactly the two failures of config-zip's own health check on
+    Flex Consumption (the package is deployed by then) and fails on any other failure."""
+    found = []
+    with tempfile.TemporaryDirectory(prefix="config-zip-step-") as scratch:
+        base = Path(tmp or scratch)
+        values = {"RESOURCE_GROUP": "rg-app", "DEPLOYED_APP": "acme-nx-cache"}
+        cases = [(0, "", True), *((e, m, True) for e, m in CONFIG_ZIP_TOLERATED), *((e, m, False) for e, m in CONFIG_ZIP_FAILURES)]
+        for number, (exit_status, stderr, passes) in enumerate(cases):
+            run = run_step(repo, base / f"case-{number}", "config-zip", values, {"az": [{"when": ["config-zip"], "stderr": stderr, "exit": exit_status}]})
+            calls = run.of("az", "config-zip")
+            what = stderr.strip().splitlines()[0] if stderr else "success"
+            if len(calls) != 1 or "--src" not in calls[0]["args"] or calls[0]["args"][calls[0]["args"].index("--src") + 1] != PACKAGE_ZIP:
+                found.append(f"config-zip step ({what}): does not deploy {PACKAGE_ZIP} once with config-zip")
+            if passes and run.status != 0:
+                found.append(f"config-zip step: fails on `{what}` (exit status {exit_status}), which leaves the package deployed; the health check must decide")
+            if not passes and run.status == 0:
+                found.append(f"config-zip step: passes on `{what}`, a failed deployment")
+            if stderr and stderr.strip() not in run.output:
+                found.append(f"config-zip step ({what}): hides az's message")
+    return found
+
+
+APP_ID = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-app/providers/Microsoft.Web/sites/acme-nx-cache"
+REFERENCES_API = "api-version=2022-03-01"
+
+
+def _health_plan(*, healthy_after: list | None, references: str, resolved_after: list | None) -> dict[str, list[dict]]:
+    """Stand-ins for the health check: /health answers 503 until the calls in `healthy_after` have
+    happened (never, when None), the Key Vault references are `references` until the calls in
+    `resolved_after` have happened."""
+    unhealthy = {"when": ["--max-time"], "body": "not ready: the cache storage is unavailable (the handler's log says why; `handler doctor` checks it)", "stdout": "503"}
+    healthy = {"when": ["--max-time"], "body": "ok", "stdout": "200"}
+    resolved = json.dumps({"value": [{"name": "NX_CACHE_JWT_SECRET", "properties": {"status": "Resolved", "details": "Reference has been successfully resolved."}}]})
+    plan: dict[str, list[dict]] = {"curl": [], "az": [{"when": ["functionapp", "show"], "stdout": APP_ID + "\n"}]}
+    if healthy_after is not None:
+        plan["curl"].append({**healthy, "after": healthy_after})
+    plan["curl"].append(unhealthy)
+    if resolved_after is not None:
+        plan["az"].append({"when": ["rest", "get"], "after": resolved_after, "stdout": resolved})
+    plan["az"].append({"when": ["rest", "get"], "stdout": references})
+    return plan
+
+
+UNRESOLVED = json.dumps({"value": [
+    {"name": "NX_CACHE_JWT_SECRET", "properties": {"status": "AccessToKeyVaultDenied", "details": "Key Vault reference was not able to be resolved because site was denied access to Key Vault reference's vault."}},
+    {"name": "NX_CACHE_JWT_PREVIOUS_SECRETS", "properties": {"status": "Resolved", "details": "Reference has been successfully resolved."}},
+]})
+NO_REFERENCES = json.dumps({"value": []})
+REFRESH = ["az", "rest", "post"]
+RESTART = ["az", "functionapp", "restart"]
+
+
+HEALTH_SCENARIOS = ("healthy", "recovers", "never", "storage")
+
+
+def health_check_problems(repo: Path = REPO, tmp: Path | None = None, only: tuple[str, ...] = HEALTH_SCENARIOS) -> list[str]:
+    """The health check waits for /health 200 without hiding a 503's body; while it is not 200 and
+    a Key Vault reference is not Resolved, it refreshes the references and restarts the app, at
+    most 3 times and not back to back; it fails with what it saw. `only`: some of the scenarios
+    (healthy at once; a reference that resolves after a refresh; one that never does; a storage
+    problem with every reference resolved)."""
+    found = []
+    values = {"RESOURCE_GROUP": "rg-app", "DEPLOYED_APP": "acme-nx-cache", "CACHE_URL": "https://acme-nx-cache.azurewebsites.net"}
+    refresh_url = f"{APP_ID}/config/configreferences/appsettings/refresh?{REFERENCES_API}"
+    status_url = f"{APP_ID}/config/configreferences/appsettings?{REFERENCES_API}"
+    with tempfile.TemporaryDirectory(prefix="health-step-") as scratch:
+        base = Path(tmp or scratch)
+
+        if "healthy" in only:
+            run = run_step(repo, base / "healthy", "health", values, _health_plan(healthy_after=[], references=NO_REFERENCES, resolved_after=None))
+            if run.status != 0 or run.of(*REFRESH) or run.of(*RESTART):
+                found.append(f"health step: a healthy app fails the step or gets refreshed (exit status {run.status}): {run.output[-300:]}")
+
+        if "recovers" in only:
+            # The reference resolves after one refresh, and the app is healthy after the restart.
+            run = run_step(repo, base / "recovers", "health", values, _health_plan(healthy_after=[[RESTART, 1]], references=UNRESOLVED, resolved_after=[[REFRESH, 1]]))
+            refreshes, restarts = run.of(*REFRESH), run.of(*RESTART)
+            if not refreshes:
+                found.append("health step: does not refresh the Key Vault references while one is not Resolved (POST .../config/configreferences/appsettings/refresh)")
+            elif refreshes[0]["args"][refreshes[0]["args"].index("--url") + 1] != refresh_url:
+                found.append(f"health step: refreshes {refreshes[0]['args']}, not {refresh_url}")
+            if not restarts:
+                found.append("health step: does not restart the app after refreshing the references")
+            if run.status != 0:
+                found.append(f"health step: fails although the app is healthy after a refresh and a restart: {run.output[-300:]}")
+            if len(refreshes) > 1:
+                found.append(f"health step: refreshes {len(refreshes)} times, although one did it")
+            gets = run.of("az", "rest", "get")
+            if gets and gets[0]["args"][gets[0]["args"].index("--url") + 1] != status_url:
+                found.append(f"health step: reads the references' statuses at {gets[0]['args']}, not {status_url}")
+            positions = [i for i, c in enumerate(run.calls) if c["program"] == "az" and ({"post"} <= set(c["args"]) or "restart" in c["args"])]
+            kinds = ["refresh" if "post" in run.calls[i]["args"] else "restart" for i in positions]
+            if kinds[:2] == ["restart", "refresh"]:
+                found.append("health step: restarts before it refreshes the references")
+
+        if "never" in only:
+            # It never resolves: bounded refreshes, spaced, then a failure that says what was seen.
+            run = run_step(repo, base / "never", "health", values, _health_plan(healthy_after=None, references=UNRESOLVED, resolved_after=None))
+            refreshes = run.of(*REFRESH)
+            if run.status == 0:
+                found.append("health step: passes although /health never answers 200")
+            if not 1 <= len(refreshes) <= 3:
+                found.append(f"health step: refreshes {len(refreshes)} times while a reference stays unresolved; expected at most 3 (and at least 1)")
+            attempts_between = []
+            count = 0
+            for call in run.calls:
+                if call["program"] == "curl":
+                    count += 1
+                elif call["program"] == "az" and "post" in call["args"]:
+                    attempts_between.append(count)
+            if any(b - a < 2 for a, b in zip(attempts_between, attempts_between[1:])):
+                found.append(f"health step: refreshes back to back (after health checks {attempts_between})")
+            errors = "\n".join(line for line in run.output.splitlines() if line.startswith("::error"))
+            for needle in ("NX_CACHE_JWT_SECRET: AccessToKeyVaultDenied", "503", "not ready: the cache storage is unavailable"):
+                if needle not in errors:
+                    found.append(f"health step: its failure (the ::error lines) does not show `{needle}`")
+            if "NX_CACHE_JWT_PREVIOUS_SECRETS: Resolved" in run.output:
+                found.append("health step: reports a resolved reference as unresolved")
+            if len(run.of("curl")) > 40:
+                found.append(f"health step: checks /health {len(run.of('curl'))} times; it must give up")
+            curl = run.of("curl")
+            if curl and any(arg.startswith("-") and not arg.startswith("--") and "f" in arg for arg in curl[0]["args"]):
+                found.append("health step: curl -f hides the body of a 503")
+
+        if "storage" in only:
+            # Not a Key Vault problem: no refresh, no restart.
+            run = run_step(repo, base / "storage", "health", values, _health_plan(healthy_after=None, references=NO_REFERENCES, resolved_after=None))
+            if run.of(*REFRESH) or run.of(*RESTART):
+                found.append("health step: refreshes or restarts although every Key Vault reference is resolved")
+            if run.status == 0:
+                found.append("health step: passes although /health never answers 200")
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/deploy.md: its settings file for `handler check`, and its az commands
+# ---------------------------------------------------------------------------------------------
+
+DEPLOY_DOC = Path("docs") / "deploy.md"
+# The placeholders of the guide's settings example, as the parameters they stand for.
+DOC_SETTINGS_PARAMETERS = {
+    "appName": "$APP",
+    "cacheStorageAccountName": "$ACCOUNT",
+    "cacheContainerName": "$CONTAINER",
+    "tokenSecretKeyVaultUri": "$SECRET_URI",
+}
+
+
+def doc_settings_example(repo: Path = REPO) -> str | None:
+    """The body of the guide's `cat > app-settings.env <<EOF ... EOF`."""
+    text = (Path(repo) / DEPLOY_DOC).read_text(encoding="utf-8")
+    match = re.search(r"^cat > app-settings\.env <<EOF\n(.*?)^EOF$", text, re.M | re.S)
+    return match.group(1) if match else None
+
+
+def doc_settings_problems(repo: Path = REPO) -> list[str]:
+    """The settings file the guide writes before `handler check` (step 3) is what main.bicep
+    writes with the guide's parameters and the defaults: no setting missing, none misspelt, no
+    value other than the template's."""
+    example = doc_settings_example(repo)
+    if example is None:
+        return [f"{DEPLOY_DOC}: no `cat > app-settings.env <<EOF` example for `handler check`"]
+    return settings_mismatches(repo, DOC_SETTINGS_PARAMETERS, parse_env_file(example), f"{DEPLOY_DOC} (settings for handler check)")
+
+
+def doc_command_problems(repo: Path = REPO) -> list[str]:
+    """az commands of the guide that azure-cli 2.91.0 spells otherwise: `az monitor app-insights
+    query` takes the component as `--apps` (the application-insights extension's _params.py;
+    `--app` works only as an abbreviation). And the check runs before the deployment."""
+    text = (Path(repo) / DEPLOY_DOC).read_text(encoding="utf-8")
+    found = []
+    for match in re.finditer(r"az monitor app-insights query[^\n]*(?:\\\n[^\n]*)*", text):
+        if re.search(r"\s--app\b(?!s)", match.group(0)) or "--apps" not in match.group(0):
+            line = text[: match.start()].count("\n") + 1
+            found.append(f"{DEPLOY_DOC}:{line}: `az monitor app-insights query` takes the component as --apps")
+    check = re.search(r"^\S*handler check --functions --env-file ", text, re.M)
+    deploy = re.search(r"^az deployment group create ", text, re.M)
+    if check is None or deploy is None or check.start() > deploy.start():
+        found.append(f"{DEPLOY_DOC}: the manual path must run `handler check --functions --env-file` before `az deployment group create`")
+    return found
+
+
+def deploy_job_problems(repo: Path = REPO) -> list[str]:
+    """Every check of the deploy job."""
+    return [
+        *deploy_order_problems(repo),
+        *deploy_inputs_problems(repo),
+        *check_step_problems(repo),
+        *deployment_step_problems(repo),
+        *config_zip_problems(repo),
+        *health_check_problems(repo),
+        *doc_settings_problems(repo),
+        *doc_command_problems(repo),
+    ]
 
 
 def main(argv: list[str]) -> int:
