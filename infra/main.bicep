@@ -13,7 +13,9 @@
 // Only references, never creates: the cache storage account and its blob container, which hold
 // the cache entries (`org/{hash}`, `teams/{team}/{hash}`). They may live in another resource group
 // of the same subscription (cacheStorageResourceGroup); modules/cache-access.bicep is deployed
-// into that group to grant the app's identity its two roles there.
+// into that group to grant the app's identity its two roles there, and (only when asked) to write
+// the cache account's lifecycle management policy: retention of this cache's entries
+// (retentionDays) and deletion of the legacy @nx/azure-cache entries (legacyEntriesRetentionDays).
 //
 // Storage is reached by managed identity only: this template holds no storage key and no
 // connection string, and the storage account it creates refuses shared-key requests.
@@ -129,6 +131,12 @@ param retentionDays int = 0
   'lastAccess'
 ])
 param retentionBasis string = 'modification'
+
+// The deprecated @nx/azure-cache plugin wrote each entry as a blob named by the bare Nx hash (decimal
+// digits) at the container root. This cache never reads them (docs/migrate-from-nx-azure-cache.md).
+@description('Delete the legacy @nx/azure-cache entries (blobs at the container root named by an Nx hash) this many days after their last modification; 0 (the default) writes no such rule. CAUTION: like retentionDays, writes the cache account\'s lifecycle management policy, which REPLACES any policy that account already has; both rules go into that one policy.')
+@minValue(0)
+param legacyEntriesRetentionDays int = 0
 
 @description('Resource id of an EXISTING user-assigned managed identity for the app (any resource group of the subscription). Empty: the system-assigned identity, unless createUserAssignedIdentity.')
 param userAssignedIdentityResourceId string = ''
@@ -412,7 +420,7 @@ resource scmPublishingCredentials 'Microsoft.Web/sites/basicPublishingCredential
 // ---------------------------------------------------------------------------------------------
 
 // The cache: Storage Blob Data Contributor on the container, Storage Blob Delegator on the
-// account; optional retention policy. See the module for why each role.
+// account; the optional lifecycle policy (retention, legacy entries). See the module for why each.
 module cacheAccess 'modules/cache-access.bicep' = {
   name: take('${appName}-cache-access', 64)
   scope: resourceGroup(cacheStorageResourceGroup)
@@ -422,6 +430,7 @@ module cacheAccess 'modules/cache-access.bicep' = {
     principalId: appPrincipalId
     retentionDays: retentionDays
     retentionBasis: retentionBasis
+    legacyEntriesRetentionDays: legacyEntriesRetentionDays
   }
 }
 

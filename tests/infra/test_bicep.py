@@ -654,8 +654,119 @@ def test_creating_the_cache_container_is_caught(infra: Path):
 
 
 def test_unconditional_management_policy_is_caught(infra: Path):
-    edit(infra, "modules/cache-access.bicep", "= if (retentionDays > 0) {", "= {")
+    edit(infra, "modules/cache-access.bicep", "= if (!empty(lifecycleRules)) {", "= {")
     assert_found(checks.container_problems(infra), "must be opt-in")
+    assert_found(checks.lifecycle_problems(infra), "with the defaults: modules/cache-access.bicep: management policy 'lifecyclePolicy' is written")
+
+
+# The cache account's lifecycle policy: retention and the legacy @nx/azure-cache entries.
+
+CACHE_ACCESS = "modules/cache-access.bicep"
+
+
+def test_lifecycle_rules_share_one_policy():
+    """What the check relies on: both rules, when both are asked for, in the one 'default' policy of
+    the cache account; the legacy rule's prefixes are the ten digits of the container."""
+    templates = checks.load(INFRA)
+    assert checks.lifecycle_policies(templates, {}) == []
+    (policy,) = checks.lifecycle_policies(templates, {"retentionDays": 30, "legacyEntriesRetentionDays": 7})
+    assert (policy["name"], policy["account"]) == ("default", "acmenxcache")
+    prefixes = {rule["name"]: rule["definition"]["filters"]["prefixMatch"] for rule in policy["rules"]}
+    assert prefixes["nxCacheRetention"] == ["nx-cache/org/", "nx-cache/teams/"]
+    assert prefixes["nxAzureCacheLegacyEntries"] == [f"nx-cache/{d}" for d in range(10)]
+    (legacy_only,) = checks.lifecycle_policies(templates, {"legacyEntriesRetentionDays": 7})
+    assert [rule["name"] for rule in legacy_only["rules"]] == ["nxAzureCacheLegacyEntries"]
+
+
+def test_legacy_rule_on_by_default_is_caught(infra: Path):
+    edit(infra, "main.bicep", "param legacyEntriesRetentionDays int = 0\n", "param legacyEntriesRetentionDays int = 7\n")
+    found = checks.lifecycle_problems(infra)
+    assert_found(
+        found,
+        "parameter 'legacyEntriesRetentionDays' must be an int with @minValue(0) that defaults to 0 (the legacy rule off)",
+        "with the defaults: modules/cache-access.bicep: management policy 'lifecyclePolicy' is written",
+    )
+    assert_found(checks.problems(infra), "legacyEntriesRetentionDays")
+
+
+def test_legacy_rule_on_by_default_in_the_module_is_caught(infra: Path):
+    """main.bicep right, but the module ignores what it is given and turns the rule on itself."""
+    edit(infra, "main.bicep", "    legacyEntriesRetentionDays: legacyEntriesRetentionDays\n", "")
+    edit(infra, CACHE_ACCESS, "param legacyEntriesRetentionDays int = 0\n", "param legacyEntriesRetentionDays int = 30\n")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "with the defaults: modules/cache-access.bicep: management policy 'lifecyclePolicy' is written", "deletes 30 days after the last modification; expected 7")
+
+
+def test_legacy_rule_matching_org_is_caught(infra: Path):
+    edit(infra, CACHE_ACCESS, "          '${containerName}/0'\n", "          '${containerName}/0'\n          '${containerName}/org/'\n")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "rule 'nxAzureCacheLegacyEntries' matches this cache's own entries under nx-cache/org/", "0 legacy-entries rules")
+    assert_found(checks.problems(infra), "matches this cache's own entries")
+
+
+def test_legacy_rule_matching_teams_is_caught(infra: Path):
+    """A prefix that is not a digit: 't' matches teams/ (and nothing the plugin wrote)."""
+    edit(infra, CACHE_ACCESS, "          '${containerName}/9'\n", "          '${containerName}/t'\n")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "rule 'nxAzureCacheLegacyEntries' matches this cache's own entries under nx-cache/teams/")
+
+
+def test_legacy_rule_on_the_whole_container_is_caught(infra: Path):
+    edit(infra, CACHE_ACCESS, "          '${containerName}/5'\n", "          '${containerName}/'\n")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "matches this cache's own entries under nx-cache/org/, nx-cache/teams/")
+
+
+def test_legacy_rule_missing_a_digit_is_caught(infra: Path):
+    drop_line(infra, CACHE_ACCESS, "'\\$\\{containerName\\}/5'")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "rule 'nxAzureCacheLegacyEntries' does not cover the hashes that start with 5")
+    assert not any("own entries" in problem for problem in found), found
+
+
+def test_legacy_rule_with_a_longer_prefix_is_caught(infra: Path):
+    edit(infra, CACHE_ACCESS, "          '${containerName}/1'\n", "          '${containerName}/12'\n")
+    assert_found(checks.lifecycle_problems(infra), "does not cover the hashes that start with 1", "has the prefixes nx-cache/12")
+
+
+def test_legacy_rule_outside_the_container_is_caught(infra: Path):
+    edit(infra, CACHE_ACCESS, "          '${containerName}/3'\n", "          '3'\n")
+    assert_found(checks.lifecycle_problems(infra), "has the prefix '3', which is not under the container (nx-cache/)")
+
+
+def test_legacy_rule_with_the_retention_days_is_caught(infra: Path):
+    edit(infra, CACHE_ACCESS, "            daysAfterModificationGreaterThan: legacyEntriesRetentionDays\n", "            daysAfterModificationGreaterThan: retentionDays\n")
+    assert_found(checks.lifecycle_problems(infra), "with legacyEntriesRetentionDays=7: rule 'nxAzureCacheLegacyEntries' deletes 0 days after the last modification; expected 7")
+
+
+def test_legacy_days_not_passed_to_the_module_is_caught(infra: Path):
+    edit(infra, "main.bicep", "    legacyEntriesRetentionDays: legacyEntriesRetentionDays\n", "")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "with legacyEntriesRetentionDays=7: 0 lifecycle policies are written on the cache account")
+
+
+def test_legacy_rule_replacing_the_retention_rule_is_caught(infra: Path):
+    """Both asked for: one policy per account, so both rules must be in it."""
+    edit(infra, CACHE_ACCESS, "var lifecycleRules = concat(retentionRules, legacyRules)", "var lifecycleRules = (legacyEntriesRetentionDays > 0) ? legacyRules : retentionRules")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "with retentionDays=30, legacyEntriesRetentionDays=7: 0 retention rules (prefixes nx-cache/org/, nx-cache/teams/); expected one")
+    assert len(found) == 1, found
+
+
+def test_legacy_rule_in_a_second_policy_is_caught(infra: Path):
+    """A policy of its own for the legacy rule: the account has one, and the second replaces the first."""
+    edit(infra, CACHE_ACCESS, "var lifecycleRules = concat(retentionRules, legacyRules)", "var lifecycleRules = retentionRules")
+    with (infra / CACHE_ACCESS).open("a") as f:
+        f.write("\nresource legacyPolicy 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = if (legacyEntriesRetentionDays > 0) {\n  parent: account\n  name: 'default'\n  properties: {\n    policy: {\n      rules: legacyRules\n    }\n  }\n}\n")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "with retentionDays=30, legacyEntriesRetentionDays=7: 2 lifecycle policies are written on the cache account")
+
+
+def test_retention_rule_matching_the_legacy_entries_is_caught(infra: Path):
+    """The retention rule on the whole container would delete the legacy entries (and be no retention rule)."""
+    edit(infra, CACHE_ACCESS, "          '${containerName}/org/'\n          '${containerName}/teams/'\n", "          '${containerName}/'\n")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "rule 'nxCacheRetention' (prefixes nx-cache/) is neither the retention rule nor the legacy-entries rule", "0 retention rules")
 
 
 def test_unknown_parameter_in_the_parameters_file_is_caught(infra: Path):
