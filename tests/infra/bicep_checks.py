@@ -179,6 +179,20 @@ LOG_LEVELS = frozenset({"TRACE", "DEBUG", "INFO", "WARN", "ERROR"})
 # (outcome), per namespace (namespace), bytes stored (bytes), top subjects (subject).
 WORKBOOK_FIELDS_NEEDED = ("outcome", "namespace", "bytes", "subject")
 
+# Per-instance HTTP concurrency (functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency,
+# an int in Azure/bicep-types-az Microsoft.Web 2024-04-01) and the handler's connection limit. The
+# parameter's 0 means "derived from instanceMemoryMB"; Flex Consumption's instance sizes are 512,
+# 2,048 and 4,096 MB (Learn: flex-consumption-plan, "Instance sizes"). Microsoft documents no range
+# for the concurrency; the template bounds it at 1000.
+CONCURRENCY_PARAM = "perInstanceConcurrency"
+MEMORY_PARAM = "instanceMemoryMB"
+FLEX_INSTANCE_MEMORY_MB = (512, 2048, 4096)
+CONCURRENCY_LIMIT = 1000
+MAX_CONNECTIONS_SETTING = "NX_CACHE_MAX_CONNECTIONS"
+# NX_CACHE_MAX_CONNECTIONS minus the per-instance concurrency: at least 1, so that the host's probe
+# of GET / gets a connection while every request slot is taken, and "a little" at most.
+CONNECTION_HEADROOM = (1, 16)
+
 # The lifecycle management policy of the cache account: retention of this cache's entries, and the
 # legacy @nx/azure-cache entries (blobs at the container root named by an Nx hash, decimal digits).
 # This cache's blobs are {NX_CACHE_BLOB_PREFIX}org/{hash} and {NX_CACHE_BLOB_PREFIX}teams/{team}/{hash}
@@ -1466,8 +1480,89 @@ def parameters_file_problems(infra_dir: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The cache account's lifecycle policy
+# Flex Consumption's per-instance concurrency, and the cache account's lifecycle policy
 # ---------------------------------------------------------------------------------------------
+
+
+def _site_concurrency(templates: list[Template], env: dict[str, Any]) -> tuple[str, Any]:
+    """functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency of main.bicep's
+    function app with the parameters in `env` (on top of SCENARIO_BASE), as setting_under answers."""
+    main = main_template(templates)
+    env = {**SCENARIO_BASE, **env}
+    for _, resource, config, _ in (main.resource_list() if main else []):
+        if resource.get("type") != SITE_TYPE or resource.get("existing"):
+            continue
+        expr = get_path(config, "properties", "functionAppConfig", "scaleAndConcurrency", "triggers", "http", "perInstanceConcurrency")
+        if expr is None:
+            return "absent", None
+        try:
+            return "value", _value(main, expr, env)
+        except _DeploymentFails as failure:
+            return "fails", failure.args[0] if failure.args else ""
+        except _NotEvaluable as error:
+            return "unknown", str(error)
+    return "absent", None
+
+
+def concurrency_problems(infra_dir: Path) -> list[str]:
+    """Flex Consumption scales the handler by the HTTP requests in flight per instance: the function
+    app sets triggers.http.perInstanceConcurrency from main.bicep's perInstanceConcurrency parameter
+    (0 to 1000). Left at its default, the value is derived from instanceMemoryMB (it grows with each
+    larger instance size) and stays between 1 and 1000; a value given is used as given. The handler's
+    NX_CACHE_MAX_CONNECTIONS is always a little above it (CONNECTION_HEADROOM), so that probes still
+    get a connection when every request slot is taken."""
+    templates = load(infra_dir)
+    main = main_template(templates)
+    if main is None:
+        return ["infra/main.bicep does not parse"]
+    found: list[str] = []
+    param = main.params.get(CONCURRENCY_PARAM)
+    if param is None:
+        return [f"main.bicep has no parameter '{CONCURRENCY_PARAM}' for the per-instance HTTP concurrency"]
+    low, high = main.param_decorator(CONCURRENCY_PARAM, "min_value"), main.param_decorator(CONCURRENCY_PARAM, "max_value")
+    if param.get("type") != "int" or low is None or high is None or low < 0 or high > CONCURRENCY_LIMIT:
+        found.append(f"parameter '{CONCURRENCY_PARAM}' must be an int with @minValue(0) and @maxValue at most {CONCURRENCY_LIMIT}")
+    if _site_concurrency(templates, {})[0] == "absent":
+        return found + [
+            "functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency is not set: Flex Consumption "
+            "then uses its own defaults (4 at 512 MB), sized for language workers, not for this handler"
+        ]
+    scenarios = [({MEMORY_PARAM: memory}, None) for memory in FLEX_INSTANCE_MEMORY_MB]
+    scenarios += [({MEMORY_PARAM: memory, CONCURRENCY_PARAM: 50}, 50) for memory in FLEX_INSTANCE_MEMORY_MB]
+    derived: list[int] = []
+    for params, given in scenarios:
+        where = f"with {_scenario(params)}"
+        outcome = _site_concurrency(templates, params)
+        if outcome[0] != "value" or not isinstance(outcome[1], int) or isinstance(outcome[1], bool):
+            found.append(f"{where}, perInstanceConcurrency: {_describe(outcome)}")
+            continue
+        concurrency = outcome[1]
+        if given is not None and concurrency != given:
+            found.append(f"{where}, perInstanceConcurrency is {concurrency}; a value given in '{CONCURRENCY_PARAM}' must be used as given")
+        if given is None:
+            derived.append(concurrency)
+            if not 1 <= concurrency <= CONCURRENCY_LIMIT:
+                found.append(f"{where}, the derived perInstanceConcurrency is {concurrency}; it must be between 1 and {CONCURRENCY_LIMIT}")
+        connections = setting_under(templates, params, MAX_CONNECTIONS_SETTING)
+        if connections[0] == "absent":
+            found.append(f"{where}, app setting {MAX_CONNECTIONS_SETTING} is not set; it must be a little above perInstanceConcurrency ({concurrency})")
+            continue
+        if connections[0] != "value" or not str(connections[1]).isdigit():
+            found.append(f"{where}, {MAX_CONNECTIONS_SETTING}: {_describe(connections)}")
+            continue
+        headroom = int(connections[1]) - concurrency
+        if not CONNECTION_HEADROOM[0] <= headroom <= CONNECTION_HEADROOM[1]:
+            found.append(
+                f"{where}, {MAX_CONNECTIONS_SETTING} is {connections[1]} and perInstanceConcurrency {concurrency}: it must be "
+                f"{CONNECTION_HEADROOM[0]} to {CONNECTION_HEADROOM[1]} above it (probes get a connection, and the handler holds no more than the instance was sized for)"
+            )
+    if len(derived) == len(FLEX_INSTANCE_MEMORY_MB) and any(a >= b for a, b in zip(derived, derived[1:])):
+        sizes = ", ".join(f"{m} MB: {c}" for m, c in zip(FLEX_INSTANCE_MEMORY_MB, derived))
+        found.append(
+            f"the default perInstanceConcurrency does not follow {MEMORY_PARAM} ({sizes}); it must be derived from the "
+            "instance's memory and the handler's memory per request, so that a larger instance takes more requests"
+        )
+    return found
 
 
 class _ModuleEnv(dict):
@@ -1907,6 +2002,7 @@ CHECKS: tuple[Callable[[Path], list[str]], ...] = (
     key_vault_access_problems,
     size_limit_problems,
     container_problems,
+    concurrency_problems,
     lifecycle_problems,
     parameters_file_problems,
     workbook_deployment_problems,

@@ -659,6 +659,87 @@ def test_unconditional_management_policy_is_caught(infra: Path):
     assert_found(checks.lifecycle_problems(infra), "with the defaults: modules/cache-access.bicep: management policy 'lifecyclePolicy' is written")
 
 
+# Flex Consumption's per-instance HTTP concurrency, and NX_CACHE_MAX_CONNECTIONS.
+
+DERIVED_CONCURRENCY = "var httpPerInstanceConcurrency = (perInstanceConcurrency > 0) ? perInstanceConcurrency : (memoryBoundConnections - handlerConnectionHeadroom)\n"
+
+
+def test_concurrency_follows_the_instance_memory():
+    """What the check relies on: the default grows with the instance size, a given value is used
+    as given, and NX_CACHE_MAX_CONNECTIONS is the concurrency plus the headroom."""
+    templates = checks.load(INFRA)
+    derived = [checks._site_concurrency(templates, {"instanceMemoryMB": m})[1] for m in checks.FLEX_INSTANCE_MEMORY_MB]
+    assert derived == sorted(set(derived)) and all(1 <= c <= checks.CONCURRENCY_LIMIT for c in derived), derived
+    assert checks._site_concurrency(templates, {"perInstanceConcurrency": 50}) == ("value", 50)
+    for memory, concurrency in zip(checks.FLEX_INSTANCE_MEMORY_MB, derived):
+        _, connections = checks.setting_under(templates, {"instanceMemoryMB": memory}, "NX_CACHE_MAX_CONNECTIONS")
+        assert checks.CONNECTION_HEADROOM[0] <= int(connections) - concurrency <= checks.CONNECTION_HEADROOM[1]
+
+
+def test_missing_concurrency_is_caught(infra: Path):
+    edit(infra, "main.bicep", "        triggers: {\n          http: {\n            perInstanceConcurrency: httpPerInstanceConcurrency\n          }\n        }\n", "")
+    found = checks.concurrency_problems(infra)
+    assert_found(found, "functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency is not set")
+    assert_found(checks.problems(infra), "perInstanceConcurrency is not set")
+
+
+def test_constant_default_concurrency_is_caught(infra: Path):
+    edit(infra, "main.bicep", DERIVED_CONCURRENCY, "var httpPerInstanceConcurrency = (perInstanceConcurrency > 0) ? perInstanceConcurrency : 16\n")
+    found = checks.concurrency_problems(infra)
+    assert_found(found, "the default perInstanceConcurrency does not follow instanceMemoryMB (512 MB: 16, 2048 MB: 16, 4096 MB: 16)")
+    assert len(found) == 1, found
+
+
+def test_constant_concurrency_parameter_default_is_caught(infra: Path):
+    edit(infra, "main.bicep", "param perInstanceConcurrency int = 0\n", "param perInstanceConcurrency int = 32\n")
+    assert_found(checks.concurrency_problems(infra), "does not follow instanceMemoryMB (512 MB: 32, 2048 MB: 32, 4096 MB: 32)")
+
+
+def test_concurrency_given_but_ignored_is_caught(infra: Path):
+    edit(infra, "main.bicep", DERIVED_CONCURRENCY, "var httpPerInstanceConcurrency = memoryBoundConnections - handlerConnectionHeadroom\n")
+    found = checks.concurrency_problems(infra)
+    assert_found(found, 'with instanceMemoryMB=512, perInstanceConcurrency=50, perInstanceConcurrency is 27; a value given in \'perInstanceConcurrency\' must be used as given')
+
+
+def test_concurrency_that_does_not_fit_is_caught(infra: Path):
+    """A derivation that leaves nothing at the smallest size (the reserve above the instance)."""
+    edit(infra, "main.bicep", "var functionsHostReserveMiB = 200\n", "var functionsHostReserveMiB = 600\n")
+    assert_found(checks.concurrency_problems(infra), "with instanceMemoryMB=512, the derived perInstanceConcurrency is -12; it must be between 1 and 1000")
+
+
+def test_unbounded_concurrency_parameter_is_caught(infra: Path):
+    edit(infra, "main.bicep", "@maxValue(1000)\nparam perInstanceConcurrency", "@maxValue(5000)\nparam perInstanceConcurrency")
+    assert_found(checks.concurrency_problems(infra), "parameter 'perInstanceConcurrency' must be an int with @minValue(0) and @maxValue at most 1000")
+
+
+def test_missing_max_connections_is_caught(infra: Path):
+    drop_line(infra, "main.bicep", "NX_CACHE_MAX_CONNECTIONS:")
+    found = checks.concurrency_problems(infra)
+    assert_found(found, "with instanceMemoryMB=512, app setting NX_CACHE_MAX_CONNECTIONS is not set; it must be a little above perInstanceConcurrency (27)")
+    assert_found(checks.problems(infra), "NX_CACHE_MAX_CONNECTIONS is not set")
+
+
+def test_fixed_max_connections_is_caught(infra: Path):
+    edit(infra, "main.bicep", "NX_CACHE_MAX_CONNECTIONS: string(handlerMaxConnections)", "NX_CACHE_MAX_CONNECTIONS: '512'")
+    found = checks.concurrency_problems(infra)
+    assert_found(found, "with instanceMemoryMB=512, NX_CACHE_MAX_CONNECTIONS is 512 and perInstanceConcurrency 27: it must be 1 to 16 above it")
+    # 512 happens to be within the headroom of nothing: every scenario is caught.
+    assert len(found) == 6, found
+
+
+def test_max_connections_without_headroom_is_caught(infra: Path):
+    edit(infra, "main.bicep", "NX_CACHE_MAX_CONNECTIONS: string(handlerMaxConnections)", "NX_CACHE_MAX_CONNECTIONS: string(httpPerInstanceConcurrency)")
+    assert_found(checks.concurrency_problems(infra), "NX_CACHE_MAX_CONNECTIONS is 27 and perInstanceConcurrency 27: it must be 1 to 16 above it")
+
+
+def test_max_connections_from_memory_alone_is_caught(infra: Path):
+    """Derived from memory too, but not from the concurrency: a given concurrency leaves it behind."""
+    edit(infra, "main.bicep", "NX_CACHE_MAX_CONNECTIONS: string(handlerMaxConnections)", "NX_CACHE_MAX_CONNECTIONS: string(memoryBoundConnections)")
+    found = checks.concurrency_problems(infra)
+    assert_found(found, "with instanceMemoryMB=512, perInstanceConcurrency=50, NX_CACHE_MAX_CONNECTIONS is 31 and perInstanceConcurrency 50")
+    assert not any("perInstanceConcurrency=" not in problem for problem in found), found
+
+
 # The cache account's lifecycle policy: retention and the legacy @nx/azure-cache entries.
 
 CACHE_ACCESS = "modules/cache-access.bicep"
