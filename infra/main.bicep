@@ -13,7 +13,9 @@
 // Only references, never creates: the cache storage account and its blob container, which hold
 // the cache entries (`org/{hash}`, `teams/{team}/{hash}`). They may live in another resource group
 // of the same subscription (cacheStorageResourceGroup); modules/cache-access.bicep is deployed
-// into that group to grant the app's identity its two roles there.
+// into that group to grant the app's identity its two roles there, and (only when asked) to write
+// the cache account's lifecycle management policy: retention of this cache's entries
+// (retentionDays) and deletion of the legacy @nx/azure-cache entries (legacyEntriesRetentionDays).
 //
 // Storage is reached by managed identity only: this template holds no storage key and no
 // connection string, and the storage account it creates refuses shared-key requests.
@@ -130,6 +132,12 @@ param retentionDays int = 0
 ])
 param retentionBasis string = 'modification'
 
+// The deprecated @nx/azure-cache plugin wrote each entry as a blob named by the bare Nx hash (decimal
+// digits) at the container root. This cache never reads them (docs/migrate-from-nx-azure-cache.md).
+@description('Delete the legacy @nx/azure-cache entries (blobs at the container root named by an Nx hash) this many days after their last modification; 0 (the default) writes no such rule. CAUTION: like retentionDays, writes the cache account\'s lifecycle management policy, which REPLACES any policy that account already has; both rules go into that one policy.')
+@minValue(0)
+param legacyEntriesRetentionDays int = 0
+
 @description('Resource id of an EXISTING user-assigned managed identity for the app (any resource group of the subscription). Empty: the system-assigned identity, unless createUserAssignedIdentity.')
 param userAssignedIdentityResourceId string = ''
 
@@ -150,6 +158,18 @@ param instanceMemoryMB int = 512
 @minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 40
+
+// Flex Consumption adds an instance when the HTTP requests in flight on every instance reach this
+// number (functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency, an int;
+// Azure/bicep-types-az, Microsoft.Web 2024-04-01). Microsoft documents no range for it; 1000 is this
+// template's bound. Its defaults when unset (4 at 512 MB, 16 at 2,048 MB, 32 at 4,096 MB; Learn:
+// functions-concurrency, "HTTP trigger concurrency") are general ones; this handler streams bodies
+// in a few MiB per request, so the template derives its own from instanceMemoryMB (see the sizing
+// variables).
+@description('HTTP requests in flight on one instance before Flex Consumption scales out (functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency). 0 (the default): derived from instanceMemoryMB and the handler\'s memory per request, see docs/deploy.md. NX_CACHE_MAX_CONNECTIONS is set a few connections above it.')
+@minValue(0)
+@maxValue(1000)
+param perInstanceConcurrency int = 0
 
 @description('Name of the storage account created for the Functions host and the deployment package (3-24 lowercase letters and digits, globally unique).')
 @minLength(3)
@@ -218,6 +238,29 @@ var trustPolicySetting = (!empty(trustPolicyProblem)) ? string(int(trustPolicyPr
 // so the larger host limit costs nothing.
 var maxArtifactBytes = maxArtifactSizeMiB * 1048576
 var requestBodyLimitBytes = maxArtifactBytes * 2
+
+// Per-instance HTTP concurrency and the handler's connection limit, from the instance's memory.
+// PLACEHOLDERS until docs/benchmarks.md gives the handler's measured worst case (peak RSS per
+// request in flight under uploads of large artifacts, which hold two 4 MiB blocks each); replace
+// the two constants with the figures there:
+//   handlerMemoryPerRequestMiB: what one request in flight may hold in the handler.
+//   functionsHostReserveMiB: what is left for the Functions host process on the same instance.
+//     Learn (flex-consumption-plan, "Instance sizes"): "Instance resources are shared between your
+//     function code and the Functions host", and each instance also gets 272 MB, not billed, "as a
+//     buffer for system and host processes". The host gets this reserve without counting on that.
+// instanceMemoryMB is taken as MiB (Microsoft's 512, 2,048 and 4,096 MB are powers of two).
+// maxArtifactSizeMiB does not enter the bound: an upload is streamed in blocks whatever its size
+// (what bounds an artifact is the 230 s a request may take, docs/deploy.md).
+var handlerMemoryPerRequestMiB = 10
+var functionsHostReserveMiB = 200
+// Connections the handler accepts beyond the requests Flex Consumption sends it at once: the host's
+// probe of GET / and connections its pool has not reused yet never wait behind the requests.
+var handlerConnectionHeadroom = 4
+// Every connection may hold a request's memory: the most connections the instance's memory holds.
+var memoryBoundConnections = (instanceMemoryMB - functionsHostReserveMiB) / handlerMemoryPerRequestMiB
+var httpPerInstanceConcurrency = (perInstanceConcurrency > 0) ? perInstanceConcurrency : (memoryBoundConnections - handlerConnectionHeadroom)
+// NX_CACHE_MAX_CONNECTIONS.
+var handlerMaxConnections = httpPerInstanceConcurrency + handlerConnectionHeadroom
 
 // The deployment package lives in this container of the deployment storage account.
 var deploymentContainerName = 'app-package'
@@ -380,6 +423,11 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         instanceMemoryMB: instanceMemoryMB
         maximumInstanceCount: maximumInstanceCount
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       // A custom handler: host.json in the package names the `handler` executable. Flex
       // Consumption takes the runtime from here, so FUNCTIONS_WORKER_RUNTIME is not set.
@@ -412,7 +460,7 @@ resource scmPublishingCredentials 'Microsoft.Web/sites/basicPublishingCredential
 // ---------------------------------------------------------------------------------------------
 
 // The cache: Storage Blob Data Contributor on the container, Storage Blob Delegator on the
-// account; optional retention policy. See the module for why each role.
+// account; the optional lifecycle policy (retention, legacy entries). See the module for why each.
 module cacheAccess 'modules/cache-access.bicep' = {
   name: take('${appName}-cache-access', 64)
   scope: resourceGroup(cacheStorageResourceGroup)
@@ -422,6 +470,7 @@ module cacheAccess 'modules/cache-access.bicep' = {
     principalId: appPrincipalId
     retentionDays: retentionDays
     retentionBasis: retentionBasis
+    legacyEntriesRetentionDays: legacyEntriesRetentionDays
   }
 }
 
@@ -511,6 +560,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     FUNCTIONS_REQUEST_BODY_SIZE_LIMIT: string(requestBodyLimitBytes)
     NX_CACHE_DOWNLOAD: downloadMode
     NX_CACHE_SAS_TTL: sasTtl
+    // A little above the requests Flex Consumption sends at once (perInstanceConcurrency).
+    NX_CACHE_MAX_CONNECTIONS: string(handlerMaxConnections)
 
     // Logs: one JSON line per request, which Application Insights stores as traces.
     NX_CACHE_LOG_FORMAT: 'json'

@@ -781,12 +781,30 @@ fn run(
     env: &[(String, String)],
     path_front: Option<&Path>,
 ) -> (bool, String, String) {
+    run_in(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        program,
+        args,
+        env,
+        path_front,
+    )
+}
+
+/// [`run`] in the directory `dir` (the checkout of the workspace a CI job runs in).
+fn run_in(
+    dir: &Path,
+    program: &str,
+    args: &[&str],
+    env: &[(String, String)],
+    path_front: Option<&Path>,
+) -> (bool, String, String) {
     let mut path = std::env::var("PATH").unwrap_or_default();
     if let Some(front) = path_front {
         path = format!("{}:{path}", front.display());
     }
     let output = Command::new(program)
         .args(args)
+        .current_dir(dir)
         .env_clear()
         .env("PATH", path)
         .env("HOME", std::env::temp_dir())
@@ -1543,4 +1561,322 @@ fn a_caller_without_an_identity_is_answered_before_its_body_is_read() {
             started.elapsed()
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bucket cache packages: every snippet warns when one is installed.
+//
+// Nx (20.8 to 24.0, `DbCache._getRemoteCache` in nx's `tasks-runner/cache.js`) asks
+// `@nx/s3-cache`, `@nx/powerpack-s3-cache`, `@nx/shared-fs-cache`,
+// `@nx/powerpack-shared-fs-cache`, `@nx/gcs-cache`, `@nx/powerpack-gcs-cache`,
+// `@nx/azure-cache`, `@nx/powerpack-azure-cache` before the self-hosted cache: it resolves each
+// from the working directory, calls its `getRemoteCache()`, and the first that answers a cache
+// object is THE remote cache (`NX_SELF_HOSTED_REMOTE_CACHE_SERVER` is ignored); `null` lets Nx
+// ask the next. A package without a main file is skipped.
+
+/// A stand-in for `@nx/azure-cache` 5.0.7 as it behaves with an Nx key and an `azure` section in
+/// nx.json: the remote cache (here one that never hits and stores nothing), unless
+/// `NX_POWERPACK_CACHE_MODE=no-cache`, which makes it step aside.
+const ACTIVE_BUCKET_CACHE: &str = "exports.getRemoteCache = async () =>\n  process.env.NX_POWERPACK_CACHE_MODE === 'no-cache' ? null : { retrieve: async () => null, store: async () => false };\n";
+
+/// Packages a test workspace has installed: (name, the text of its `index.js`, or `None`).
+type Installed<'a> = &'a [(&'a str, Option<&'a str>)];
+
+/// The lines of a snippet's output that warn about a bucket cache package.
+fn bucket_warnings(output: &str) -> Vec<&str> {
+    output
+        .lines()
+        .filter(|l| l.contains("is installed: Nx uses it, not the self-hosted cache"))
+        .collect()
+}
+
+/// The four client snippets of docs/keyless.md, each run as its CI system (or shell) would run
+/// it, in `dir`, with no identity token: (snippet, stdout and stderr).
+fn snippets_in(dir: &Path, extra: &[(&str, &str)]) -> Vec<(&'static str, String)> {
+    let scratch = tempfile::tempdir().unwrap();
+    // `az` is not signed in (Azure Pipelines, the laptop): the cache is off, the check still runs.
+    let bin = scratch.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let az = bin.join("az");
+    std::fs::write(&az, "#!/bin/sh\necho 'Please run az login' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&az, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dead = "http://127.0.0.1:9/token";
+    let common = |more: &[(&str, &str)]| {
+        let mut env = vars(&[
+            ("NX_CACHE_URL", "http://127.0.0.1:9/teams/web"),
+            ("NX_CACHE_TOKEN_URL", dead),
+        ]);
+        env.extend(vars(more));
+        env.extend(vars(extra));
+        env
+    };
+    let mut outputs = Vec::new();
+
+    let workflow = doc_snippet("yaml github-workflow");
+    let step = scratch.path().join("step.sh");
+    std::fs::write(
+        &step,
+        block_scalar(&workflow, Some("name: Nx remote cache token"), "run:"),
+    )
+    .unwrap();
+    let github_env = scratch.path().join("github-env");
+    let env = common(&[
+        ("NX_CACHE_AUDIENCE", AUDIENCE),
+        ("GITHUB_ENV", github_env.to_str().unwrap()),
+    ]);
+    let step = step.to_str().unwrap();
+    let (ok, stdout, stderr) = run_in(
+        dir,
+        "bash",
+        &["--noprofile", "--norc", "-eo", "pipefail", step],
+        &env,
+        None,
+    );
+    assert!(
+        ok,
+        "github: the step must never fail the job:\n{stdout}\n{stderr}"
+    );
+    outputs.push(("github", format!("{stdout}{stderr}")));
+
+    let before_script = block_scalar(&doc_snippet("yaml gitlab-ci"), Some("before_script:"), "-");
+    let (ok, stdout, stderr) = run_in(dir, "sh", &["-e", "-c", &before_script], &common(&[]), None);
+    assert!(
+        ok,
+        "gitlab: before_script must never fail the job:\n{stdout}\n{stderr}"
+    );
+    outputs.push(("gitlab", format!("{stdout}{stderr}")));
+
+    let inline = block_scalar(
+        &doc_snippet("yaml azure-pipelines"),
+        Some("task: AzureCLI@2"),
+        "inlineScript:",
+    );
+    let env = common(&[("NX_CACHE_APP_ID_URI", &cache_app_uri())]);
+    let (ok, stdout, stderr) = run_in(
+        dir,
+        "bash",
+        &["--noprofile", "--norc", "-c", &inline],
+        &env,
+        Some(&bin),
+    );
+    assert!(
+        ok,
+        "azure: the step must never fail the job:\n{stdout}\n{stderr}"
+    );
+    outputs.push(("azure", format!("{stdout}{stderr}")));
+
+    let profile = scratch.path().join("profile.sh");
+    std::fs::write(&profile, doc_snippet("sh nx-cache-login")).unwrap();
+    let command = format!("source {}; nx_cache_login web", profile.display());
+    let (ok, stdout, stderr) = run_in(
+        dir,
+        "bash",
+        &["--noprofile", "--norc", "-c", &command],
+        &common(&[]),
+        Some(&bin),
+    );
+    assert!(
+        ok,
+        "laptop: nx_cache_login must not fail:\n{stdout}\n{stderr}"
+    );
+    outputs.push(("laptop", format!("{stdout}{stderr}")));
+    outputs
+}
+
+#[test]
+fn every_snippet_warns_once_about_an_installed_bucket_cache_package() {
+    let step_aside = "exports.getRemoteCache = async () => null;\n";
+    // (what the workspace has installed, NX_POWERPACK_CACHE_MODE, the package the warning names)
+    let cases: [(Installed, &str, Option<&str>); 8] = [
+        (&[], "", None),
+        (
+            &[("@nx/azure-cache", Some(ACTIVE_BUCKET_CACHE))],
+            "",
+            Some("@nx/azure-cache"),
+        ),
+        // The one Nx asks first: S3 before Azure.
+        (
+            &[
+                ("@nx/azure-cache", Some(step_aside)),
+                ("@nx/s3-cache", Some(step_aside)),
+            ],
+            "",
+            Some("@nx/s3-cache"),
+        ),
+        (
+            &[("@nx/powerpack-gcs-cache", Some(step_aside))],
+            "",
+            Some("@nx/powerpack-gcs-cache"),
+        ),
+        // The transition aid: @nx/azure-cache steps aside, and nothing else is installed.
+        (
+            &[("@nx/azure-cache", Some(ACTIVE_BUCKET_CACHE))],
+            "no-cache",
+            None,
+        ),
+        // ... but with S3's too, Nx asks S3 first and S3 steps aside as well.
+        (
+            &[
+                ("@nx/azure-cache", Some(ACTIVE_BUCKET_CACHE)),
+                ("@nx/s3-cache", Some(step_aside)),
+            ],
+            "no-cache",
+            None,
+        ),
+        // @nx/shared-fs-cache (5.0.4) ignores NX_POWERPACK_CACHE_MODE.
+        (
+            &[("@nx/shared-fs-cache", Some(step_aside))],
+            "no-cache",
+            Some("@nx/shared-fs-cache"),
+        ),
+        // No main file: Nx cannot load it and skips it, and so does the check.
+        (&[("@nx/azure-cache", None)], "", None),
+    ];
+    for (installed, mode, named) in cases {
+        let workspace = tempfile::tempdir().unwrap();
+        for (name, main) in installed {
+            common::nx::write_package(
+                &workspace.path().join("node_modules").join(name),
+                name,
+                *main,
+            );
+        }
+        let extra: &[(&str, &str)] = if mode.is_empty() {
+            &[]
+        } else {
+            &[("NX_POWERPACK_CACHE_MODE", mode)]
+        };
+        for (snippet, output) in snippets_in(workspace.path(), extra) {
+            let warnings = bucket_warnings(&output);
+            let what = format!("{snippet} with {installed:?}, NX_POWERPACK_CACHE_MODE={mode:?}");
+            let Some(name) = named else {
+                assert!(
+                    warnings.is_empty(),
+                    "{what}: no warning expected:\n{output}"
+                );
+                continue;
+            };
+            assert_eq!(warnings.len(), 1, "{what}: one warning expected:\n{output}");
+            let warning = warnings[0];
+            assert!(
+                warning.contains(&format!("Nx remote cache: {name} is installed")),
+                "{what}: {warning}"
+            );
+            let prefix = match snippet {
+                "github" => "::warning::",
+                "azure" => "##vso[task.logissue type=warning]",
+                _ => "Nx remote cache: ",
+            };
+            assert!(warning.starts_with(prefix), "{what}: {warning}");
+            // The way out it names: removing the package, and NX_POWERPACK_CACHE_MODE where the
+            // package honours it.
+            assert!(warning.contains("until it is removed"), "{what}: {warning}");
+            assert_eq!(
+                warning.contains("NX_POWERPACK_CACHE_MODE=no-cache"),
+                !name.contains("shared-fs"),
+                "{what}: {warning}"
+            );
+        }
+    }
+    // Installed in a parent folder's node_modules: Node's resolution, and so Nx's, finds it there.
+    let parent = tempfile::tempdir().unwrap();
+    common::nx::write_package(
+        &parent.path().join("node_modules/@nx/azure-cache"),
+        "@nx/azure-cache",
+        Some(ACTIVE_BUCKET_CACHE),
+    );
+    let checkout = parent.path().join("repo");
+    std::fs::create_dir(&checkout).unwrap();
+    for (snippet, output) in snippets_in(&checkout, &[]) {
+        assert_eq!(bucket_warnings(&output).len(), 1, "{snippet}:\n{output}");
+    }
+}
+
+/// With a bucket cache package active, the real Nx never asks this cache, even with a token
+/// (what the warning says); `NX_POWERPACK_CACHE_MODE=no-cache` makes it step aside, and Nx
+/// stores to this cache, with no warning.
+#[test]
+fn a_bucket_cache_package_keeps_nx_off_this_cache_until_it_steps_aside() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let issuers = runtime.block_on(Issuers::start());
+    let handler = issuers.handler(&[]);
+    let workflow = doc_snippet("yaml github-workflow");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("step.sh");
+    std::fs::write(
+        &script,
+        block_scalar(&workflow, Some("name: Nx remote cache token"), "run:"),
+    )
+    .unwrap();
+    let web = format!("{}/teams/web", handler.base_url);
+    let request_url = format!("{}/github/token?api-version=2.0", issuers.github.base);
+    issuers
+        .github
+        .set_ci_claims(github_claims("acme/web", "refs/heads/main"));
+    let workspace = Workspace::with_packages(&[("@nx/azure-cache", Some(ACTIVE_BUCKET_CACHE))]);
+    let step = |env_file: &Path, extra: &[(&str, &str)]| {
+        let mut env = vars(&[
+            ("NX_CACHE_URL", &web),
+            ("NX_CACHE_TOKEN_URL", &format!("{}/token", handler.base_url)),
+            ("NX_CACHE_AUDIENCE", AUDIENCE),
+            ("GITHUB_ENV", env_file.to_str().unwrap()),
+            ("ACTIONS_ID_TOKEN_REQUEST_URL", &request_url),
+            ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", RUNNER_REQUEST_TOKEN),
+        ]);
+        env.extend(vars(extra));
+        let script = script.to_str().unwrap();
+        let (ok, stdout, stderr) = run_in(
+            workspace.root(),
+            "bash",
+            &["--noprofile", "--norc", "-eo", "pipefail", script],
+            &env,
+            None,
+        );
+        assert!(ok, "the step must never fail the job:\n{stdout}\n{stderr}");
+        let mut exported = github_env(env_file);
+        exported.extend(vars(extra));
+        (stdout, exported)
+    };
+    let cache_requests = || {
+        handler
+            .logs()
+            .iter()
+            .filter(|l| l.contains("/v1/cache/"))
+            .count()
+    };
+
+    // A main-branch build gets its token, and the warning; Nx uses the package, not this cache.
+    let (stdout, env) = step(&dir.path().join("env-active"), &[]);
+    assert!(
+        value_of(&env, "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN").is_some(),
+        "{stdout}"
+    );
+    let warnings = bucket_warnings(&stdout);
+    assert_eq!(warnings.len(), 1, "{stdout}");
+    assert!(
+        warnings[0].starts_with("::warning::Nx remote cache: @nx/azure-cache is installed"),
+        "{stdout}"
+    );
+    let before = cache_requests();
+    let output = build_with(&workspace, &env, &web);
+    assert_eq!(remote_hits(&output), 0, "{output}");
+    assert_eq!(
+        cache_requests(),
+        before,
+        "Nx asked this cache despite the package:\n{output}"
+    );
+    assert_eq!(handler.entries("teams/web"), 0);
+
+    // The transition aid: no warning, and Nx falls through to this cache.
+    let aside = [("NX_POWERPACK_CACHE_MODE", "no-cache")];
+    let (stdout, env) = step(&dir.path().join("env-no-cache"), &aside);
+    assert!(bucket_warnings(&stdout).is_empty(), "{stdout}");
+    build_with(&workspace, &env, &web);
+    assert_eq!(
+        handler.entries("teams/web"),
+        PROJECTS.len(),
+        "Nx stores to this cache"
+    );
+    let output = build_with(&workspace, &env, &web);
+    assert_eq!(remote_hits(&output), PROJECTS.len(), "{output}");
 }

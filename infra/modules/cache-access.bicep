@@ -14,7 +14,9 @@
 //     roles, here the one container. It is the only kind of SAS that works on an account with
 //     shared keys disabled.
 //
-// Optionally (retentionDays > 0) the account's lifecycle management policy deletes old entries.
+// Optionally (retentionDays > 0, legacyEntriesRetentionDays > 0) the account's lifecycle management
+// policy deletes old entries of this cache, and the entries the deprecated @nx/azure-cache plugin
+// left at the container root.
 
 @description('Name of the existing cache storage account (in this module\'s resource group).')
 param storageAccountName string
@@ -35,6 +37,10 @@ param retentionDays int = 0
   'lastAccess'
 ])
 param retentionBasis string = 'modification'
+
+@description('Delete the legacy @nx/azure-cache entries (blobs at the container root named by an Nx hash) this many days after their last modification; 0 = no such rule.')
+@minValue(0)
+param legacyEntriesRetentionDays int = 0
 
 // Built-in role definition ids (the same in every tenant).
 var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
@@ -80,50 +86,96 @@ resource accountDelegator 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   }
 }
 
-// Opt-in retention. An account has ONE management policy (always named 'default'): deploying this
-// replaces whatever policy the account had. If the account already has rules, add this rule to
-// them by hand instead (see docs/deploy.md) and leave retentionDays at 0.
+// The lifecycle management policy, opt-in. An account has ONE policy (always named 'default'), read
+// and written in full: deploying it replaces whatever policy the account had. If the account already
+// has rules, add these rules to them by hand instead (see docs/deploy.md) and leave both parameters
+// at 0. The two rules below share that one policy, each only when asked for.
 //
-// Entries are immutable: an entry deleted by this rule is simply a miss next time, and the next
-// build that produces it uploads it again. Blob names are org/{hash} and teams/{team}/{hash}, so
-// the rule matches those two prefixes of this container and nothing else in the account.
-resource retentionPolicy 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = if (retentionDays > 0) {
+// Retention (retentionDays > 0). Entries are immutable: an entry deleted by this rule is simply a
+// miss next time, and the next build that produces it uploads it again. Blob names are org/{hash}
+// and teams/{team}/{hash}, so the rule matches those two prefixes of this container and nothing else
+// in the account.
+var retentionRules = (retentionDays > 0) ? [
+  {
+    name: 'nxCacheRetention'
+    enabled: true
+    type: 'Lifecycle'
+    definition: {
+      filters: {
+        blobTypes: [
+          'blockBlob'
+        ]
+        prefixMatch: [
+          '${containerName}/org/'
+          '${containerName}/teams/'
+        ]
+      }
+      actions: {
+        // daysAfterLastAccessTimeGreaterThan is rejected unless last-access time tracking is enabled
+        // on the account (az storage account blob-service-properties update
+        // --enable-last-access-tracking true), which this template does not own.
+        baseBlob: (retentionBasis == 'lastAccess') ? {
+          delete: {
+            daysAfterLastAccessTimeGreaterThan: retentionDays
+          }
+        } : {
+          delete: {
+            daysAfterModificationGreaterThan: retentionDays
+          }
+        }
+      }
+    }
+  }
+] : []
+
+// Legacy @nx/azure-cache entries (legacyEntriesRetentionDays > 0): blobs at the container root named
+// by an Nx hash, a decimal number. A prefixMatch is a plain prefix that starts with the container
+// name (no wildcards, at most 10 per rule; Learn: lifecycle-management-policy-structure), so the ten
+// prefixes CONTAINER/0 ... CONTAINER/9 match exactly the root blobs whose name starts with a digit.
+// This cache's own blobs start with 'org/' or 'teams/' (src/key.rs; the template sets no
+// NX_CACHE_BLOB_PREFIX), a letter: the rule never matches them. tests/infra checks both.
+var legacyRules = (legacyEntriesRetentionDays > 0) ? [
+  {
+    name: 'nxAzureCacheLegacyEntries'
+    enabled: true
+    type: 'Lifecycle'
+    definition: {
+      filters: {
+        blobTypes: [
+          'blockBlob'
+        ]
+        prefixMatch: [
+          '${containerName}/0'
+          '${containerName}/1'
+          '${containerName}/2'
+          '${containerName}/3'
+          '${containerName}/4'
+          '${containerName}/5'
+          '${containerName}/6'
+          '${containerName}/7'
+          '${containerName}/8'
+          '${containerName}/9'
+        ]
+      }
+      actions: {
+        baseBlob: {
+          delete: {
+            daysAfterModificationGreaterThan: legacyEntriesRetentionDays
+          }
+        }
+      }
+    }
+  }
+] : []
+
+var lifecycleRules = concat(retentionRules, legacyRules)
+
+resource lifecyclePolicy 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = if (!empty(lifecycleRules)) {
   parent: account
   name: 'default'
   properties: {
     policy: {
-      rules: [
-        {
-          name: 'nxCacheRetention'
-          enabled: true
-          type: 'Lifecycle'
-          definition: {
-            filters: {
-              blobTypes: [
-                'blockBlob'
-              ]
-              prefixMatch: [
-                '${containerName}/org/'
-                '${containerName}/teams/'
-              ]
-            }
-            actions: {
-              // daysAfterLastAccessTimeGreaterThan is rejected unless last-access time tracking is
-              // enabled on the account (az storage account blob-service-properties update
-              // --enable-last-access-tracking true), which this template does not own.
-              baseBlob: (retentionBasis == 'lastAccess') ? {
-                delete: {
-                  daysAfterLastAccessTimeGreaterThan: retentionDays
-                }
-              } : {
-                delete: {
-                  daysAfterModificationGreaterThan: retentionDays
-                }
-              }
-            }
-          }
-        }
-      ]
+      rules: lifecycleRules
     }
   }
 }

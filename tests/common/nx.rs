@@ -37,6 +37,27 @@ impl Workspace {
         }
     }
 
+    /// A fresh copy whose `node_modules` also holds `packages`: (name, the text of its
+    /// `index.js`, or `None` for a `package.json` whose main file is missing). The pinned
+    /// packages are linked in one by one (not the whole folder), so that nothing is added to the
+    /// shared `tests/e2e/node_modules`; Nx resolves these packages from the workspace as it
+    /// resolves any installed one.
+    pub fn with_packages(packages: &[(&str, Option<&str>)]) -> Workspace {
+        ensure_npm_tools();
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&e2e_dir().join("workspace"), dir.path());
+        let pinned = e2e_dir().join("node_modules");
+        let modules = dir.path().join("node_modules");
+        link_entries(&pinned, &modules);
+        for (name, main) in packages {
+            write_package(&modules.join(name), name, *main);
+        }
+        Workspace {
+            dir,
+            ca_file: Default::default(),
+        }
+    }
+
     pub fn trust_ca(&self, ca_file: &str) {
         *self.ca_file.borrow_mut() = Some(ca_file.to_owned());
     }
@@ -156,6 +177,34 @@ fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(entry.path(), target).unwrap();
         }
+    }
+}
+
+/// `to` as a directory of links to each entry of `from`, and scope folders (`@nx`) as directories
+/// of links too, so that packages can be added to them.
+fn link_entries(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        let is_scope = name.to_string_lossy().starts_with('@') && entry.path().is_dir();
+        if is_scope {
+            link_entries(&entry.path(), &to.join(&name));
+        } else {
+            std::os::unix::fs::symlink(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// A package folder: `package.json` named `name` with `"main": "index.js"`, and that file when
+/// `main` holds its text.
+pub fn write_package(dir: &Path, name: &str, main: Option<&str>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let manifest =
+        format!(r#"{{"name": "{name}", "version": "0.0.0-stand-in", "main": "index.js"}}"#);
+    std::fs::write(dir.join("package.json"), manifest).unwrap();
+    if let Some(text) = main {
+        std::fs::write(dir.join("index.js"), text).unwrap();
     }
 }
 

@@ -179,6 +179,32 @@ LOG_LEVELS = frozenset({"TRACE", "DEBUG", "INFO", "WARN", "ERROR"})
 # (outcome), per namespace (namespace), bytes stored (bytes), top subjects (subject).
 WORKBOOK_FIELDS_NEEDED = ("outcome", "namespace", "bytes", "subject")
 
+# Per-instance HTTP concurrency (functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency,
+# an int in Azure/bicep-types-az Microsoft.Web 2024-04-01) and the handler's connection limit. The
+# parameter's 0 means "derived from instanceMemoryMB"; Flex Consumption's instance sizes are 512,
+# 2,048 and 4,096 MB (Learn: flex-consumption-plan, "Instance sizes"). Microsoft documents no range
+# for the concurrency; the template bounds it at 1000.
+CONCURRENCY_PARAM = "perInstanceConcurrency"
+MEMORY_PARAM = "instanceMemoryMB"
+FLEX_INSTANCE_MEMORY_MB = (512, 2048, 4096)
+CONCURRENCY_LIMIT = 1000
+MAX_CONNECTIONS_SETTING = "NX_CACHE_MAX_CONNECTIONS"
+# NX_CACHE_MAX_CONNECTIONS minus the per-instance concurrency: at least 1, so that the host's probe
+# of GET / gets a connection while every request slot is taken, and "a little" at most.
+CONNECTION_HEADROOM = (1, 16)
+
+# The lifecycle management policy of the cache account: retention of this cache's entries, and the
+# legacy @nx/azure-cache entries (blobs at the container root named by an Nx hash, decimal digits).
+# This cache's blobs are {NX_CACHE_BLOB_PREFIX}org/{hash} and {NX_CACHE_BLOB_PREFIX}teams/{team}/{hash}
+# (src/key.rs). A prefixMatch is a plain, case-sensitive prefix that starts with the container name,
+# at most 10 per rule (Learn: lifecycle-management-policy-structure).
+RETENTION_PARAM = "retentionDays"
+LEGACY_RETENTION_PARAM = "legacyEntriesRetentionDays"
+CACHE_NAMESPACES = ("org/", "teams/")
+BLOB_PREFIX_SETTING = "NX_CACHE_BLOB_PREFIX"
+DIGITS = tuple("0123456789")
+MAX_PREFIXES_PER_RULE = 10
+
 # Flex Consumption's range for functionAppConfig.scaleAndConcurrency.maximumInstanceCount: the
 # stack data's lowestMaximumInstanceCount (40; Learn flex-consumption-plan: "the lowest maximum
 # scale is currently 40") up to 1000.
@@ -960,14 +986,14 @@ def _value(template: Template, expr: Any, env: dict[str, Any], depth: int = 0) -
             if not (isinstance(a, int) and isinstance(b, int)):
                 raise _NotEvaluable(f"{kind} of non-numbers")
             return {"greater_than": a > b, "greater_than_or_equals": a >= b, "less_than": a < b, "less_than_or_equals": a <= b}[kind]
-        if kind in ("multiply", "add", "substract", "divide"):  # pycep spells it "substract"
-            if not all(isinstance(x, int) and not isinstance(x, bool) for x in (a, b)):
+        if kind in ("add", "substract", "multiply", "divide", "modulo"):
+            if not (isinstance(a, int) and isinstance(b, int)) or isinstance(a, bool) or isinstance(b, bool):
                 raise _NotEvaluable(f"{kind} of non-numbers")
-            if kind == "divide":
-                if b == 0:
-                    raise _DeploymentFails("division by zero")
-                return abs(a) // abs(b) * (1 if (a < 0) == (b < 0) else -1)  # ARM truncates
-            return {"multiply": a * b, "add": a + b, "substract": a - b}[kind]
+            if kind in ("divide", "modulo") and b == 0:
+                raise _DeploymentFails(f"{kind} by zero")
+            # ARM's integer division and modulo truncate toward zero.
+            quotient = abs(a) // abs(b) * (1 if (a < 0) == (b < 0) else -1) if kind in ("divide", "modulo") else 0
+            return {"add": a + b, "substract": a - b, "multiply": a * b, "divide": quotient, "modulo": a - b * quotient}[kind]
         if kind == "index_accessor":
             try:
                 return a[b]
@@ -1014,6 +1040,10 @@ def _value(template: Template, expr: Any, env: dict[str, Any], depth: int = 0) -
             return args[0][: max(args[1], 0)]
         if kind == "concat" and all(isinstance(a, str) for a in args):
             return "".join(args)
+        if kind == "concat" and all(isinstance(a, list) for a in args):
+            return [item for a in args for item in a]
+        if kind in ("min", "max") and args and all(isinstance(a, int) and not isinstance(a, bool) for a in args):
+            return min(args) if kind == "min" else max(args)
         if kind == "join" and len(args) == 2 and isinstance(args[0], list) and isinstance(args[1], str):
             return args[1].join(str(item) for item in args[0])
         if kind == "union" and all(isinstance(a, dict) for a in args):
@@ -1450,6 +1480,242 @@ def parameters_file_problems(infra_dir: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Flex Consumption's per-instance concurrency, and the cache account's lifecycle policy
+# ---------------------------------------------------------------------------------------------
+
+
+def _site_concurrency(templates: list[Template], env: dict[str, Any]) -> tuple[str, Any]:
+    """functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency of main.bicep's
+    function app with the parameters in `env` (on top of SCENARIO_BASE), as setting_under answers."""
+    main = main_template(templates)
+    env = {**SCENARIO_BASE, **env}
+    for _, resource, config, _ in (main.resource_list() if main else []):
+        if resource.get("type") != SITE_TYPE or resource.get("existing"):
+            continue
+        expr = get_path(config, "properties", "functionAppConfig", "scaleAndConcurrency", "triggers", "http", "perInstanceConcurrency")
+        if expr is None:
+            return "absent", None
+        try:
+            return "value", _value(main, expr, env)
+        except _DeploymentFails as failure:
+            return "fails", failure.args[0] if failure.args else ""
+        except _NotEvaluable as error:
+            return "unknown", str(error)
+    return "absent", None
+
+
+def concurrency_problems(infra_dir: Path) -> list[str]:
+    """Flex Consumption scales the handler by the HTTP requests in flight per instance: the function
+    app sets triggers.http.perInstanceConcurrency from main.bicep's perInstanceConcurrency parameter
+    (0 to 1000). Left at its default, the value is derived from instanceMemoryMB (it grows with each
+    larger instance size) and stays between 1 and 1000; a value given is used as given. The handler's
+    NX_CACHE_MAX_CONNECTIONS is always a little above it (CONNECTION_HEADROOM), so that probes still
+    get a connection when every request slot is taken."""
+    templates = load(infra_dir)
+    main = main_template(templates)
+    if main is None:
+        return ["infra/main.bicep does not parse"]
+    found: list[str] = []
+    param = main.params.get(CONCURRENCY_PARAM)
+    if param is None:
+        return [f"main.bicep has no parameter '{CONCURRENCY_PARAM}' for the per-instance HTTP concurrency"]
+    low, high = main.param_decorator(CONCURRENCY_PARAM, "min_value"), main.param_decorator(CONCURRENCY_PARAM, "max_value")
+    if param.get("type") != "int" or low is None or high is None or low < 0 or high > CONCURRENCY_LIMIT:
+        found.append(f"parameter '{CONCURRENCY_PARAM}' must be an int with @minValue(0) and @maxValue at most {CONCURRENCY_LIMIT}")
+    if _site_concurrency(templates, {})[0] == "absent":
+        return found + [
+            "functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency is not set: Flex Consumption "
+            "then uses its own defaults (4 at 512 MB), sized for language workers, not for this handler"
+        ]
+    scenarios = [({MEMORY_PARAM: memory}, None) for memory in FLEX_INSTANCE_MEMORY_MB]
+    scenarios += [({MEMORY_PARAM: memory, CONCURRENCY_PARAM: 50}, 50) for memory in FLEX_INSTANCE_MEMORY_MB]
+    derived: list[int] = []
+    for params, given in scenarios:
+        where = f"with {_scenario(params)}"
+        outcome = _site_concurrency(templates, params)
+        if outcome[0] != "value" or not isinstance(outcome[1], int) or isinstance(outcome[1], bool):
+            found.append(f"{where}, perInstanceConcurrency: {_describe(outcome)}")
+            continue
+        concurrency = outcome[1]
+        if given is not None and concurrency != given:
+            found.append(f"{where}, perInstanceConcurrency is {concurrency}; a value given in '{CONCURRENCY_PARAM}' must be used as given")
+        if given is None:
+            derived.append(concurrency)
+            if not 1 <= concurrency <= CONCURRENCY_LIMIT:
+                found.append(f"{where}, the derived perInstanceConcurrency is {concurrency}; it must be between 1 and {CONCURRENCY_LIMIT}")
+        connections = setting_under(templates, params, MAX_CONNECTIONS_SETTING)
+        if connections[0] == "absent":
+            found.append(f"{where}, app setting {MAX_CONNECTIONS_SETTING} is not set; it must be a little above perInstanceConcurrency ({concurrency})")
+            continue
+        if connections[0] != "value" or not str(connections[1]).isdigit():
+            found.append(f"{where}, {MAX_CONNECTIONS_SETTING}: {_describe(connections)}")
+            continue
+        headroom = int(connections[1]) - concurrency
+        if not CONNECTION_HEADROOM[0] <= headroom <= CONNECTION_HEADROOM[1]:
+            found.append(
+                f"{where}, {MAX_CONNECTIONS_SETTING} is {connections[1]} and perInstanceConcurrency {concurrency}: it must be "
+                f"{CONNECTION_HEADROOM[0]} to {CONNECTION_HEADROOM[1]} above it (probes get a connection, and the handler holds no more than the instance was sized for)"
+            )
+    if len(derived) == len(FLEX_INSTANCE_MEMORY_MB) and any(a >= b for a, b in zip(derived, derived[1:])):
+        sizes = ", ".join(f"{m} MB: {c}" for m, c in zip(FLEX_INSTANCE_MEMORY_MB, derived))
+        found.append(
+            f"the default perInstanceConcurrency does not follow {MEMORY_PARAM} ({sizes}); it must be derived from the "
+            "instance's memory and the handler's memory per request, so that a larger instance takes more requests"
+        )
+    return found
+
+
+class _ModuleEnv(dict):
+    """A module's parameters as main.bicep's call sets them, evaluated only when asked for (some are
+    resource properties, which cannot be evaluated here); the others take their defaults."""
+
+    def __init__(self, main: Template, call: dict[str, Any], env: dict[str, Any]):
+        super().__init__()
+        self.main, self.given, self.env = main, call.get("params") or {}, env
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.given
+
+    def __getitem__(self, name: str) -> Any:
+        return _value(self.main, self.given[name], self.env)
+
+
+def lifecycle_policies(templates: list[Template], env: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every lifecycle management policy the deployment writes with the parameters in `env` (on top
+    of SCENARIO_BASE): its template and symbol, its name, its account's name and its rules."""
+    main = main_template(templates)
+    env = {**SCENARIO_BASE, **env}
+    deployed = []
+    places: list[tuple[Template, Any]] = [(main, env)] if main else []
+    for module in templates:
+        if main is None or module is main:
+            continue
+        for _, call, condition in _module_calls(main, module):
+            if _holds(main, condition, env):
+                places.append((module, _ModuleEnv(main, call, env)))
+    for template, scope in places:
+        for symbol, resource, config, condition in template.resource_list():
+            if resource.get("type") != POLICY_TYPE or resource.get("existing") or not _holds(template, condition, scope):
+                continue
+            account = template.parent_symbol(symbol)
+            account_config = unwrap(template.resources[account].get("config"))[0] if account in template.resources else {}
+            deployed.append(
+                {
+                    "where": f"{template.rel}: management policy '{symbol}'",
+                    "name": _value(template, config.get("name"), scope),
+                    "account": _value(template, account_config.get("name"), scope) if account_config else None,
+                    "rules": _value(template, get_path(config, "properties", "policy", "rules"), scope) or [],
+                }
+            )
+    return deployed
+
+
+def _rule_days(rule: dict[str, Any]) -> Any:
+    """The days after the last modification after which a lifecycle rule deletes a blob."""
+    return get_path(rule, "definition", "actions", "baseBlob", "delete", "daysAfterModificationGreaterThan")
+
+
+def lifecycle_problems(infra_dir: Path) -> list[str]:
+    """The cache account's one lifecycle policy (named 'default'; an account has one, written in
+    full) holds, each only when asked for: the retention rule (retentionDays > 0: this cache's
+    CONTAINER/org/ and CONTAINER/teams/ after that many days) and the legacy rule
+    (legacyEntriesRetentionDays > 0, off by default: the ten prefixes CONTAINER/0 ... CONTAINER/9,
+    which match every root blob named by an Nx hash and never one of this cache's blobs, deleted
+    that many days after their last modification). Both asked for: both rules in the one policy."""
+    templates = load(infra_dir)
+    main = main_template(templates)
+    if main is None:
+        return ["infra/main.bicep does not parse"]
+    found: list[str] = []
+    param = main.params.get(LEGACY_RETENTION_PARAM)
+    if param is None:
+        return [f"main.bicep has no parameter '{LEGACY_RETENTION_PARAM}' for the legacy @nx/azure-cache entries"]
+    if param.get("type") != "int" or param.get("default") != 0 or main.param_decorator(LEGACY_RETENTION_PARAM, "min_value") != 0:
+        found.append(f"parameter '{LEGACY_RETENTION_PARAM}' must be an int with @minValue(0) that defaults to 0 (the legacy rule off)")
+    account, container = SCENARIO_BASE[CACHE_ACCOUNT_PARAM], SCENARIO_BASE[CACHE_CONTAINER_PARAM]
+    # (parameters given, retention days expected, legacy days expected); None: no such rule.
+    scenarios: list[tuple[dict[str, Any], Any, Any]] = [
+        ({}, None, None),
+        ({RETENTION_PARAM: 0, LEGACY_RETENTION_PARAM: 0}, None, None),
+        ({RETENTION_PARAM: 30}, 30, None),
+        ({LEGACY_RETENTION_PARAM: 7}, None, 7),
+        ({RETENTION_PARAM: 30, LEGACY_RETENTION_PARAM: 7}, 30, 7),
+    ]
+    for params, retention, legacy in scenarios:
+        where = f"with {_scenario(params)}"
+        try:
+            policies = lifecycle_policies(templates, params)
+            blob_prefix = setting_under(templates, params, BLOB_PREFIX_SETTING)
+        except (_NotEvaluable, _DeploymentFails) as error:
+            found.append(f"{where}: cannot evaluate the lifecycle policies ({error})")
+            continue
+        own = tuple((blob_prefix[1] if blob_prefix[0] == "value" else "") + namespace for namespace in CACHE_NAMESPACES)
+        on_cache = [p for p in policies if p["account"] == account]
+        for policy in policies:
+            if policy["account"] != account:
+                found.append(f"{where}: {policy['where']} is on account {policy['account']!r}, not the cache account")
+        if retention is None and legacy is None:
+            if on_cache:
+                found.append(f"{where}: {', '.join(p['where'] for p in on_cache)} is written; no policy may replace the account's own unless asked for")
+            continue
+        if len(on_cache) != 1:
+            found.append(f"{where}: {len(on_cache)} lifecycle policies are written on the cache account; it has exactly one, so the rules must share one")
+            continue
+        policy = on_cache[0]
+        if policy["name"] != "default":
+            found.append(f"{where}: {policy['where']} is named {policy['name']!r}; an account's policy is always named 'default'")
+        legacy_rules, retention_rules = [], []
+        for rule in (r for r in policy["rules"] if isinstance(r, dict)):
+            name = rule.get("name")
+            prefixes = get_path(rule, "definition", "filters", "prefixMatch") or []
+            if rule.get("enabled") is not True or rule.get("type") != "Lifecycle" or get_path(rule, "definition", "filters", "blobTypes") != ["blockBlob"]:
+                found.append(f"{where}: rule {name!r} must be enabled, of type 'Lifecycle', for blockBlob")
+            if len(prefixes) > MAX_PREFIXES_PER_RULE:
+                found.append(f"{where}: rule {name!r} has {len(prefixes)} prefixes; a rule may have at most {MAX_PREFIXES_PER_RULE}")
+            # Blob names relative to the container; no prefix at all is the whole account.
+            names = []
+            for prefix in prefixes:
+                if not isinstance(prefix, str) or not prefix.startswith(f"{container}/"):
+                    found.append(f"{where}: rule {name!r} has the prefix {prefix!r}, which is not under the container ({container}/)")
+                else:
+                    names.append(prefix[len(container) + 1 :])
+            shown = ", ".join(f"{container}/{n}" for n in names) or "none: every blob of the account"
+            # No rule but the retention rule may match this cache's own blobs.
+            touched = sorted({o for o in own for n in (names or [""]) if o.startswith(n) or n.startswith(o)})
+            if sorted(names) == sorted(own):
+                retention_rules.append(rule)
+            elif names and all(n[:1] in DIGITS for n in names):
+                legacy_rules.append((rule, names))
+            else:
+                found.append(f"{where}: rule {name!r} (prefixes {shown}) is neither the retention rule nor the legacy-entries rule")
+            if touched and sorted(names) != sorted(own):
+                found.append(f"{where}: rule {name!r} matches this cache's own entries under {', '.join(container + '/' + o for o in touched)}")
+        # The legacy rule: the ten single digits (every hash, nothing else), after the legacy days.
+        if legacy is None and legacy_rules:
+            found.append(f"{where}: the legacy-entries rule {legacy_rules[0][0].get('name')!r} is written; it must be off unless {LEGACY_RETENTION_PARAM} > 0")
+        if legacy is not None and len(legacy_rules) != 1:
+            found.append(f"{where}: {len(legacy_rules)} legacy-entries rules (prefixes {container}/0 ... {container}/9 only); expected one")
+        for rule, names in legacy_rules if legacy is not None else []:
+            missing = [d for d in DIGITS if d not in names]
+            extra = [n for n in names if n not in DIGITS]
+            if missing:
+                found.append(f"{where}: rule {rule.get('name')!r} does not cover the hashes that start with {', '.join(missing)}; it needs the prefixes {container}/0 ... {container}/9")
+            if extra:
+                found.append(f"{where}: rule {rule.get('name')!r} has the prefixes {', '.join(container + '/' + n for n in extra)}; it needs the single digits {container}/0 ... {container}/9")
+            if _rule_days(rule) != legacy:
+                found.append(f"{where}: rule {rule.get('name')!r} deletes {_rule_days(rule)!r} days after the last modification; expected {legacy} ({LEGACY_RETENTION_PARAM})")
+        # The retention rule: exactly this cache's namespaces, after the retention days.
+        if retention is None and retention_rules:
+            found.append(f"{where}: the retention rule {retention_rules[0].get('name')!r} is written; it must be off unless {RETENTION_PARAM} > 0")
+        if retention is not None and len(retention_rules) != 1:
+            found.append(f"{where}: {len(retention_rules)} retention rules (prefixes {', '.join(container + '/' + o for o in own)}); expected one")
+        for rule in retention_rules if retention is not None else []:
+            if _rule_days(rule) != retention:
+                found.append(f"{where}: the retention rule deletes {_rule_days(rule)!r} days after the last modification; expected {retention} ({RETENTION_PARAM})")
+    return sorted(set(found), key=found.index)
+
+
+# ---------------------------------------------------------------------------------------------
 # The workbook
 # ---------------------------------------------------------------------------------------------
 
@@ -1736,6 +2002,8 @@ CHECKS: tuple[Callable[[Path], list[str]], ...] = (
     key_vault_access_problems,
     size_limit_problems,
     container_problems,
+    concurrency_problems,
+    lifecycle_problems,
     parameters_file_problems,
     workbook_deployment_problems,
     workbook_content_problems,

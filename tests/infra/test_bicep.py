@@ -654,8 +654,200 @@ def test_creating_the_cache_container_is_caught(infra: Path):
 
 
 def test_unconditional_management_policy_is_caught(infra: Path):
-    edit(infra, "modules/cache-access.bicep", "= if (retentionDays > 0) {", "= {")
+    edit(infra, "modules/cache-access.bicep", "= if (!empty(lifecycleRules)) {", "= {")
     assert_found(checks.container_problems(infra), "must be opt-in")
+    assert_found(checks.lifecycle_problems(infra), "with the defaults: modules/cache-access.bicep: management policy 'lifecyclePolicy' is written")
+
+
+# Flex Consumption's per-instance HTTP concurrency, and NX_CACHE_MAX_CONNECTIONS.
+
+DERIVED_CONCURRENCY = "var httpPerInstanceConcurrency = (perInstanceConcurrency > 0) ? perInstanceConcurrency : (memoryBoundConnections - handlerConnectionHeadroom)\n"
+
+
+def test_concurrency_follows_the_instance_memory():
+    """What the check relies on: the default grows with the instance size, a given value is used
+    as given, and NX_CACHE_MAX_CONNECTIONS is the concurrency plus the headroom."""
+    templates = checks.load(INFRA)
+    derived = [checks._site_concurrency(templates, {"instanceMemoryMB": m})[1] for m in checks.FLEX_INSTANCE_MEMORY_MB]
+    assert derived == sorted(set(derived)) and all(1 <= c <= checks.CONCURRENCY_LIMIT for c in derived), derived
+    assert checks._site_concurrency(templates, {"perInstanceConcurrency": 50}) == ("value", 50)
+    for memory, concurrency in zip(checks.FLEX_INSTANCE_MEMORY_MB, derived):
+        _, connections = checks.setting_under(templates, {"instanceMemoryMB": memory}, "NX_CACHE_MAX_CONNECTIONS")
+        assert checks.CONNECTION_HEADROOM[0] <= int(connections) - concurrency <= checks.CONNECTION_HEADROOM[1]
+
+
+def test_missing_concurrency_is_caught(infra: Path):
+    edit(infra, "main.bicep", "        triggers: {\n          http: {\n            perInstanceConcurrency: httpPerInstanceConcurrency\n          }\n        }\n", "")
+    found = checks.concurrency_problems(infra)
+    assert_found(found, "functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency is not set")
+    assert_found(checks.problems(infra), "perInstanceConcurrency is not set")
+
+
+def test_constant_default_concurrency_is_caught(infra: Path):
+    edit(infra, "main.bicep", DERIVED_CONCURRENCY, "var httpPerInstanceConcurrency = (perInstanceConcurrency > 0) ? perInstanceConcurrency : 16\n")
+    found = checks.concurrency_problems(infra)
+    assert_found(found, "the default perInstanceConcurrency does not follow instanceMemoryMB (512 MB: 16, 2048 MB: 16, 4096 MB: 16)")
+    assert len(found) == 1, found
+
+
+def test_constant_concurrency_parameter_default_is_caught(infra: Path):
+    edit(infra, "main.bicep", "param perInstanceConcurrency int = 0\n", "param perInstanceConcurrency int = 32\n")
+    assert_found(checks.concurrency_problems(infra), "does not follow instanceMemoryMB (512 MB: 32, 2048 MB: 32, 4096 MB: 32)")
+
+
+def test_concurrency_given_but_ignored_is_caught(infra: Path):
+    edit(infra, "main.bicep", DERIVED_CONCURRENCY, "var httpPerInstanceConcurrency = memoryBoundConnections - handlerConnectionHeadroom\n")
+    found = checks.concurrency_problems(infra)
+    assert_found(found, 'with instanceMemoryMB=512, perInstanceConcurrency=50, perInstanceConcurrency is 27; a value given in \'perInstanceConcurrency\' must be used as given')
+
+
+def test_concurrency_that_does_not_fit_is_caught(infra: Path):
+    """A derivation that leaves nothing at the smallest size (the reserve above the instance)."""
+    edit(infra, "main.bicep", "var functionsHostReserveMiB = 200\n", "var functionsHostReserveMiB = 600\n")
+    assert_found(checks.concurrency_problems(infra), "with instanceMemoryMB=512, the derived perInstanceConcurrency is -12; it must be between 1 and 1000")
+
+
+def test_unbounded_concurrency_parameter_is_caught(infra: Path):
+    edit(infra, "main.bicep", "@maxValue(1000)\nparam perInstanceConcurrency", "@maxValue(5000)\nparam perInstanceConcurrency")
+    assert_found(checks.concurrency_problems(infra), "parameter 'perInstanceConcurrency' must be an int with @minValue(0) and @maxValue at most 1000")
+
+
+def test_missing_max_connections_is_caught(infra: Path):
+    drop_line(infra, "main.bicep", "NX_CACHE_MAX_CONNECTIONS:")
+    found = checks.concurrency_problems(infra)
+    assert_found(found, "with instanceMemoryMB=512, app setting NX_CACHE_MAX_CONNECTIONS is not set; it must be a little above perInstanceConcurrency (27)")
+    assert_found(checks.problems(infra), "NX_CACHE_MAX_CONNECTIONS is not set")
+
+
+def test_fixed_max_connections_is_caught(infra: Path):
+    edit(infra, "main.bicep", "NX_CACHE_MAX_CONNECTIONS: string(handlerMaxConnections)", "NX_CACHE_MAX_CONNECTIONS: '512'")
+    found = checks.concurrency_problems(infra)
+    assert_found(found, "with instanceMemoryMB=512, NX_CACHE_MAX_CONNECTIONS is 512 and perInstanceConcurrency 27: it must be 1 to 16 above it")
+    # 512 happens to be within the headroom of nothing: every scenario is caught.
+    assert len(found) == 6, found
+
+
+def test_max_connections_without_headroom_is_caught(infra: Path):
+    edit(infra, "main.bicep", "NX_CACHE_MAX_CONNECTIONS: string(handlerMaxConnections)", "NX_CACHE_MAX_CONNECTIONS: string(httpPerInstanceConcurrency)")
+    assert_found(checks.concurrency_problems(infra), "NX_CACHE_MAX_CONNECTIONS is 27 and perInstanceConcurrency 27: it must be 1 to 16 above it")
+
+
+def test_max_connections_from_memory_alone_is_caught(infra: Path):
+    """Derived from memory too, but not from the concurrency: a given concurrency leaves it behind."""
+    edit(infra, "main.bicep", "NX_CACHE_MAX_CONNECTIONS: string(handlerMaxConnections)", "NX_CACHE_MAX_CONNECTIONS: string(memoryBoundConnections)")
+    found = checks.concurrency_problems(infra)
+    assert_found(found, "with instanceMemoryMB=512, perInstanceConcurrency=50, NX_CACHE_MAX_CONNECTIONS is 31 and perInstanceConcurrency 50")
+    assert not any("perInstanceConcurrency=" not in problem for problem in found), found
+
+
+# The cache account's lifecycle policy: retention and the legacy @nx/azure-cache entries.
+
+CACHE_ACCESS = "modules/cache-access.bicep"
+
+
+def test_lifecycle_rules_share_one_policy():
+    """What the check relies on: both rules, when both are asked for, in the one 'default' policy of
+    the cache account; the legacy rule's prefixes are the ten digits of the container."""
+    templates = checks.load(INFRA)
+    assert checks.lifecycle_policies(templates, {}) == []
+    (policy,) = checks.lifecycle_policies(templates, {"retentionDays": 30, "legacyEntriesRetentionDays": 7})
+    assert (policy["name"], policy["account"]) == ("default", "acmenxcache")
+    prefixes = {rule["name"]: rule["definition"]["filters"]["prefixMatch"] for rule in policy["rules"]}
+    assert prefixes["nxCacheRetention"] == ["nx-cache/org/", "nx-cache/teams/"]
+    assert prefixes["nxAzureCacheLegacyEntries"] == [f"nx-cache/{d}" for d in range(10)]
+    (legacy_only,) = checks.lifecycle_policies(templates, {"legacyEntriesRetentionDays": 7})
+    assert [rule["name"] for rule in legacy_only["rules"]] == ["nxAzureCacheLegacyEntries"]
+
+
+def test_legacy_rule_on_by_default_is_caught(infra: Path):
+    edit(infra, "main.bicep", "param legacyEntriesRetentionDays int = 0\n", "param legacyEntriesRetentionDays int = 7\n")
+    found = checks.lifecycle_problems(infra)
+    assert_found(
+        found,
+        "parameter 'legacyEntriesRetentionDays' must be an int with @minValue(0) that defaults to 0 (the legacy rule off)",
+        "with the defaults: modules/cache-access.bicep: management policy 'lifecyclePolicy' is written",
+    )
+    assert_found(checks.problems(infra), "legacyEntriesRetentionDays")
+
+
+def test_legacy_rule_on_by_default_in_the_module_is_caught(infra: Path):
+    """main.bicep right, but the module ignores what it is given and turns the rule on itself."""
+    edit(infra, "main.bicep", "    legacyEntriesRetentionDays: legacyEntriesRetentionDays\n", "")
+    edit(infra, CACHE_ACCESS, "param legacyEntriesRetentionDays int = 0\n", "param legacyEntriesRetentionDays int = 30\n")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "with the defaults: modules/cache-access.bicep: management policy 'lifecyclePolicy' is written", "deletes 30 days after the last modification; expected 7")
+
+
+def test_legacy_rule_matching_org_is_caught(infra: Path):
+    edit(infra, CACHE_ACCESS, "          '${containerName}/0'\n", "          '${containerName}/0'\n          '${containerName}/org/'\n")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "rule 'nxAzureCacheLegacyEntries' matches this cache's own entries under nx-cache/org/", "0 legacy-entries rules")
+    assert_found(checks.problems(infra), "matches this cache's own entries")
+
+
+def test_legacy_rule_matching_teams_is_caught(infra: Path):
+    """A prefix that is not a digit: 't' matches teams/ (and nothing the plugin wrote)."""
+    edit(infra, CACHE_ACCESS, "          '${containerName}/9'\n", "          '${containerName}/t'\n")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "rule 'nxAzureCacheLegacyEntries' matches this cache's own entries under nx-cache/teams/")
+
+
+def test_legacy_rule_on_the_whole_container_is_caught(infra: Path):
+    edit(infra, CACHE_ACCESS, "          '${containerName}/5'\n", "          '${containerName}/'\n")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "matches this cache's own entries under nx-cache/org/, nx-cache/teams/")
+
+
+def test_legacy_rule_missing_a_digit_is_caught(infra: Path):
+    drop_line(infra, CACHE_ACCESS, "'\\$\\{containerName\\}/5'")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "rule 'nxAzureCacheLegacyEntries' does not cover the hashes that start with 5")
+    assert not any("own entries" in problem for problem in found), found
+
+
+def test_legacy_rule_with_a_longer_prefix_is_caught(infra: Path):
+    edit(infra, CACHE_ACCESS, "          '${containerName}/1'\n", "          '${containerName}/12'\n")
+    assert_found(checks.lifecycle_problems(infra), "does not cover the hashes that start with 1", "has the prefixes nx-cache/12")
+
+
+def test_legacy_rule_outside_the_container_is_caught(infra: Path):
+    edit(infra, CACHE_ACCESS, "          '${containerName}/3'\n", "          '3'\n")
+    assert_found(checks.lifecycle_problems(infra), "has the prefix '3', which is not under the container (nx-cache/)")
+
+
+def test_legacy_rule_with_the_retention_days_is_caught(infra: Path):
+    edit(infra, CACHE_ACCESS, "            daysAfterModificationGreaterThan: legacyEntriesRetentionDays\n", "            daysAfterModificationGreaterThan: retentionDays\n")
+    assert_found(checks.lifecycle_problems(infra), "with legacyEntriesRetentionDays=7: rule 'nxAzureCacheLegacyEntries' deletes 0 days after the last modification; expected 7")
+
+
+def test_legacy_days_not_passed_to_the_module_is_caught(infra: Path):
+    edit(infra, "main.bicep", "    legacyEntriesRetentionDays: legacyEntriesRetentionDays\n", "")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "with legacyEntriesRetentionDays=7: 0 lifecycle policies are written on the cache account")
+
+
+def test_legacy_rule_replacing_the_retention_rule_is_caught(infra: Path):
+    """Both asked for: one policy per account, so both rules must be in it."""
+    edit(infra, CACHE_ACCESS, "var lifecycleRules = concat(retentionRules, legacyRules)", "var lifecycleRules = (legacyEntriesRetentionDays > 0) ? legacyRules : retentionRules")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "with retentionDays=30, legacyEntriesRetentionDays=7: 0 retention rules (prefixes nx-cache/org/, nx-cache/teams/); expected one")
+    assert len(found) == 1, found
+
+
+def test_legacy_rule_in_a_second_policy_is_caught(infra: Path):
+    """A policy of its own for the legacy rule: the account has one, and the second replaces the first."""
+    edit(infra, CACHE_ACCESS, "var lifecycleRules = concat(retentionRules, legacyRules)", "var lifecycleRules = retentionRules")
+    with (infra / CACHE_ACCESS).open("a") as f:
+        f.write("\nresource legacyPolicy 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = if (legacyEntriesRetentionDays > 0) {\n  parent: account\n  name: 'default'\n  properties: {\n    policy: {\n      rules: legacyRules\n    }\n  }\n}\n")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "with retentionDays=30, legacyEntriesRetentionDays=7: 2 lifecycle policies are written on the cache account")
+
+
+def test_retention_rule_matching_the_legacy_entries_is_caught(infra: Path):
+    """The retention rule on the whole container would delete the legacy entries (and be no retention rule)."""
+    edit(infra, CACHE_ACCESS, "          '${containerName}/org/'\n          '${containerName}/teams/'\n", "          '${containerName}/'\n")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "rule 'nxCacheRetention' (prefixes nx-cache/) is neither the retention rule nor the legacy-entries rule", "0 retention rules")
 
 
 def test_unknown_parameter_in_the_parameters_file_is_caught(infra: Path):
