@@ -2,7 +2,8 @@
 -- our own per-status counters (wrk's "Non-2xx" lumps 307 and 404 together with real errors).
 --
 -- Configuration from the environment (set by scripts/bench-load):
---   BENCH_MODE        get | put
+--   BENCH_MODE        get | put | root (`GET /` without a token: the reference of workload 3;
+--                     its answer must be 200 "ok")
 --   BENCH_TOKEN       bearer token
 --   BENCH_PREFIX      path before the hash: /v1/cache/ (handler) or /v8/artifacts/ (peer)
 --   BENCH_QUERY       appended after the hash: "" (handler) or "?teamId=bench" (peer)
@@ -83,7 +84,10 @@ function init(args)
    host = wrk.headers["Host"]
    math.randomseed(os.time() * 1000 + (id or 0))
    local common = "Host: " .. host .. "\r\nAuthorization: Bearer " .. token .. "\r\n"
-   if mode == "get" then
+   if mode == "root" then
+      hash_count = 1
+      get_requests[1] = "GET / HTTP/1.1\r\nHost: " .. host .. "\r\n\r\n"
+   elseif mode == "get" then
       -- Every request prebuilt: request() only picks one.
       for i = 1, hash_count do
          local hash = tostring(hash_base + i)
@@ -102,7 +106,7 @@ function init(args)
 end
 
 function request()
-   if mode == "get" then
+   if mode == "get" or mode == "root" then
       return get_requests[math.random(hash_count)]
    end
    counter = counter + 1
@@ -126,7 +130,11 @@ local function check(status, headers, body)
    if status ~= expect then
       return
    end
-   if mode == "get" and status == 200 and bytes > 0 then
+   if mode == "root" then
+      if body ~= "ok" then
+         bad["root-body"] = (bad["root-body"] or 0) + 1
+      end
+   elseif mode == "get" and status == 200 and bytes > 0 then
       if #body ~= bytes then
          bad["short-body"] = (bad["short-body"] or 0) + 1
       else
