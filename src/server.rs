@@ -161,6 +161,8 @@ pub async fn usage(
 pub struct Check {
     pub what: &'static str,
     pub result: Result<String, String>,
+    /// Something to act on that is not a problem of this cache (it still serves).
+    pub warning: bool,
 }
 
 /// Checks the configuration, the secret, the store, and for Azure the credential, the user
@@ -172,6 +174,7 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
             "mode {:?}, artifacts up to {} bytes, port {}",
             config.mode, config.max_artifact_bytes, config.port
         )),
+        warning: false,
     }];
     checks.push(Check {
         what: "token secret",
@@ -182,6 +185,7 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
             }
             false => "NX_CACHE_JWT_SECRET".into(),
         }),
+        warning: false,
     });
     if let Some(policy) = &config.trust.policy {
         checks.extend(trust_checks(config, policy).await);
@@ -198,12 +202,14 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
             checks.push(Check {
                 what: "storage",
                 result,
+                warning: false,
             });
         }
         Backend::Azure(azure) => match AzureStore::new((**azure).clone()) {
             Err(e) => checks.push(Check {
                 what: "Azure credential",
                 result: Err(e),
+                warning: false,
             }),
             Ok(store) => {
                 let ready = store.ready().await;
@@ -211,21 +217,27 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
                     checks.push(Check {
                         what: "Azure credential",
                         result: match store.credential_source() {
-                            Some(source) => Ok(format!("{source} got a token")),
+                            Some(source) => Ok(format!(
+                                "{source} got a token (tried in order: {})",
+                                store.credential_chain().join(", ")
+                            )),
                             None => Err(ready
                                 .as_ref()
                                 .err()
                                 .map(|e| e.to_string())
                                 .unwrap_or_else(|| "no credential got a token".into())),
                         },
+                        warning: false,
                     });
                 }
                 let ready_ok = ready.is_ok();
                 checks.push(Check {
                     what: "storage",
                     result: ready.map(|()| store.describe()).map_err(|e| e.to_string()),
+                    warning: false,
                 });
                 if ready_ok {
+                    checks.push(legacy_check(&store).await);
                     checks.push(Check {
                         what: "write permission",
                         result: store
@@ -233,6 +245,7 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
                             .await
                             .map(|()| "a probe blob was written and deleted".into())
                             .map_err(|e| e.to_string()),
+                        warning: false,
                     });
                 }
             }
@@ -289,6 +302,33 @@ pub fn check(config: &Config) -> Result<Vec<String>, String> {
     Ok(lines)
 }
 
+/// Whether entries of the deprecated `@nx/azure-cache` plugin are still in the container: a
+/// warning naming the migration guide (this cache never reads them; they are the plugin's
+/// unpatchable cache-poisoning surface until deleted).
+async fn legacy_check(store: &AzureStore) -> Check {
+    let (result, warning) = match store.legacy_entries().await {
+        Ok(0) => (
+            Ok("no @nx/azure-cache entries at the container root".into()),
+            false,
+        ),
+        Ok(found) => (
+            Ok(format!(
+                "at least {found} @nx/azure-cache entries at the container root (bare Nx hashes): this cache never reads them; lock the container down and delete them (docs/migrate-from-nx-azure-cache.md; `handler usage` counts them all)",
+            )),
+            true,
+        ),
+        Err(e) => (
+            Err(format!("cannot look for @nx/azure-cache entries: {e}")),
+            false,
+        ),
+    };
+    Check {
+        what: "legacy entries",
+        result,
+        warning,
+    }
+}
+
 /// The trust policy's rules, and whether each trusted issuer's keys can be fetched now.
 async fn trust_checks(config: &Config, policy: &crate::auth::policy::TrustPolicy) -> Vec<Check> {
     let mut checks = vec![Check {
@@ -297,11 +337,13 @@ async fn trust_checks(config: &Config, policy: &crate::auth::policy::TrustPolicy
             "POST /token on, {} rule(s), tried in this order:",
             policy.rules().len()
         )),
+        warning: false,
     }];
     // Each rule in words, so an operator reviews what it really grants.
     checks.extend(policy.rules().iter().map(|rule| Check {
         what: "trust rule",
         result: Ok(rule.explain()),
+        warning: false,
     }));
     let exchange = resolve_secret(config).and_then(|(secret, _)| {
         Exchange::new(policy.clone(), Arc::new(token_authority(config, &secret)))
@@ -310,6 +352,7 @@ async fn trust_checks(config: &Config, policy: &crate::auth::policy::TrustPolicy
         Err(e) => checks.push(Check {
             what: "identity issuer",
             result: Err(e),
+            warning: false,
         }),
         Ok(exchange) => {
             for (issuer, result) in exchange.check_issuers().await {
@@ -318,6 +361,7 @@ async fn trust_checks(config: &Config, policy: &crate::auth::policy::TrustPolicy
                     result: result
                         .map(|keys| format!("{issuer}: {keys} signing key(s)"))
                         .map_err(|e| format!("{issuer}: cannot fetch its keys ({e}); POST /token answers 503 for its tokens until it can")),
+                    warning: false,
                 });
             }
         }

@@ -915,3 +915,258 @@ async fn usage_adds_up_every_namespace_of_a_container() {
         usage["total"]["oldest"].as_str().unwrap() <= usage["total"]["newest"].as_str().unwrap()
     );
 }
+
+/// Entries of the deprecated `@nx/azure-cache` plugin (bare Nx hashes at the container root)
+/// are in view: `handler usage` counts them in a row of their own, outside the total, and
+/// `handler doctor` warns about them, naming the migration guide. Nothing serves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_plugin_entries_are_counted_and_reported_never_served() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER, None).await;
+    let client = azurite.http_client();
+    let legacy = ["4809188201876735999", "12345678901234567890", "7"];
+    for name in legacy {
+        azurite
+            .put_blob(&client, CONTAINER, name, vec![1u8; 100])
+            .await;
+    }
+    // Not the plugin's: a folder, and a name that only starts with a digit.
+    azurite
+        .put_blob(&client, CONTAINER, "0backup/readme", vec![1u8; 5])
+        .await;
+    azurite
+        .put_blob(&client, CONTAINER, "org/4809188201876735999", vec![2u8; 10])
+        .await;
+    let env = key_mode_env(&azurite);
+    let run = |args: &'static [&'static str]| {
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_handler"))
+                .args(args)
+                .env_clear()
+                .env("NX_CACHE_JWT_SECRET", common::TEST_SECRET)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .output()
+                .unwrap()
+        })
+    };
+    let output = run(&["usage", "--json"]).await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let usage: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(usage["legacy"]["entries"], 3);
+    assert_eq!(usage["legacy"]["bytes"], 300);
+    assert_eq!(
+        usage["total"]["entries"], 1,
+        "the plugin's entries are not this cache's"
+    );
+    let output = run(&["usage"]).await.unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("legacy @nx/azure-cache") && l.contains(" 3 ")),
+        "{table}"
+    );
+
+    let output = run(&["doctor"]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("WARNING  legacy entries: at least 3 @nx/azure-cache entries")
+            && stdout.contains("docs/migrate-from-nx-azure-cache.md"),
+        "{stdout}"
+    );
+    assert!(
+        output.status.success(),
+        "a warning is not a problem: {stdout}"
+    );
+
+    // The plugin's entry under the same hash is never served: the org namespace has its own.
+    let handler = Handler::start_with(&env, &[]);
+    let token = handler.token(&["--org"]);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let miss = client
+        .get(format!("{}/teams/web/v1/cache/7", handler.base_url))
+        .bearer_auth(handler.token(&["--team", "web"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(miss.status(), 404);
+    let hit = client
+        .get(format!("{}/v1/cache/4809188201876735999", handler.base_url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hit.status(), 307);
+    let location = hit.headers()["location"].to_str().unwrap();
+    assert!(
+        location.contains(&format!("/{CONTAINER}/org/4809188201876735999?")),
+        "{location}"
+    );
+    let miss = client
+        .get(format!("{}/v1/cache/7", handler.base_url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        miss.status(),
+        404,
+        "the plugin's blob 7 is no entry of this cache"
+    );
+}
+
+/// The environment credential the `@nx/azure-cache` plugin accepted, for a handler run outside
+/// Azure: a service principal with a client secret, then with a PEM certificate. The real
+/// `azure_identity` credentials ask a stand-in Entra ID token endpoint (https, the test CA),
+/// which checks the secret or the signed assertion; the handler then stores and redirects
+/// through a user-delegation SAS. The log and `handler doctor` name the credential in use and
+/// the order of the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_principal_from_the_environment_reaches_storage() {
+    use common::azurite::{ClientProof, EntraTokenEndpoint};
+    use rsa::pkcs8::EncodePrivateKey;
+
+    let tls = Tls::generate();
+    let azurite = Azurite::start_oauth(&tls);
+    azurite.create_container(CONTAINER, Some(&tls)).await;
+    let certificate_dir = tempfile::tempdir().unwrap();
+    let rsa_key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+    let key_pem = rsa_key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF).unwrap();
+    let key = rcgen::KeyPair::from_pem(&key_pem).unwrap();
+    let certificate = rcgen::CertificateParams::new(vec!["nx-cache-sp".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let pem_path = certificate_dir.path().join("service-principal.pem");
+    std::fs::write(
+        &pem_path,
+        format!("{}{}", certificate.pem(), key_pem.as_str()),
+    )
+    .unwrap();
+
+    let cases = [
+        (
+            "environment (client secret)",
+            ClientProof::Secret("sp-secret-0123456789".into()),
+            ("AZURE_CLIENT_SECRET", "sp-secret-0123456789".to_string()),
+        ),
+        (
+            "environment (client certificate)",
+            ClientProof::Certificate {
+                public_key: rsa::RsaPublicKey::from(&rsa_key),
+                certificate_der: certificate.der().to_vec(),
+            },
+            (
+                "AZURE_CLIENT_CERTIFICATE_PATH",
+                pem_path.display().to_string(),
+            ),
+        ),
+    ];
+    for (index, (name, proof, setting)) in cases.into_iter().enumerate() {
+        let entra = EntraTokenEndpoint::start(&tls, proof).await;
+        let env = entra.handler_env(azurite.endpoint(), CONTAINER, &tls, setting);
+        let handler = Handler::start_with(&env, &[]);
+        let ready = handler.wait_for_log(Duration::from_secs(30), |l| {
+            l.contains("storage ready") || l.contains("storage not ready")
+        });
+        assert!(
+            ready
+                .as_deref()
+                .is_some_and(|l| l.contains("storage ready")),
+            "{name}: {ready:?}\nrefused by the stand-in: {:?}",
+            entra.refused.lock().unwrap()
+        );
+        // Both are logged before "storage ready".
+        let logs = handler.logs();
+        assert!(
+            logs.iter()
+                .any(|l| l.contains("Azure credential acquired a token") && l.contains(name)),
+            "{name}: {logs:#?}"
+        );
+        let order = logs
+            .iter()
+            .find(|l| l.contains("Azure credentials, tried in this order"));
+        assert!(
+            order.is_some_and(|l| l.contains(&format!("[\\\"{name}\\\", "))),
+            "the environment credential comes first: {order:?}"
+        );
+        assert!(entra.requests.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        assert!(
+            !logs.iter().any(|l| l.contains("sp-secret-0123456789")),
+            "the client secret never reaches the log"
+        );
+
+        let token = issue_token(&["--org"]);
+        let path = format!("/v1/cache/{}", 900 + index);
+        let body = pattern(64 * 1024, index as u32);
+        assert_eq!(
+            put(&handler.base_url, &path, &token, body.clone()).await,
+            StatusCode::OK
+        );
+        let location = redirect_location(&handler.base_url, &path, &token).await;
+        assert!(query_param(&location, "skoid").is_some(), "{location}");
+        let trusting = reqwest::Client::builder()
+            .tls_certs_merge([reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).unwrap()])
+            .build()
+            .unwrap();
+        let bytes = trusting
+            .get(&location)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(bytes.as_ref() == body.as_slice(), "{name}");
+        drop(handler);
+
+        let output = tokio::task::spawn_blocking({
+            let env = env.clone();
+            move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_handler"))
+                    .arg("doctor")
+                    .env_clear()
+                    .env("NX_CACHE_JWT_SECRET", common::TEST_SECRET)
+                    .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains(&format!(
+                "ok       Azure credential: {name} got a token (tried in order: {name}, "
+            )),
+            "{stdout}"
+        );
+    }
+
+    // A wrong secret is refused by Entra ID; the handler names the credential that failed.
+    let entra = EntraTokenEndpoint::start(&tls, ClientProof::Secret("right".into())).await;
+    let env = entra.handler_env(
+        azurite.endpoint(),
+        CONTAINER,
+        &tls,
+        ("AZURE_CLIENT_SECRET", "wrong".into()),
+    );
+    let handler = Handler::start_with(&env, &[]);
+    let not_ready =
+        handler.wait_for_log(Duration::from_secs(60), |l| l.contains("storage not ready"));
+    assert!(
+        not_ready
+            .as_deref()
+            .is_some_and(|l| l.contains("environment (client secret)")),
+        "{not_ready:?}"
+    );
+    assert!(!entra.refused.lock().unwrap().is_empty());
+}

@@ -109,11 +109,37 @@ fn settings_that_would_weaken_security_are_refused_at_startup() {
     }
 }
 
-#[test]
-fn under_functions_a_missing_secret_is_a_startup_error() {
-    let stderr = config_failure(&[("FUNCTIONS_CUSTOMHANDLER_PORT", "0")]);
+/// Under the Functions host a missing secret (an unresolved Key Vault reference, say) does not
+/// take the cache down: the handler answers misses, `/health` says 503 and the log says why.
+/// Outside Functions it is a startup error.
+#[tokio::test]
+async fn a_missing_secret_is_a_startup_error_outside_functions_and_misses_under_it() {
+    let stderr = config_failure_with(&["--bind", "0.0.0.0"], &[]);
     assert!(stderr.contains("NX_CACHE_JWT_SECRET"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let data = tempfile::tempdir().unwrap();
+    let handler = common::Handler::launch(
+        std::path::Path::new(env!("CARGO_BIN_EXE_handler")),
+        &[],
+        data.path(),
+        &[
+            ("FUNCTIONS_CUSTOMHANDLER_PORT", "0"),
+            ("NX_CACHE_JWT_SECRET", ""),
+        ],
+    );
+    let health = reqwest::get(format!("{}/health", handler.base_url))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 503);
+    let miss = reqwest::get(format!("{}/v1/cache/42", handler.base_url))
+        .await
+        .unwrap();
+    assert_eq!(miss.status(), 404);
+    let why = handler.wait_for_log(Duration::from_secs(10), |line| {
+        line.contains("\"level\":\"ERROR\"") && line.contains("NX_CACHE_JWT_SECRET: not set")
+    });
+    assert!(why.is_some(), "{:#?}", handler.logs());
 }
 
 #[tokio::test]

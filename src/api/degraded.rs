@@ -101,7 +101,7 @@ async fn metrics(State(state): State<DegradedState>, headers: HeaderMap) -> Resp
         &state.metrics,
         state.metrics_token.as_deref(),
         &headers,
-        &[],
+        &telemetry::figures(),
     )
     .into_response()
 }

@@ -119,11 +119,13 @@ async fn health(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`: the counters, for the holder of `NX_CACHE_METRICS_TOKEN` only.
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let mut figures = state.store.figures();
+    figures.extend(telemetry::figures());
     metrics_answer(
         &state.metrics,
         state.metrics_token.as_deref(),
         &headers,
-        &state.store.figures(),
+        &figures,
     )
 }
 

@@ -48,6 +48,11 @@ pub(super) async fn exchange(
         Ok(verified) => verified,
         Err(refusal) => {
             let response = refuse(&state, refusal);
+            // A request without a body keeps its connection; any body is read away briefly
+            // and the connection closed, so trickling one holds nothing.
+            if axum::body::HttpBody::size_hint(&body).exact() == Some(0) {
+                return response;
+            }
             return super::refuse_upload(&state, body, response, Drain::Brief);
         }
     };
@@ -78,11 +83,19 @@ pub(super) async fn exchange(
     }
 }
 
-/// Counts, logs and answers a refused exchange.
+/// Counts, logs and answers a refused exchange. A 401 (no identity, a bad or expired token)
+/// is logged at debug level: its answer tells the caller what is wrong, `/metrics` counts it
+/// by reason, and an unauthenticated flood must not double the log. What an operator must see
+/// (no rule matches, more asked than granted, an issuer down) is logged at info.
 fn refuse(state: &AppState, refusal: Refusal) -> Response {
     state.metrics.exchange_refused(refusal.reason);
-    tracing::info!(reason = refusal.reason.as_str(), status = refusal.status,
-        problem = %refusal.message, "token exchange refused");
+    if refusal.status == 401 {
+        tracing::debug!(reason = refusal.reason.as_str(), status = refusal.status,
+            problem = %refusal.message, "token exchange refused");
+    } else {
+        tracing::info!(reason = refusal.reason.as_str(), status = refusal.status,
+            problem = %refusal.message, "token exchange refused");
+    }
     refused(refusal)
 }
 

@@ -17,8 +17,9 @@
 //! - **A grace period.** A token that is authentic but expired less than `NX_CACHE_EXPIRED_GRACE`
 //!   ago gets a grant marked expired: no access (a miss, or "not stored"), but no 401.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
@@ -144,7 +145,16 @@ pub struct TokenAuthority {
     /// Every secret that verifies, by key id, the current one first.
     verifying: Vec<(String, DecodingKey)>,
     validation: Validation,
+    /// Tokens whose signature, algorithm, not-before, issuer and audience were found good, by
+    /// their exact text: a client sends the same token with every request of a build, and the
+    /// signature check costs more than the rest of a cache request. What depends on the clock or
+    /// the settings (expiry, grace, lifetime, revocation) is checked on every request. Only
+    /// authentic tokens get in, at most [`VERIFIED_TOKENS`] (the map is emptied when full).
+    verified: Mutex<HashMap<Box<str>, Claims>>,
 }
+
+/// Authentic tokens remembered at once (a few hundred bytes each).
+const VERIFIED_TOKENS: usize = 4096;
 
 impl fmt::Debug for TokenAuthority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -185,6 +195,7 @@ impl TokenAuthority {
             verifying,
             validation,
             rules,
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
@@ -283,8 +294,28 @@ impl TokenAuthority {
     }
 
     /// The claims of a token signed by one of this cache's secrets, checked for algorithm,
-    /// not-before, issuer and audience (not yet for expiry).
+    /// not-before, issuer and audience (not yet for expiry): remembered, or checked now.
     fn authentic_claims(&self, token: &str) -> Result<Claims, AuthError> {
+        let remembered = self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .cloned();
+        if let Some(claims) = remembered {
+            return Ok(claims);
+        }
+        let claims = self.check_signature(token)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_TOKENS {
+            verified.clear();
+        }
+        verified.insert(token.into(), claims.clone());
+        Ok(claims)
+    }
+
+    /// Checks a token's header, signature, algorithm, not-before, issuer and audience.
+    fn check_signature(&self, token: &str) -> Result<Claims, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
         // RFC 7515 4.1.11: an extension named in `crit` must be understood; none is here.
         if header.crit.is_some() {
@@ -621,6 +652,39 @@ mod tests {
             authority(&[]).verify(&token).unwrap_err(),
             AuthError::NotYetValid
         );
+    }
+
+    #[test]
+    fn authentic_tokens_are_remembered_within_a_bound_and_still_time_checked() {
+        let auth = authority(&[]);
+        let token = issue(&auth, &request(true, &[], Access::ReadOnly));
+        assert!(auth.verify(&token).is_ok());
+        assert!(auth.verify(&token).is_ok(), "the remembered token");
+        // A remembered token is matched by its exact text: one byte off is checked afresh.
+        let mut tampered = token.clone();
+        let last = tampered.pop().unwrap();
+        tampered.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(auth.verify(&tampered).is_err());
+        // Expiry is checked on every use: a token that expired long ago, signed and valid
+        // otherwise, is refused even once remembered.
+        let old = forge(
+            r#"{"alg":"HS256"}"#,
+            &claims_json(-30 * 24 * 3600, -31 * 24 * 3600),
+            &[7u8; 32],
+        );
+        let forged_auth = authority(&[]);
+        assert_eq!(forged_auth.verify(&old).unwrap_err(), AuthError::Expired);
+        assert_eq!(
+            forged_auth.verified.lock().unwrap().len(),
+            1,
+            "authentic, so remembered"
+        );
+        assert_eq!(forged_auth.verify(&old).unwrap_err(), AuthError::Expired);
+        for _ in 0..VERIFIED_TOKENS + 10 {
+            let token = issue(&auth, &request(true, &[], Access::ReadOnly));
+            auth.verify(&token).unwrap();
+        }
+        assert!(auth.verified.lock().unwrap().len() <= VERIFIED_TOKENS);
     }
 
     #[test]

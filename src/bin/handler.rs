@@ -148,7 +148,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn run_server(config: Config, flags: &Flags) -> Result<(), String> {
-    telemetry::init(config.log_format);
+    // Held to the end: dropping it flushes the queued log lines.
+    let _log = telemetry::init(config.log_format, config.log_queue);
     runtime()?.block_on(async {
         let prepared = match server::prepare(&config).await {
             Ok(prepared) => prepared,
@@ -180,7 +181,7 @@ fn run_server(config: Config, flags: &Flags) -> Result<(), String> {
 /// Under the Functions host, with a configuration that was refused: keep answering, misses and
 /// refusals only (`api::degraded`), so no build aborts on the cache.
 fn run_degraded(flags: &Flags, problem: String) -> Result<(), String> {
-    telemetry::init(LogFormat::Json);
+    let _log = telemetry::init(LogFormat::Json, config::telemetry::DEFAULT_LOG_QUEUE);
     runtime()?.block_on(serve_degraded(flags, problem))
 }
 
@@ -245,6 +246,7 @@ fn run_doctor(config: &Config) -> Result<(), String> {
     let mut problems = 0;
     for check in &checks {
         match &check.result {
+            Ok(found) if check.warning => println!("WARNING  {}: {found}", check.what),
             Ok(found) => println!("ok       {}: {found}", check.what),
             Err(problem) => {
                 problems += 1;

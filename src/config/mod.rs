@@ -106,6 +106,8 @@ pub struct Config {
     pub tokens: TokenConfig,
     pub trust: TrustConfig,
     pub log_format: LogFormat,
+    /// Lines that may wait for each log stream's writer (`NX_CACHE_LOG_QUEUE`).
+    pub log_queue: usize,
 }
 
 /// Values given on the command line; they lose to the Functions host's port.
@@ -153,6 +155,7 @@ impl Config {
         )?;
         let trust = tokens::load_trust(&env, &tokens)?;
         let log_format = telemetry::load_log_format(&env, under_functions)?;
+        let log_queue = telemetry::load_log_queue(&env)?;
         let backend = storage::load_backend(&env)?;
         let retention = retention::load_retention(&env, &backend)?;
         Ok(Self {
@@ -170,6 +173,7 @@ impl Config {
             tokens,
             trust,
             log_format,
+            log_queue,
         })
     }
 }
@@ -236,6 +240,7 @@ pub(crate) mod tests {
             ("NX_CACHE_JWT_SECRET", "short"),
             ("NX_CACHE_JWT_ALGORITHM", "none"),
             ("NX_CACHE_LOG_FORMAT", "xml"),
+            ("NX_CACHE_LOG_QUEUE", "8"),
             ("NX_CACHE_MAX_CONNECTIONS", "0"),
             ("NX_CACHE_HEADER_TIMEOUT", "soon"),
             ("NX_CACHE_BODY_TIMEOUT", "-1s"),

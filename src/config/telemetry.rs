@@ -1,5 +1,6 @@
-//! The telemetry section: the log's shape (`NX_CACHE_LOG_FORMAT`) and the token that opens
-//! `/metrics` (`NX_CACHE_METRICS_TOKEN`).
+//! The telemetry section: the log's shape (`NX_CACHE_LOG_FORMAT`), how many lines may wait for
+//! the log's reader (`NX_CACHE_LOG_QUEUE`), and the token that opens `/metrics`
+//! (`NX_CACHE_METRICS_TOKEN`).
 
 use std::fmt;
 
@@ -41,6 +42,22 @@ pub fn load_log_format(env: &Env, under_functions: bool) -> Result<LogFormat, Co
     } else {
         LogFormat::Text
     }))
+}
+
+/// Lines that may wait for each log stream's writer before new ones are dropped (a few MiB at
+/// most): serving never waits on logging.
+pub const DEFAULT_LOG_QUEUE: usize = 8192;
+
+/// `NX_CACHE_LOG_QUEUE`: the log queue's length in lines, 16 to 1,000,000.
+pub fn load_log_queue(env: &Env) -> Result<usize, ConfigError> {
+    let queue = env.count("NX_CACHE_LOG_QUEUE", DEFAULT_LOG_QUEUE, 1_000_000)?;
+    if queue < 16 {
+        return Err(ConfigError::new(
+            "NX_CACHE_LOG_QUEUE",
+            "must be at least 16 lines",
+        ));
+    }
+    Ok(queue)
 }
 
 /// `NX_CACHE_METRICS_TOKEN`: turns `/metrics` on, for this bearer token only.

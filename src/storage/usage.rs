@@ -1,6 +1,11 @@
 //! What the cache holds, per namespace (`handler usage`): entries, bytes, oldest and newest
 //! entry. Each backend lists its entries and adds them up here, one at a time, so memory stays
 //! the same whatever the number of entries.
+//!
+//! Entries of the deprecated `@nx/azure-cache` plugin, which this cache replaces, are blobs named
+//! by a bare Nx hash at the container root (this cache's are under `org/` and `teams/`): they are
+//! added up apart ([`Usage::legacy`]), outside the total, so an operator sees what is left to
+//! delete after moving off the plugin. Nothing of this cache ever reads or serves them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -39,12 +44,26 @@ impl NamespaceUsage {
     }
 }
 
+/// The row of `@nx/azure-cache` entries in `handler usage`.
+pub const LEGACY_ROW: &str = "legacy @nx/azure-cache";
+
 /// The figures of every namespace (`org`, `team:NAME`), in name order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
     pub namespaces: BTreeMap<String, NamespaceUsage>,
     /// Names under the cache's prefix that are no cache entry (probe blobs, strays).
     pub skipped: u64,
+    /// Entries of the deprecated `@nx/azure-cache` plugin: bare Nx hashes at the container root.
+    pub legacy: NamespaceUsage,
+}
+
+/// Longest Nx hash: a decimal `u64` has at most 20 digits.
+const MAX_NX_HASH: usize = 20;
+
+/// Whether a blob name (from the container root) is an entry of the `@nx/azure-cache` plugin:
+/// a bare Nx hash, 1 to 20 decimal digits, no folder.
+pub fn is_legacy_name(name: &str) -> bool {
+    (1..=MAX_NX_HASH).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_digit())
 }
 
 impl Usage {
@@ -61,6 +80,12 @@ impl Usage {
         }
     }
 
+    /// Counts an `@nx/azure-cache` entry (see [`is_legacy_name`]).
+    pub fn add_legacy(&mut self, bytes: u64, time: Option<OffsetDateTime>) {
+        self.legacy.add(bytes, time);
+    }
+
+    /// This cache's entries, every namespace (legacy entries are not this cache's).
     pub fn total(&self) -> NamespaceUsage {
         let mut total = NamespaceUsage::default();
         for usage in self.namespaces.values() {
@@ -92,11 +117,19 @@ impl Usage {
             row(&mut out, name, usage);
         }
         row(&mut out, "total", &self.total());
+        if self.legacy.entries > 0 {
+            row(&mut out, LEGACY_ROW, &self.legacy);
+            let _ = writeln!(
+                out,
+                "({LEGACY_ROW}: entries of the deprecated plugin at the container root, not in the total; this cache never reads them: docs/migrate-from-nx-azure-cache.md says how to delete them)"
+            );
+        }
         out
     }
 
     /// JSON for scripts: `{"namespaces": [{"namespace", "entries", "bytes", "oldest", "newest"}],
-    /// "total": {...}, "skipped": N}` (times RFC 3339, or null).
+    /// "total": {...}, "skipped": N, "legacy": {...}}` (times RFC 3339, or null; `legacy` is the
+    /// `@nx/azure-cache` entries, not in the total).
     pub fn json(&self) -> String {
         let entry = |name: Option<&str>, u: &NamespaceUsage| {
             let mut value = serde_json::json!({
@@ -114,6 +147,7 @@ impl Usage {
             "namespaces": self.namespaces.iter().map(|(n, u)| entry(Some(n), u)).collect::<Vec<_>>(),
             "total": entry(None, &self.total()),
             "skipped": self.skipped,
+            "legacy": entry(None, &self.legacy),
         })
         .to_string()
     }
@@ -189,6 +223,37 @@ mod tests {
         assert_eq!(json["namespaces"][1]["namespace"], "team:web");
         assert_eq!(json["total"]["bytes"], 35);
         assert_eq!(json["total"]["oldest"], "2026-11-01T10:00:00Z");
+    }
+
+    #[test]
+    fn legacy_entries_are_apart_from_the_total() {
+        for name in ["1", "4809188201876735999", "18446744073709551615"] {
+            assert!(is_legacy_name(name), "{name}");
+        }
+        for name in [
+            "",
+            "org/1",
+            "1/2",
+            "abc",
+            "123456789012345678901",
+            "12a",
+            ".nx-cache-probe",
+        ] {
+            assert!(!is_legacy_name(name), "{name}");
+        }
+        let mut usage = Usage::default();
+        usage.add("org/1", 10, None);
+        assert!(!usage.table().contains(LEGACY_ROW));
+        usage.add_legacy(100, Some(datetime!(2026-01-01 0:00 UTC)));
+        usage.add_legacy(200, Some(datetime!(2026-02-01 0:00 UTC)));
+        assert_eq!(usage.total().bytes, 10);
+        let table = usage.table();
+        let row = table.lines().find(|l| l.starts_with(LEGACY_ROW)).unwrap();
+        assert!(row.contains(" 2 ") && row.contains(" 300 "), "{row}");
+        assert!(row.contains("2026-01-01T00:00:00Z"), "{row}");
+        let json: serde_json::Value = serde_json::from_str(&usage.json()).unwrap();
+        assert_eq!(json["legacy"]["entries"], 2);
+        assert_eq!(json["total"]["entries"], 1);
     }
 
     #[test]

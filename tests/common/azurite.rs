@@ -458,3 +458,192 @@ fn token_response() -> (String, String) {
     .to_string();
     (token, body)
 }
+
+/// How the stand-in Entra ID token endpoint authenticates a service principal.
+#[derive(Clone)]
+pub enum ClientProof {
+    /// `client_secret` must be this.
+    Secret(String),
+    /// `client_assertion` must be an RS256 JWT signed by this key, whose `x5t` is the SHA-1
+    /// thumbprint of this certificate (DER).
+    Certificate {
+        public_key: rsa::RsaPublicKey,
+        certificate_der: Vec<u8>,
+    },
+}
+
+/// A stand-in for Microsoft Entra ID's token endpoint (`POST {authority}/{tenant}/oauth2/v2.0/
+/// token`, client credentials), over https with the test CA as the real credential requires.
+/// It checks the form the way Entra ID does for a secret or a certificate assertion, and
+/// answers with an Entra-shaped access token that Azurite's `--oauth basic` accepts.
+pub struct EntraTokenEndpoint {
+    /// The authority host (`AZURE_AUTHORITY_HOST`): `https://127.0.0.1:PORT`.
+    pub authority: String,
+    pub requests: Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests refused, with the reason.
+    pub refused: Arc<Mutex<Vec<String>>>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+pub const SERVICE_PRINCIPAL_TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+pub const SERVICE_PRINCIPAL_CLIENT_ID: &str = "3c9e1b52-7a4d-4f0e-9b6a-2d8c5e1f0a77";
+
+impl EntraTokenEndpoint {
+    pub async fn start(tls: &Tls, proof: ClientProof) -> EntraTokenEndpoint {
+        use axum::extract::State;
+        use axum::http::StatusCode;
+        use std::collections::HashMap;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = format!("https://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(Mutex::new(Vec::new()));
+        let endpoint = format!("{authority}/{SERVICE_PRINCIPAL_TENANT}/oauth2/v2.0/token");
+        type EntraState = (
+            ClientProof,
+            String,
+            Arc<AtomicUsize>,
+            Arc<Mutex<Vec<String>>>,
+        );
+        let state: EntraState = (proof, endpoint, requests.clone(), refused.clone());
+        let app = axum::Router::new()
+            .route(
+                &format!("/{SERVICE_PRINCIPAL_TENANT}/oauth2/v2.0/token"),
+                axum::routing::post(
+                    |State((proof, endpoint, requests, refused)): State<EntraState>,
+                     axum::Form(form): axum::Form<HashMap<String, String>>| async move {
+                        requests.fetch_add(1, Ordering::SeqCst);
+                        match check_client(&form, &proof, &endpoint) {
+                            Ok(()) => {
+                                let (token, _) = token_response();
+                                let body = serde_json::json!({
+                                    "token_type": "Bearer", "expires_in": 3599,
+                                    "ext_expires_in": 3599, "access_token": token,
+                                });
+                                (StatusCode::OK, body.to_string())
+                            }
+                            Err(reason) => {
+                                refused.lock().unwrap().push(reason.clone());
+                                let body = serde_json::json!({
+                                    "error": "invalid_client", "error_description": reason,
+                                });
+                                (StatusCode::UNAUTHORIZED, body.to_string())
+                            }
+                        }
+                    },
+                ),
+            )
+            .with_state(state);
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![rustls::pki_types::CertificateDer::from(
+                    tls.leaf_der.clone(),
+                )],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(tls.leaf_key_der.clone().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        EntraTokenEndpoint {
+            authority,
+            requests,
+            refused,
+            _server: server,
+        }
+    }
+
+    /// The settings of a handler that reaches `blob_endpoint` as this service principal.
+    pub fn handler_env(
+        &self,
+        blob_endpoint: String,
+        container: &str,
+        tls: &Tls,
+        proof: (&'static str, String),
+    ) -> Vec<(&'static str, String)> {
+        vec![
+            ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1".into()),
+            ("AZURE_STORAGE_BLOB_ENDPOINT", blob_endpoint),
+            ("AZURE_STORAGE_CONTAINER", container.into()),
+            ("AZURE_TENANT_ID", SERVICE_PRINCIPAL_TENANT.into()),
+            ("AZURE_CLIENT_ID", SERVICE_PRINCIPAL_CLIENT_ID.into()),
+            ("AZURE_AUTHORITY_HOST", self.authority.clone()),
+            proof,
+            ("SSL_CERT_FILE", tls.ca_file().display().to_string()),
+        ]
+    }
+}
+
+/// What Entra ID checks of a client-credentials request: the grant, the client, the scope, and
+/// the secret or the signed assertion.
+fn check_client(
+    form: &std::collections::HashMap<String, String>,
+    proof: &ClientProof,
+    endpoint: &str,
+) -> Result<(), String> {
+    use base64::Engine;
+    let field = |name: &str| form.get(name).map(String::as_str);
+    if field("grant_type") != Some("client_credentials") {
+        return Err(format!("grant_type {:?}", field("grant_type")));
+    }
+    if field("client_id") != Some(SERVICE_PRINCIPAL_CLIENT_ID) {
+        return Err(format!("client_id {:?}", field("client_id")));
+    }
+    if field("scope") != Some("https://storage.azure.com/.default") {
+        return Err(format!("scope {:?}", field("scope")));
+    }
+    match proof {
+        ClientProof::Secret(secret) => (field("client_secret") == Some(secret.as_str()))
+            .then_some(())
+            .ok_or_else(|| "wrong client_secret".to_string()),
+        ClientProof::Certificate {
+            public_key,
+            certificate_der,
+        } => {
+            if field("client_assertion_type")
+                != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+            {
+                return Err("client_assertion_type".into());
+            }
+            let assertion = field("client_assertion").ok_or("no client_assertion")?;
+            let header = jsonwebtoken::decode_header(assertion).map_err(|e| e.to_string())?;
+            let thumbprint = aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+                certificate_der,
+            );
+            let expected = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(thumbprint);
+            if header.x5t.as_deref() != Some(expected.as_str()) {
+                return Err(format!("x5t {:?}", header.x5t));
+            }
+            use rsa::traits::PublicKeyParts;
+            let key = jsonwebtoken::DecodingKey::from_rsa_raw_components(
+                &public_key.n().to_bytes_be(),
+                &public_key.e().to_bytes_be(),
+            );
+            let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+            validation.set_audience(&[endpoint]);
+            validation.set_issuer(&[SERVICE_PRINCIPAL_CLIENT_ID]);
+            validation.sub = Some(SERVICE_PRINCIPAL_CLIENT_ID.into());
+            jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &validation)
+                .map(|_| ())
+                .map_err(|e| format!("client_assertion: {e}"))
+        }
+    }
+}

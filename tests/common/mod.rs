@@ -99,29 +99,34 @@ impl Handler {
             .env("NX_CACHE_JWT_SECRET", TEST_SECRET)
             .env("NX_CACHE_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (key, value) in extra {
             command.env(key, value);
         }
         let mut child = command.spawn().expect("start handler");
-        let stderr = child.stderr.take().unwrap();
         let (line_tx, line_rx) = mpsc::channel();
         let (addr_tx, addr_rx) = mpsc::channel();
         let history = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let kept = history.clone();
-        std::thread::spawn(move || {
-            let mut addr_tx = Some(addr_tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let (Some(tx), Some(addr)) = (&addr_tx, listening_addr(&line)) {
-                    let _ = tx.send(addr);
-                    addr_tx = None;
+        // Info lines come on stdout, warnings and errors on stderr (as the Functions host
+        // classifies them): both are read, into one history.
+        let streams: [Box<dyn std::io::Read + Send>; 2] = [
+            Box::new(child.stdout.take().unwrap()),
+            Box::new(child.stderr.take().unwrap()),
+        ];
+        for stream in streams {
+            let (kept, line_tx, addr_tx) = (history.clone(), line_tx.clone(), addr_tx.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Some(addr) = listening_addr(&line) {
+                        let _ = addr_tx.send(addr);
+                    }
+                    kept.0.lock().unwrap().push(line.clone());
+                    kept.1.notify_all();
+                    let _ = line_tx.send(line);
                 }
-                kept.0.lock().unwrap().push(line.clone());
-                kept.1.notify_all();
-                let _ = line_tx.send(line);
-            }
-        });
+            });
+        }
         let addr = match addr_rx.recv_timeout(STARTUP_LIMIT) {
             Ok(addr) => addr,
             Err(_) => {

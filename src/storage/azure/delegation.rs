@@ -71,7 +71,7 @@ impl DelegationKeys {
             .map_err(|_| format!("no answer within {:?}", self.timeout))?
             .map_err(|e| match e.http_status() {
                 Some(status) => format!("Azure answered {status}"),
-                None => e.to_string(),
+                None => super::with_causes(&e),
             })?;
         let key = response.into_model().map_err(|e| e.to_string())?;
         tracing::info!(expires = ?key.signed_expiry, "user delegation key obtained");

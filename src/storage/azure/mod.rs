@@ -17,6 +17,7 @@
 /// The connection-string parser belongs to the configuration; re-exported here, where the key
 /// it carries is used.
 pub use crate::config::connection_string;
+pub mod certificate;
 pub mod credential;
 pub mod delegation;
 pub mod download;
@@ -45,7 +46,7 @@ use time::OffsetDateTime;
 use self::delegation::DelegationKeys;
 use self::sas::{BlobSas, Protocols, SAS_VERSION, encode_blob_path};
 use super::known::KnownEntries;
-use super::usage::Usage;
+use super::usage::{Usage, is_legacy_name};
 use super::{ByteStream, Fetched, Health, Store, StoreError, Stored};
 use crate::config::{AzureAuth, AzureConfig, Download, HitCheck};
 use crate::key::CacheKey;
@@ -62,6 +63,8 @@ const PROBE_BLOB: &str = ".nx-cache-probe";
 const KNOWN_ENTRIES: usize = 50_000;
 /// Blobs per listing page (the service's maximum).
 const LIST_PAGE: i32 = 5000;
+/// Names looked at per leading digit when `handler doctor` looks for `@nx/azure-cache` entries.
+const LEGACY_LOOK: i32 = 100;
 /// Lifetime of the container SAS a listing uses in key mode (a long listing outlives
 /// [`CALL_SAS_TTL`]).
 const LIST_SAS_TTL: Duration = Duration::from_secs(3600);
@@ -110,6 +113,7 @@ impl AzureStore {
                     client_id.as_deref(),
                     |name| std::env::var(name).ok(),
                 )?);
+                tracing::info!(chain = ?credential.names(), "Azure credentials, tried in this order");
                 let url = Url::parse(&config.endpoint)
                     .map_err(|e| format!("invalid blob endpoint '{}': {e}", config.endpoint))?;
                 let service = Arc::new(
@@ -178,6 +182,14 @@ impl AzureStore {
                 ))
             })?;
         Ok(())
+    }
+
+    /// The credential sources of token mode, in the order they are tried.
+    pub fn credential_chain(&self) -> Vec<&'static str> {
+        match &self.access {
+            Access::Token { credential, .. } => credential.names(),
+            Access::Key { .. } => Vec::new(),
+        }
     }
 
     /// The credential source that produced a token, in token mode, once one has.
@@ -387,8 +399,14 @@ impl AzureStore {
         let where_ = self.container_label();
         if let Access::Token { keys, .. } = &self.access {
             keys.ensure_fresh().await.map_err(|e| {
+                // No credential got a token: the role is not the problem.
+                let advice = if e.contains("no Azure credential could get a token") {
+                    "check the credential named above (its settings, or the identity assigned to the app)"
+                } else {
+                    "grant the handler's identity 'Storage Blob Delegator' on the account"
+                };
                 StoreError::Backend(format!(
-                    "cannot get a user delegation key from account '{}' ({e}); grant the handler's identity 'Storage Blob Delegator' on the account",
+                    "cannot get a user delegation key from account '{}' ({e}); {advice}",
                     self.config.account
                 ))
             })?;
@@ -530,8 +548,24 @@ fn backend(error: azure_core::Error) -> StoreError {
             StoreError::Backend(format!("Azure answered {status} {code}"))
         }
         (Some(status), None) => StoreError::Backend(format!("Azure answered {status}")),
-        _ => StoreError::Backend(error.to_string()),
+        _ => StoreError::Backend(with_causes(&error)),
     }
+}
+
+/// An error with its causes (`outer: cause: root cause`): the SDK's retry policy wraps a
+/// credential's failure in a message that names none of it.
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 #[async_trait]
@@ -601,8 +635,9 @@ impl Store for AzureStore {
 
     async fn usage(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<Usage, StoreError> {
         let container = self.container_client()?;
+        // The whole container, even with a blob prefix: `@nx/azure-cache` entries are at its
+        // root, and an operator moving off the plugin wants them in view.
         let options = BlobContainerClientListBlobsOptions {
-            prefix: (!self.config.prefix.is_empty()).then(|| self.config.prefix.clone()),
             maxresults: Some(LIST_PAGE),
             ..Default::default()
         };
@@ -620,10 +655,14 @@ impl Store for AzureStore {
             let page = page.into_model().map_err(backend)?;
             for item in page.blob_items {
                 let Some(name) = item.name else { continue };
-                let relative = name.strip_prefix(&self.config.prefix).unwrap_or(&name);
                 let properties = item.properties.unwrap_or_default();
                 let time = properties.creation_time.or(properties.last_modified);
-                usage.add(relative, properties.content_length.unwrap_or(0), time);
+                let bytes = properties.content_length.unwrap_or(0);
+                if is_legacy_name(&name) {
+                    usage.add_legacy(bytes, properties.last_modified.or(time));
+                } else if let Some(relative) = name.strip_prefix(&self.config.prefix) {
+                    usage.add(relative, bytes, time);
+                }
                 listed += 1;
             }
             progress(listed);
@@ -633,6 +672,38 @@ impl Store for AzureStore {
 }
 
 impl AzureStore {
+    /// How many `@nx/azure-cache` entries (bare Nx hashes at the container root) a quick look
+    /// finds: one small listing per leading digit, never the whole container (`handler doctor`;
+    /// `handler usage` counts them all). Names that merely start with a digit are not counted.
+    pub async fn legacy_entries(&self) -> Result<u64, StoreError> {
+        let container = self.container_client()?;
+        let mut found = 0;
+        for digit in '0'..='9' {
+            let options = BlobContainerClientListBlobsOptions {
+                prefix: Some(digit.to_string()),
+                maxresults: Some(LEGACY_LOOK),
+                ..Default::default()
+            };
+            let mut pages = container
+                .list_blobs(Some(options))
+                .map_err(backend)?
+                .into_pages();
+            if let Some(page) = self
+                .bounded("list blobs", pages.try_next())
+                .await?
+                .map_err(backend)?
+            {
+                let page = page.into_model().map_err(backend)?;
+                found += page
+                    .blob_items
+                    .iter()
+                    .filter(|item| item.name.as_deref().is_some_and(is_legacy_name))
+                    .count() as u64;
+            }
+        }
+        Ok(found)
+    }
+
     /// A client for the container: with the handler's token, or in key mode with a container
     /// SAS that may list.
     fn container_client(&self) -> Result<BlobContainerClient, StoreError> {

@@ -3,20 +3,37 @@
 //! The per-request line carries the request id (the Functions host's
 //! `X-Azure-Functions-InvocationId` when present), method, path, status, outcome, bytes and
 //! duration. Headers are never logged: the `Authorization` header holds a token.
+//!
+//! **Serving never waits on logging.** Lines go through a bounded in-memory queue to a writer
+//! thread per stream ([`queue`]); when a queue is full the line is dropped, never waited for,
+//! so a log reader that falls behind (under Azure Functions the host reads the handler's pipes
+//! and forwards them to Application Insights) cannot stall a request. Drops are counted
+//! (`nx_cache_log_lines_dropped_total` in `/metrics`) and reported in one warning once the
+//! writer has caught up. Dropping the [`LogGuard`] at shutdown writes what is queued.
+//!
+//! **Severity by stream.** The Functions host logs every stdout line of a custom handler as
+//! Information and every stderr line as Error unless it contains "warn" (azure-functions-host,
+//! `WorkerProcess.ParseErrorMessageAndLog`, `UseStdErrorStreamForErrorsOnly`). So info and more
+//! verbose lines go to stdout, warnings and errors to stderr, where their level word (`WARN`,
+//! `ERROR`) makes the host classify them right.
 
-use std::time::Instant;
-
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
-use tracing::Instrument;
+use tracing::{Instrument, Level};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::MakeWriterExt;
+
+pub mod queue;
+
+use queue::{LogQueue, QueueGuard};
 
 use crate::config::LogFormat;
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{Figure, Metrics, Outcome};
 
 /// Header the Azure Functions host adds to every forwarded request.
 pub const INVOCATION_ID: &str = "x-azure-functions-invocationid";
@@ -40,21 +57,90 @@ impl Caller {
     }
 }
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default level (`info`).
-pub fn init(format: LogFormat) {
+/// How often the drop counters are looked at for the one-line report.
+const DROP_REPORT_EVERY: Duration = Duration::from_secs(2);
+
+/// The queues (stdout, stderr), once logging is set up: their drop counters.
+static QUEUES: OnceLock<(LogQueue, LogQueue)> = OnceLock::new();
+
+/// Keeps the log writers running; dropping it (at shutdown) writes what is queued, waiting
+/// about a second at most for a reader that does not read.
+pub struct LogGuard {
+    _stdout: QueueGuard,
+    _stderr: QueueGuard,
+}
+
+/// Installs the global subscriber: `queue` lines at most wait for each stream's writer.
+/// `RUST_LOG` overrides the default level (`info`). Returns `None` when a subscriber is already
+/// installed (the first one is kept).
+pub fn init(format: LogFormat, queue: usize) -> Option<LogGuard> {
     // The Azure SDK logs every failed storage call at info; the handler logs what matters itself.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,typespec_client_core=warn,azure_core=warn"));
+    let (stdout, stdout_guard) = LogQueue::start(std::io::stdout(), queue, "log-stdout").ok()?;
+    let (stderr, stderr_guard) = LogQueue::start(std::io::stderr(), queue, "log-stderr").ok()?;
+    let queues = (stdout.clone(), stderr.clone());
+    let writer = stderr.with_max_level(Level::WARN).or_else(stdout);
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let result = match format {
+        .with_ansi(terminal)
+        .with_writer(writer);
+    let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.compact().try_init(),
     };
-    // A second init (tests start several servers in one process) keeps the first subscriber.
-    let _ = result;
+    if installed.is_err() {
+        return None;
+    }
+    if QUEUES.set(queues).is_ok() {
+        std::thread::Builder::new()
+            .name("log-drops".into())
+            .spawn(report_drops)
+            .ok()?;
+    }
+    Some(LogGuard {
+        _stdout: stdout_guard,
+        _stderr: stderr_guard,
+    })
+}
+
+/// Log lines dropped so far because a writer's queue was full.
+pub fn dropped_lines() -> u64 {
+    QUEUES
+        .get()
+        .map(|(out, err)| out.dropped() + err.dropped())
+        .unwrap_or(0)
+}
+
+/// What logging reports about itself in `/metrics`.
+pub fn figures() -> Vec<Figure> {
+    vec![Figure {
+        name: "nx_cache_log_lines_dropped_total",
+        help: "log lines dropped because the log's reader fell behind (serving never waits on logging)",
+        kind: "counter",
+        value: dropped_lines(),
+    }]
+}
+
+/// Reports drops in one warning once they stop, i.e. once the writer has caught up (a report
+/// while the queue is still full would be dropped too).
+fn report_drops() {
+    let (mut reported, mut last) = (0, 0);
+    loop {
+        std::thread::sleep(DROP_REPORT_EVERY);
+        let now = dropped_lines();
+        if now > reported && now == last {
+            tracing::warn!(
+                dropped = now - reported,
+                total = now,
+                "log lines were dropped because the log's reader fell behind; requests were served without waiting for it"
+            );
+            reported = now;
+        }
+        last = now;
+    }
 }
 
 /// Middleware: gives each request an id and logs one line when its answer is ready.
