@@ -240,10 +240,11 @@ var maxArtifactBytes = maxArtifactSizeMiB * 1048576
 var requestBodyLimitBytes = maxArtifactBytes * 2
 
 // Per-instance HTTP concurrency and the handler's connection limit, from the instance's memory.
-// PLACEHOLDERS until docs/benchmarks.md gives the handler's measured worst case (peak RSS per
-// request in flight under uploads of large artifacts, which hold two 4 MiB blocks each); replace
-// the two constants with the figures there:
-//   handlerMemoryPerRequestMiB: what one request in flight may hold in the handler.
+// The handler's worst case is measured by scripts/bench-concurrency (docs/benchmarks.md, "Flex
+// Consumption sizing"): every request an upload of a large artifact to Blob Storage, which holds
+// two 4 MiB blocks; 27, 64 and 180 uploads at once peaked at 8.2 MiB each above an idle 10 MiB.
+//   handlerMemoryPerRequestMiB: what one request in flight may hold in the handler (8.2 measured,
+//     10 with a fifth of margin).
 //   functionsHostReserveMiB: what is left for the Functions host process on the same instance.
 //     Learn (flex-consumption-plan, "Instance sizes"): "Instance resources are shared between your
 //     function code and the Functions host", and each instance also gets 272 MB, not billed, "as a

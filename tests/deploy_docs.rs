@@ -112,10 +112,37 @@ async fn the_health_answers_in_the_deploy_guide_are_the_servers() {
     let statuses: Vec<u16> = documented.iter().map(|d| d.status).collect();
     assert_eq!(
         statuses,
-        vec![200, 503],
-        "step 5 documents the healthy and the not-ready answer: {documented:?}"
+        vec![200, 503, 503],
+        "step 5 documents the healthy, the not-ready and the refused-settings answer: {documented:?}"
     );
-    let (healthy, not_ready) = (&documented[0], &documented[1]);
+    let (healthy, not_ready, refused) = (&documented[0], &documented[1], &documented[2]);
+
+    // Refused settings under the Functions host: the handler keeps answering, /health 503.
+    let data = tempfile::tempdir().unwrap();
+    let handler = Handler::launch(
+        Path::new(env!("CARGO_BIN_EXE_handler")),
+        &[],
+        data.path(),
+        &[
+            ("FUNCTIONS_CUSTOMHANDLER_PORT", "0"),
+            ("NX_CACHE_MODE", "sometimes"),
+        ],
+    );
+    assert_eq!(health(&handler.base_url).await, (503, refused.body.clone()));
+    let line = handler
+        .wait_for_log(Duration::from_secs(10), |l| {
+            l.contains("the configuration was refused")
+        })
+        .expect("the refusal is logged");
+    assert!(
+        line.contains("configuration error: NX_CACHE_MODE: "),
+        "{line}"
+    );
+    assert!(
+        doc.contains("`the configuration was refused`"),
+        "the guide names the log line"
+    );
+    drop(handler);
 
     // Healthy: the embedded store is ready at once.
     let handler = Handler::start(&[]);
@@ -164,7 +191,7 @@ async fn the_health_answers_in_the_deploy_guide_are_the_servers() {
         }
         quoted += 1;
         assert!(
-            doc[at..].starts_with(&not_ready.body),
+            doc[at..].starts_with(&not_ready.body) || doc[at..].starts_with(&refused.body),
             "docs/deploy.md quotes another /health answer than the server's ({:?}): {:?}",
             not_ready.body,
             &doc[at..(at + not_ready.body.len()).min(doc.len())]

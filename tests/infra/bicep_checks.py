@@ -1096,6 +1096,10 @@ def app_settings_under(templates: list[Template], env: dict[str, Any]) -> dict[s
 
     for template in templates:
         for _, resource, config, condition in template.resource_list():
+            # Only the resources that write app settings matter; the others' conditions may use
+            # a module's own parameters, which `env` (main.bicep's) does not hold.
+            if resource.get("type") not in (SITE_CONFIG_TYPE, SITE_TYPE):
+                continue
             if resource.get("existing") or not _holds(template, condition, env):
                 continue
             if resource.get("type") == SITE_CONFIG_TYPE and config.get("name") == "appsettings":

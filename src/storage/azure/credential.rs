@@ -110,9 +110,7 @@ impl CredentialChain {
 /// when `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and one of the two are set. A secret wins over a
 /// certificate, as in the SDKs. Half a configuration (a tenant and a secret but no client id,
 /// say) is an error naming what is missing.
-fn environment_credential(
-    env: &impl Fn(&str) -> Option<String>,
-) -> Result<Option<Source>, String> {
+fn environment_credential(env: &impl Fn(&str) -> Option<String>) -> Result<Option<Source>, String> {
     let get = |name: &str| env(name).filter(|v| !v.trim().is_empty());
     let secret = get("AZURE_CLIENT_SECRET");
     let certificate = get("AZURE_CLIENT_CERTIFICATE_PATH");
