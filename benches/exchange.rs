@@ -4,7 +4,7 @@
 //! that no request reaches the issuer once its keys are cached.
 //!
 //! Run: `cargo bench --bench exchange`. The issuer is the tests' stand-in (discovery + JWKS on
-//! loopback, an RS256 key generated here).
+//! loopback, an RS256 key generated here: RSA-2048, as real issuers use, then RSA-4096).
 
 #[path = "../tests/common/oidc.rs"]
 #[allow(dead_code)]
@@ -31,11 +31,14 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run());
+    // Real issuers sign with RSA-2048 (GitHub, GitLab, Entra ID); RSA-4096 for comparison.
+    for bits in [2048, 4096] {
+        runtime.block_on(run(bits));
+    }
 }
 
-async fn run() {
-    let issuer = oidc::Issuer::start("").await;
+async fn run(bits: usize) {
+    let issuer = oidc::Issuer::start_with_bits("", bits).await;
     let policy = serde_json::json!({"rules": [
         {"name": "web-main", "issuer": issuer.issuer(), "kind": "github", "audience": "nx-cache",
          "claims": {"repository": "acme/web", "ref": "refs/heads/main", "event_name": "push"},
@@ -90,7 +93,7 @@ async fn run() {
     let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
     let micros = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
-        "POST /token with warm keys, {ROUNDS} exchanges (router, RS256 verification, policy, HS256 signing; no socket):"
+        "POST /token with warm RSA-{bits} keys, {ROUNDS} exchanges (router, RS256 verification, policy, HS256 signing; no socket):"
     );
     println!(
         "  p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, max {:.1} µs; issuer requests during the run: {}",

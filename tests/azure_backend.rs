@@ -516,8 +516,10 @@ async fn doctor_tells_the_operator_what_to_fix() {
     let (ok, text) = doctor(&mi_env);
     assert!(!ok, "{text}");
     assert!(text.contains("PROBLEM  Azure credential:"), "{text}");
+    // No credential got a token: the fix is the credential (named), not a role.
     assert!(
-        text.contains("Storage Blob Delegator"),
+        text.contains("managed identity (system-assigned)")
+            && text.contains("check the credential named above"),
         "the fix is named: {text}"
     );
     mi_env[4].1 = identity.secret.clone();

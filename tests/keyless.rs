@@ -1879,4 +1879,21 @@ fn a_bucket_cache_package_keeps_nx_off_this_cache_until_it_steps_aside() {
     );
     let output = build_with(&workspace, &env, &web);
     assert_eq!(remote_hits(&output), PROJECTS.len(), "{output}");
+
+    // The guide's way off: the package removed (and no `azure` key in nx.json, which this
+    // workspace never had). No warning; this cache serves the build, hit after hit.
+    std::fs::remove_dir_all(workspace.root().join("node_modules/@nx/azure-cache")).unwrap();
+    let nx_json = std::fs::read_to_string(workspace.root().join("nx.json")).unwrap();
+    assert!(!nx_json.contains("\"azure\""), "{nx_json}");
+    let (stdout, env) = step(&dir.path().join("env-removed"), &[]);
+    assert!(bucket_warnings(&stdout).is_empty(), "{stdout}");
+    let before = cache_requests();
+    build_with(&workspace, &env, &web);
+    let output = build_with(&workspace, &env, &web);
+    assert_eq!(
+        remote_hits(&output),
+        PROJECTS.len(),
+        "every task from this cache:\n{output}"
+    );
+    assert!(cache_requests() > before);
 }
