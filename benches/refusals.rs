@@ -115,15 +115,7 @@ async fn measure(
 
 /// `GET /` on the one connection; the status.
 async fn get_root(sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>) -> u16 {
-    let request = Request::get("/")
-        .header("host", "localhost")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    sender.ready().await.unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status().as_u16();
-    response.into_body().collect().await.unwrap();
-    status
+    send(sender, Request::get("/")).await
 }
 
 /// `POST /token` with `token`, on the one connection; the status.
@@ -131,9 +123,17 @@ async fn post(
     sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
     token: &str,
 ) -> u16 {
-    let request = Request::post("/token")
+    let request = Request::post("/token").header("authorization", format!("Bearer {token}"));
+    send(sender, request).await
+}
+
+/// Sends `request` (no body) on the one connection and reads its answer whole; the status.
+async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    request: hyper::http::request::Builder,
+) -> u16 {
+    let request = request
         .header("host", "localhost")
-        .header("authorization", format!("Bearer {token}"))
         .body(Empty::<Bytes>::new())
         .unwrap();
     sender.ready().await.unwrap();

@@ -51,6 +51,43 @@ impl Tls {
     pub fn ca_file(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
     }
+
+    /// Serves `app` over https on `listener` with the leaf certificate, one task per
+    /// connection, until the returned task is dropped with its owner.
+    pub fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        app: axum::Router,
+    ) -> tokio::task::JoinHandle<()> {
+        let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let config = tokio_rustls::rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![rustls::pki_types::CertificateDer::from(
+                    self.leaf_der.clone(),
+                )],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(self.leaf_key_der.clone().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        })
+    }
 }
 
 /// A running Azurite blob service; killed when dropped. Its data lives in a temporary directory,
@@ -535,33 +572,7 @@ impl EntraTokenEndpoint {
                 ),
             )
             .with_state(state);
-        let config = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![rustls::pki_types::CertificateDer::from(
-                    tls.leaf_der.clone(),
-                )],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(tls.leaf_key_der.clone().into()),
-            )
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let server = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (acceptor, app) = (acceptor.clone(), app.clone());
-                tokio::spawn(async move {
-                    let Ok(stream) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let service = hyper_util::service::TowerToHyperService::new(app);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let server = tls.serve(listener, app);
         EntraTokenEndpoint {
             authority,
             requests,

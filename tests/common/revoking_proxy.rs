@@ -14,9 +14,6 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::azurite::Tls;
 
@@ -47,15 +44,6 @@ impl RevokingProxy {
     /// Listens on an ephemeral loopback port with `tls`'s leaf certificate and forwards every
     /// request to `upstream` (e.g. `https://127.0.0.1:PORT`), trusting `tls`'s CA.
     pub async fn start(tls: &Tls, upstream: &str) -> RevokingProxy {
-        let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let config = ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![CertificateDer::from(tls.leaf_der.clone())],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(tls.leaf_key_der.clone())),
-            )
-            .unwrap();
-        let acceptor = TlsAcceptor::from(Arc::new(config));
         let client = reqwest::Client::builder()
             .tls_certs_merge([reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).unwrap()])
             .redirect(reqwest::redirect::Policy::none())
@@ -72,23 +60,7 @@ impl RevokingProxy {
         let app = axum::Router::new().fallback(forward).with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (acceptor, app) = (acceptor.clone(), app.clone());
-                tokio::spawn(async move {
-                    let Ok(tls_stream) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let service = hyper_util::service::TowerToHyperService::new(app);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls_stream), service)
-                        .await;
-                });
-            }
-        });
+        let server = tls.serve(listener, app);
         RevokingProxy {
             port,
             keys,
