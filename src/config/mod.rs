@@ -106,7 +106,7 @@ pub struct Config {
     pub tokens: TokenConfig,
     pub trust: TrustConfig,
     pub log_format: LogFormat,
-    /// Lines that may wait for each log stream's writer (`NX_CACHE_LOG_QUEUE`).
+    /// Lines that may wait for the log writer (`NX_CACHE_LOG_QUEUE`).
     pub log_queue: usize,
 }
 

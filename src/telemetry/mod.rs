@@ -5,7 +5,7 @@
 //! duration. Headers are never logged: the `Authorization` header holds a token.
 //!
 //! **Serving never waits on logging.** Lines go through a bounded in-memory queue to a writer
-//! thread per stream ([`queue`]); when a queue is full the line is dropped, never waited for,
+//! thread ([`queue`]); when the queue is full the line is dropped, never waited for,
 //! so a log reader that falls behind (under Azure Functions the host reads the handler's pipes
 //! and forwards them to Application Insights) cannot stall a request. Drops are counted
 //! (`nx_cache_log_lines_dropped_total` in `/metrics`) and reported in one warning once the
@@ -30,7 +30,7 @@ use tracing_subscriber::fmt::writer::MakeWriterExt;
 
 pub mod queue;
 
-use queue::{LogQueue, QueueGuard};
+use queue::{LogQueue, QueueGuard, Stream};
 
 use crate::config::LogFormat;
 use crate::metrics::{Figure, Metrics, Outcome};
@@ -60,27 +60,27 @@ impl Caller {
 /// How often the drop counters are looked at for the one-line report.
 const DROP_REPORT_EVERY: Duration = Duration::from_secs(2);
 
-/// The queues (stdout, stderr), once logging is set up: their drop counters.
-static QUEUES: OnceLock<(LogQueue, LogQueue)> = OnceLock::new();
+/// The queue, once logging is set up: its drop counter.
+static QUEUE: OnceLock<LogQueue> = OnceLock::new();
 
-/// Keeps the log writers running; dropping it (at shutdown) writes what is queued, waiting
+/// Keeps the log writer running; dropping it (at shutdown) writes what is queued, waiting
 /// about a second at most for a reader that does not read.
 pub struct LogGuard {
-    _stdout: QueueGuard,
-    _stderr: QueueGuard,
+    _queue: QueueGuard,
 }
 
-/// Installs the global subscriber: `queue` lines at most wait for each stream's writer.
+/// Installs the global subscriber: `queue` lines at most wait for the log writer.
 /// `RUST_LOG` overrides the default level (`info`). Returns `None` when a subscriber is already
 /// installed (the first one is kept).
 pub fn init(format: LogFormat, queue: usize) -> Option<LogGuard> {
     // The Azure SDK logs every failed storage call at info; the handler logs what matters itself.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,typespec_client_core=warn,azure_core=warn"));
-    let (stdout, stdout_guard) = LogQueue::start(std::io::stdout(), queue, "log-stdout").ok()?;
-    let (stderr, stderr_guard) = LogQueue::start(std::io::stderr(), queue, "log-stderr").ok()?;
-    let queues = (stdout.clone(), stderr.clone());
-    let writer = stderr.with_max_level(Level::WARN).or_else(stdout);
+    let (lines, guard) = LogQueue::start(std::io::stdout(), std::io::stderr(), queue).ok()?;
+    let writer = lines
+        .writer(Stream::Err)
+        .with_max_level(Level::WARN)
+        .or_else(lines.writer(Stream::Out));
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
@@ -94,24 +94,18 @@ pub fn init(format: LogFormat, queue: usize) -> Option<LogGuard> {
     if installed.is_err() {
         return None;
     }
-    if QUEUES.set(queues).is_ok() {
+    if QUEUE.set(lines).is_ok() {
         std::thread::Builder::new()
             .name("log-drops".into())
             .spawn(report_drops)
             .ok()?;
     }
-    Some(LogGuard {
-        _stdout: stdout_guard,
-        _stderr: stderr_guard,
-    })
+    Some(LogGuard { _queue: guard })
 }
 
-/// Log lines dropped so far because a writer's queue was full.
+/// Log lines dropped so far because the log queue was full.
 pub fn dropped_lines() -> u64 {
-    QUEUES
-        .get()
-        .map(|(out, err)| out.dropped() + err.dropped())
-        .unwrap_or(0)
+    QUEUE.get().map(LogQueue::dropped).unwrap_or(0)
 }
 
 /// What logging reports about itself in `/metrics`.

@@ -1,14 +1,19 @@
-//! A bounded, lossy log queue in front of a stream (stdout or stderr), written by its own
-//! thread: serving never waits on logging.
+//! A bounded, lossy log queue in front of the two output streams (stdout and stderr), written
+//! by its own thread: serving never waits on logging.
 //!
-//! A request thread appends its formatted line to an in-memory buffer under a short lock: no
-//! system call, no thread to wake. The writer thread wakes every [`FLUSH_EVERY`] (or early, when
-//! the buffer is half full), takes the whole buffer and writes it with one call. When the buffer
-//! holds its bound of lines, new lines are dropped and counted, never waited for: a reader that
-//! falls behind (the Functions host forwarding the pipes to Application Insights) fills the pipe
-//! and blocks only the writer thread. Per-line hand-offs to a writer thread (a channel message
-//! and a wake-up per line) cost more CPU than the request they log; a buffer swapped a few dozen
-//! times a second costs next to nothing.
+//! A request thread appends its formatted line, tagged with its stream, to an in-memory buffer
+//! under a short lock: no system call, no thread to wake. The writer thread wakes every
+//! [`FLUSH_EVERY`] (or early, when the buffer is half full), takes the whole buffer and writes
+//! each run of lines for one stream with one call. When the buffer holds its bound of lines, new
+//! lines are dropped and counted, never waited for: a reader that falls behind (the Functions
+//! host forwarding the pipes to Application Insights) fills a pipe and blocks only the writer
+//! thread. Per-line hand-offs to a writer thread (a channel message and a wake-up per line)
+//! cost more CPU than the request they log; a buffer swapped a few dozen times a second costs
+//! next to nothing.
+//!
+//! One writer for both streams keeps the lines in the order they were logged: a line reaches
+//! its stream only after every line logged before it reached its own. Someone who reads both
+//! streams into one (`2>&1`, the tests) sees them in that order.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,10 +27,30 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// cannot hold the process).
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 
+/// Which stream a line goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Out,
+    Err,
+}
+
 struct Buffer {
     bytes: Vec<u8>,
+    /// Runs of consecutive lines for one stream: the stream and where its run ends in `bytes`.
+    runs: Vec<(Stream, usize)>,
     lines: usize,
     closed: bool,
+}
+
+impl Buffer {
+    fn empty() -> Buffer {
+        Buffer {
+            bytes: Vec::new(),
+            runs: Vec::new(),
+            lines: 0,
+            closed: false,
+        }
+    }
 }
 
 struct Shared {
@@ -35,10 +60,17 @@ struct Shared {
     dropped: AtomicU64,
 }
 
-/// The producer side: cheap to clone, one per stream.
+/// The producer side: cheap to clone; [`LogQueue::writer`] gives a writer for one stream.
 #[derive(Clone)]
 pub struct LogQueue {
     shared: Arc<Shared>,
+}
+
+/// Writes whole lines into the queue for one stream (what the subscriber writes through).
+#[derive(Clone)]
+pub struct StreamWriter {
+    queue: LogQueue,
+    stream: Stream,
 }
 
 /// Stops the writer thread when dropped, after it has written what was queued (waiting
@@ -49,18 +81,15 @@ pub struct QueueGuard {
 }
 
 impl LogQueue {
-    /// A queue of at most `max_lines` lines in front of `stream`, and the thread that writes it.
-    pub fn start<W: Write + Send + 'static>(
-        stream: W,
-        max_lines: usize,
-        name: &str,
-    ) -> std::io::Result<(LogQueue, QueueGuard)> {
+    /// A queue of at most `max_lines` lines in front of `out` and `err`, and the thread that
+    /// writes it.
+    pub fn start<O, E>(out: O, err: E, max_lines: usize) -> std::io::Result<(LogQueue, QueueGuard)>
+    where
+        O: Write + Send + 'static,
+        E: Write + Send + 'static,
+    {
         let shared = Arc::new(Shared {
-            buffer: Mutex::new(Buffer {
-                bytes: Vec::new(),
-                lines: 0,
-                closed: false,
-            }),
+            buffer: Mutex::new(Buffer::empty()),
             wake: Condvar::new(),
             max_lines,
             dropped: AtomicU64::new(0),
@@ -68,9 +97,9 @@ impl LogQueue {
         let (done_tx, done) = mpsc::channel();
         let writer = shared.clone();
         std::thread::Builder::new()
-            .name(name.into())
+            .name("log-writer".into())
             .spawn(move || {
-                write_until_closed(&writer, stream);
+                write_until_closed(&writer, out, err);
                 let _ = done_tx.send(());
             })?;
         Ok((
@@ -81,9 +110,17 @@ impl LogQueue {
         ))
     }
 
-    /// Queues one line, or drops it (counted) when the queue is full. Never blocks on the
-    /// stream.
-    pub fn push(&self, line: &[u8]) {
+    /// A writer of lines for `stream`.
+    pub fn writer(&self, stream: Stream) -> StreamWriter {
+        StreamWriter {
+            queue: self.clone(),
+            stream,
+        }
+    }
+
+    /// Queues one line for `stream`, or drops it (counted) when the queue is full. Never blocks
+    /// on a stream.
+    pub fn push(&self, stream: Stream, line: &[u8]) {
         let mut buffer = self.shared.buffer.lock().unwrap_or_else(|e| e.into_inner());
         if buffer.lines >= self.shared.max_lines {
             drop(buffer);
@@ -91,6 +128,11 @@ impl LogQueue {
             return;
         }
         buffer.bytes.extend_from_slice(line);
+        let end = buffer.bytes.len();
+        match buffer.runs.last_mut() {
+            Some((last, run_end)) if *last == stream => *run_end = end,
+            _ => buffer.runs.push((stream, end)),
+        }
         buffer.lines += 1;
         // Early when half full, so that a burst is written before it overflows.
         let wake = buffer.lines == self.shared.max_lines / 2;
@@ -106,9 +148,10 @@ impl LogQueue {
     }
 }
 
-/// The writer thread: takes the whole buffer at each wake-up and writes it in one call.
-fn write_until_closed<W: Write>(shared: &Shared, mut stream: W) {
-    let mut pending = Vec::new();
+/// The writer thread: takes the whole buffer at each wake-up and writes each run of lines to
+/// its stream in one call, in the order they were queued.
+fn write_until_closed<O: Write, E: Write>(shared: &Shared, mut out: O, mut err: E) {
+    let mut pending = Buffer::empty();
     loop {
         let closed = {
             let mut buffer = shared.buffer.lock().unwrap_or_else(|e| e.into_inner());
@@ -119,15 +162,23 @@ fn write_until_closed<W: Write>(shared: &Shared, mut stream: W) {
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
-            std::mem::swap(&mut pending, &mut buffer.bytes);
+            std::mem::swap(&mut pending.bytes, &mut buffer.bytes);
+            std::mem::swap(&mut pending.runs, &mut buffer.runs);
             buffer.lines = 0;
             buffer.closed
         };
-        if !pending.is_empty() {
+        let mut start = 0;
+        for &(stream, end) in &pending.runs {
+            let run = &pending.bytes[start..end];
             // A failed write (a closed pipe) loses these lines; there is nowhere to say so.
-            let _ = stream.write_all(&pending).and_then(|()| stream.flush());
-            pending.clear();
+            let _ = match stream {
+                Stream::Out => out.write_all(run).and_then(|()| out.flush()),
+                Stream::Err => err.write_all(run).and_then(|()| err.flush()),
+            };
+            start = end;
         }
+        pending.bytes.clear();
+        pending.runs.clear();
         if closed {
             return;
         }
@@ -146,9 +197,9 @@ impl Drop for QueueGuard {
     }
 }
 
-impl Write for LogQueue {
+impl Write for StreamWriter {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        self.push(line);
+        self.queue.push(self.stream, line);
         Ok(line.len())
     }
 
@@ -157,8 +208,8 @@ impl Write for LogQueue {
     }
 }
 
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogQueue {
-    type Writer = LogQueue;
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for StreamWriter {
+    type Writer = StreamWriter;
 
     fn make_writer(&'a self) -> Self::Writer {
         self.clone()
@@ -169,10 +220,13 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogQueue {
 mod tests {
     use super::*;
 
-    /// A stream that takes nothing until it is let go: a pipe nobody reads.
+    /// A stream that takes nothing until it is let go (a pipe nobody reads), and records what
+    /// it was given, tagged with its name.
+    #[derive(Clone)]
     struct Stuck {
+        name: &'static str,
         gate: Arc<(Mutex<bool>, Condvar)>,
-        written: Arc<Mutex<Vec<u8>>>,
+        written: Arc<Mutex<Vec<String>>>,
     }
 
     impl Write for Stuck {
@@ -182,7 +236,9 @@ mod tests {
             while !*open {
                 open = opened.wait(open).unwrap();
             }
-            self.written.lock().unwrap().extend_from_slice(bytes);
+            let text = String::from_utf8(bytes.to_vec()).unwrap();
+            let mut written = self.written.lock().unwrap();
+            written.extend(text.lines().map(|l| format!("{}:{l}", self.name)));
             Ok(bytes.len())
         }
 
@@ -191,19 +247,31 @@ mod tests {
         }
     }
 
+    /// Two streams sharing one record of what was written (as `2>&1` would).
+    fn streams(open: bool) -> (Stuck, Stuck, Arc<(Mutex<bool>, Condvar)>) {
+        let gate = Arc::new((Mutex::new(open), Condvar::new()));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let out = Stuck {
+            name: "out",
+            gate: gate.clone(),
+            written,
+        };
+        let err = Stuck {
+            name: "err",
+            ..out.clone()
+        };
+        (out, err, gate)
+    }
+
     #[test]
     fn a_stuck_stream_costs_lines_never_a_wait_and_shutdown_writes_the_rest() {
-        let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let written = Arc::new(Mutex::new(Vec::new()));
-        let stream = Stuck {
-            gate: gate.clone(),
-            written: written.clone(),
-        };
-        let (queue, guard) = LogQueue::start(stream, 8, "test-log").unwrap();
+        let (out, err, gate) = streams(false);
+        let written = out.written.clone();
+        let (queue, guard) = LogQueue::start(out, err, 8).unwrap();
         // The writer may hold one batch in its stuck write; everything else is dropped past 8
         // queued lines, and no push waits.
         for i in 0..1000 {
-            queue.push(format!("line {i}\n").as_bytes());
+            queue.push(Stream::Out, format!("line {i}\n").as_bytes());
         }
         assert!(
             queue.dropped() >= 1000 - 8 - 8,
@@ -214,32 +282,34 @@ mod tests {
         *gate.0.lock().unwrap() = true;
         gate.1.notify_all();
         drop(guard);
-        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
-        let kept = text.lines().count() as u64;
+        let written = written.lock().unwrap().clone();
         assert_eq!(
-            kept + queue.dropped(),
+            written.len() as u64 + queue.dropped(),
             1000,
             "every line is written or counted"
         );
-        assert!(text.starts_with("line 0\n"), "{text}");
+        assert_eq!(written[0], "out:line 0");
     }
 
     #[test]
-    fn lines_arrive_whole_and_in_order() {
-        let written = Arc::new(Mutex::new(Vec::new()));
-        let gate = Arc::new((Mutex::new(true), Condvar::new()));
-        let stream = Stuck {
-            gate,
-            written: written.clone(),
-        };
-        let (queue, guard) = LogQueue::start(stream, 1000, "test-log").unwrap();
+    fn lines_arrive_whole_on_their_stream_and_in_the_order_they_were_logged() {
+        let (out, err, _gate) = streams(true);
+        let written = out.written.clone();
+        let (queue, guard) = LogQueue::start(out, err, 1000).unwrap();
+        let (mut info, mut warn) = (queue.writer(Stream::Out), queue.writer(Stream::Err));
+        let mut expected = Vec::new();
         for i in 0..500 {
-            queue.push(format!("{i}\n").as_bytes());
+            // Runs of different lengths on each stream.
+            if i % 7 < 3 {
+                warn.write_all(format!("{i}\n").as_bytes()).unwrap();
+                expected.push(format!("err:{i}"));
+            } else {
+                info.write_all(format!("{i}\n").as_bytes()).unwrap();
+                expected.push(format!("out:{i}"));
+            }
         }
         drop(guard);
-        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
-        let numbers: Vec<usize> = text.lines().map(|l| l.parse().unwrap()).collect();
-        assert_eq!(numbers, (0..500).collect::<Vec<_>>());
+        assert_eq!(*written.lock().unwrap(), expected);
         assert_eq!(queue.dropped(), 0);
     }
 }

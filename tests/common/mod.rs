@@ -11,7 +11,7 @@ pub mod revoking_proxy;
 use std::io::Write;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::Duration;
@@ -98,35 +98,34 @@ impl Handler {
             .env("NX_CACHE_DIR", data_dir)
             .env("NX_CACHE_JWT_SECRET", TEST_SECRET)
             .env("NX_CACHE_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .env("RUST_LOG", "info");
         for (key, value) in extra {
             command.env(key, value);
         }
+        // Info lines come on stdout, warnings and errors on stderr (as the Functions host
+        // classifies them). Both go into one pipe, like `2>&1`: the handler writes its lines in
+        // the order it logged them, so they are read in that order.
+        let (reader, writer) = std::io::pipe().expect("a pipe for the handler's log");
+        command
+            .stdout(writer.try_clone().expect("a pipe for the handler's log"))
+            .stderr(writer);
         let mut child = command.spawn().expect("start handler");
+        // The parent's copies of the write end are closed, so the pipe ends with the handler.
+        drop(command);
         let (line_tx, line_rx) = mpsc::channel();
         let (addr_tx, addr_rx) = mpsc::channel();
         let history = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        // Info lines come on stdout, warnings and errors on stderr (as the Functions host
-        // classifies them): both are read, into one history.
-        let streams: [Box<dyn std::io::Read + Send>; 2] = [
-            Box::new(child.stdout.take().unwrap()),
-            Box::new(child.stderr.take().unwrap()),
-        ];
-        for stream in streams {
-            let (kept, line_tx, addr_tx) = (history.clone(), line_tx.clone(), addr_tx.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if let Some(addr) = listening_addr(&line) {
-                        let _ = addr_tx.send(addr);
-                    }
-                    kept.0.lock().unwrap().push(line.clone());
-                    kept.1.notify_all();
-                    let _ = line_tx.send(line);
+        let kept = history.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(reader).lines().map_while(Result::ok) {
+                if let Some(addr) = listening_addr(&line) {
+                    let _ = addr_tx.send(addr);
                 }
-            });
-        }
+                kept.0.lock().unwrap().push(line.clone());
+                kept.1.notify_all();
+                let _ = line_tx.send(line);
+            }
+        });
         let addr = match addr_rx.recv_timeout(STARTUP_LIMIT) {
             Ok(addr) => addr,
             Err(_) => {
