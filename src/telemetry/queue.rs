@@ -13,7 +13,9 @@
 //!
 //! One writer for both streams keeps the lines in the order they were logged: a line reaches
 //! its stream only after every line logged before it reached its own. Someone who reads both
-//! streams into one (`2>&1`, the tests) sees them in that order.
+//! streams into one (`2>&1`, the tests) sees them in that order. The price: while one pipe is
+//! not read, the other stream's lines wait (and are dropped) too. Under Azure Functions one
+//! host process reads both, so the two fall behind together anyway.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
