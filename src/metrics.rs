@@ -328,12 +328,13 @@ impl Metrics {
             "exchanges refused by POST /token, by reason",
             &values,
         );
-        let _ = writeln!(
-            out,
-            "# HELP nx_cache_configuration_refused 1 when the configuration was refused at startup and the handler answers misses (its log says why)\n# TYPE nx_cache_configuration_refused gauge\nnx_cache_configuration_refused {}",
-            self.configuration_refused.load(Ordering::Relaxed)
-        );
-        for figure in figures {
+        let refused = Figure {
+            name: "nx_cache_configuration_refused",
+            help: "1 when the configuration was refused at startup and the handler answers misses (its log says why)",
+            kind: "gauge",
+            value: self.configuration_refused.load(Ordering::Relaxed),
+        };
+        for figure in std::iter::once(&refused).chain(figures) {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}",

@@ -55,16 +55,35 @@ pub fn token_authority(config: &Config, secret: &Secret) -> TokenAuthority {
     TokenAuthority::new(secret, &config.tokens.previous, config.tokens.rules.clone())
 }
 
+/// Why [`prepare`] could not get the server ready.
+#[derive(Debug)]
+pub enum NotPrepared {
+    /// A setting was refused (the secret, the store's settings, the trust policy): under the
+    /// Functions host the handler then serves degraded instead of exiting.
+    Configuration(String),
+    /// Storage is not ready and `NX_CACHE_STRICT_STORAGE` asks to stop rather than serve misses.
+    Storage(String),
+}
+
+impl std::fmt::Display for NotPrepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotPrepared::Configuration(problem) => f.write_str(problem),
+            NotPrepared::Storage(problem) => write!(f, "storage not ready: {problem}"),
+        }
+    }
+}
+
 /// Opens the store and the token authority.
-pub async fn prepare(config: &Config) -> Result<Prepared, String> {
-    let (secret, dev_secret) = resolve_secret(config)?;
-    let store = open_store(config, Serving::Requests)?;
+pub async fn prepare(config: &Config) -> Result<Prepared, NotPrepared> {
+    let (secret, dev_secret) = resolve_secret(config).map_err(NotPrepared::Configuration)?;
+    let store = open_store(config, Serving::Requests).map_err(NotPrepared::Configuration)?;
     let strict = matches!(&config.backend, Backend::Azure(azure) if azure.strict);
     let ready = store.ready().await;
     match &ready {
         Ok(()) => tracing::info!(store = %store.describe(), mode = ?config.mode,
             max_artifact_bytes = config.max_artifact_bytes, "storage ready"),
-        Err(e) if strict => return Err(format!("storage not ready: {e}")),
+        Err(e) if strict => return Err(NotPrepared::Storage(e.to_string())),
         // Serve anyway: GETs answer misses and PUTs "not stored" until storage is fixed, and
         // /health reports 503; a build never fails because of the cache.
         Err(e) => tracing::error!(store = %store.describe(), "storage not ready: {e}"),
@@ -75,8 +94,11 @@ pub async fn prepare(config: &Config) -> Result<Prepared, String> {
     let tokens = Arc::new(token_authority(config, &secret));
     let exchange = match &config.trust.policy {
         Some(policy) => {
-            let exchange = Exchange::new(policy.clone(), tokens.clone())
-                .map_err(|e| format!("configuration error: NX_CACHE_TRUST_POLICY: {e}"))?;
+            let exchange = Exchange::new(policy.clone(), tokens.clone()).map_err(|e| {
+                NotPrepared::Configuration(format!(
+                    "configuration error: NX_CACHE_TRUST_POLICY: {e}"
+                ))
+            })?;
             tracing::info!(rules = policy.rules().len(), issuers = ?policy.issuers(),
                 "token exchange on: POST /token");
             Some(Arc::new(exchange))
@@ -165,28 +187,37 @@ pub struct Check {
     pub warning: bool,
 }
 
+impl Check {
+    /// A check whose result is all there is to it (not a warning).
+    fn new(what: &'static str, result: Result<String, String>) -> Check {
+        Check {
+            what,
+            result,
+            warning: false,
+        }
+    }
+}
+
 /// Checks the configuration, the secret, the store, and for Azure the credential, the user
 /// delegation key and the container, in words an operator can act on.
 pub async fn doctor(config: &Config) -> Vec<Check> {
-    let mut checks = vec![Check {
-        what: "configuration",
-        result: Ok(format!(
+    let mut checks = vec![Check::new(
+        "configuration",
+        Ok(format!(
             "mode {:?}, artifacts up to {} bytes, port {}",
             config.mode, config.max_artifact_bytes, config.port
         )),
-        warning: false,
-    }];
-    checks.push(Check {
-        what: "token secret",
-        result: resolve_secret(config).map(|(_, dev)| match dev {
+    )];
+    checks.push(Check::new(
+        "token secret",
+        resolve_secret(config).map(|(_, dev)| match dev {
             true => {
                 "development secret from NX_CACHE_DIR (set NX_CACHE_JWT_SECRET for a deployment)"
                     .into()
             }
             false => "NX_CACHE_JWT_SECRET".into(),
         }),
-        warning: false,
-    });
+    ));
     if let Some(policy) = &config.trust.policy {
         checks.extend(trust_checks(config, policy).await);
     }
@@ -199,24 +230,16 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
                 },
                 Err(e) => Err(e),
             };
-            checks.push(Check {
-                what: "storage",
-                result,
-                warning: false,
-            });
+            checks.push(Check::new("storage", result));
         }
         Backend::Azure(azure) => match AzureStore::new((**azure).clone()) {
-            Err(e) => checks.push(Check {
-                what: "Azure credential",
-                result: Err(e),
-                warning: false,
-            }),
+            Err(e) => checks.push(Check::new("Azure credential", Err(e))),
             Ok(store) => {
                 let ready = store.ready().await;
                 if let AzureAuth::Token { .. } = azure.auth {
-                    checks.push(Check {
-                        what: "Azure credential",
-                        result: match store.credential_source() {
+                    checks.push(Check::new(
+                        "Azure credential",
+                        match store.credential_source() {
                             Some(source) => Ok(format!(
                                 "{source} got a token (tried in order: {})",
                                 store.credential_chain().join(", ")
@@ -227,26 +250,23 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
                                 .map(|e| e.to_string())
                                 .unwrap_or_else(|| "no credential got a token".into())),
                         },
-                        warning: false,
-                    });
+                    ));
                 }
                 let ready_ok = ready.is_ok();
-                checks.push(Check {
-                    what: "storage",
-                    result: ready.map(|()| store.describe()).map_err(|e| e.to_string()),
-                    warning: false,
-                });
+                checks.push(Check::new(
+                    "storage",
+                    ready.map(|()| store.describe()).map_err(|e| e.to_string()),
+                ));
                 if ready_ok {
                     checks.push(legacy_check(&store).await);
-                    checks.push(Check {
-                        what: "write permission",
-                        result: store
+                    checks.push(Check::new(
+                        "write permission",
+                        store
                             .check_write()
                             .await
                             .map(|()| "a probe blob was written and deleted".into())
                             .map_err(|e| e.to_string()),
-                        warning: false,
-                    });
+                    ));
                 }
             }
         },
@@ -331,38 +351,30 @@ async fn legacy_check(store: &AzureStore) -> Check {
 
 /// The trust policy's rules, and whether each trusted issuer's keys can be fetched now.
 async fn trust_checks(config: &Config, policy: &crate::auth::policy::TrustPolicy) -> Vec<Check> {
-    let mut checks = vec![Check {
-        what: "trust policy",
-        result: Ok(format!(
+    let mut checks = vec![Check::new(
+        "trust policy",
+        Ok(format!(
             "POST /token on, {} rule(s), tried in this order:",
             policy.rules().len()
         )),
-        warning: false,
-    }];
+    )];
     // Each rule in words, so an operator reviews what it really grants.
-    checks.extend(policy.rules().iter().map(|rule| Check {
-        what: "trust rule",
-        result: Ok(rule.explain()),
-        warning: false,
-    }));
+    checks.extend(
+        policy
+            .rules()
+            .iter()
+            .map(|rule| Check::new("trust rule", Ok(rule.explain()))),
+    );
     let exchange = resolve_secret(config).and_then(|(secret, _)| {
         Exchange::new(policy.clone(), Arc::new(token_authority(config, &secret)))
     });
     match exchange {
-        Err(e) => checks.push(Check {
-            what: "identity issuer",
-            result: Err(e),
-            warning: false,
-        }),
+        Err(e) => checks.push(Check::new("identity issuer", Err(e))),
         Ok(exchange) => {
             for (issuer, result) in exchange.check_issuers().await {
-                checks.push(Check {
-                    what: "identity issuer",
-                    result: result
+                checks.push(Check::new("identity issuer", result
                         .map(|keys| format!("{issuer}: {keys} signing key(s)"))
-                        .map_err(|e| format!("{issuer}: cannot fetch its keys ({e}); POST /token answers 503 for its tokens until it can")),
-                    warning: false,
-                });
+                        .map_err(|e| format!("{issuer}: cannot fetch its keys ({e}); POST /token answers 503 for its tokens until it can"))));
             }
         }
     }

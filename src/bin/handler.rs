@@ -155,10 +155,10 @@ fn run_server(config: Config, flags: &Flags) -> Result<(), String> {
             Ok(prepared) => prepared,
             // Under the Functions host a refused configuration must not take the cache down:
             // exiting would turn every request into an error that aborts the build.
-            Err(problem) if config.under_functions && !problem.starts_with("storage not ready") => {
+            Err(server::NotPrepared::Configuration(problem)) if config.under_functions => {
                 return serve_degraded(flags, problem).await;
             }
-            Err(problem) => return Err(problem),
+            Err(problem) => return Err(problem.to_string()),
         };
         let listener = server::bind(&config).await?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;

@@ -157,7 +157,7 @@ impl Store for LocalStore {
         // A small entry is read at once: one chunk, no stream over the blocking pool.
         if len <= DOWNLOAD_CHUNK as u64 {
             let mut bytes = Vec::with_capacity(len as usize);
-            std::io::Read::read_to_end(&mut (&mut file).take(len), &mut bytes)?;
+            (&mut file).take(len).read_to_end(&mut bytes)?;
             if bytes.len() as u64 != len {
                 return Err(StoreError::Backend(format!(
                     "entry {name} is {} bytes, its metadata says {len}",
