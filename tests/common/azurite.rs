@@ -455,15 +455,28 @@ impl IdentityEndpoint {
         container: &str,
         tls: &Tls,
     ) -> Vec<(&'static str, String)> {
-        vec![
-            ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1".into()),
-            ("AZURE_STORAGE_BLOB_ENDPOINT", blob_endpoint),
-            ("AZURE_STORAGE_CONTAINER", container.into()),
+        let mut env = token_storage_env(blob_endpoint, container, tls);
+        env.extend([
             ("IDENTITY_ENDPOINT", self.url.clone()),
             ("IDENTITY_HEADER", self.secret.clone()),
-            ("SSL_CERT_FILE", tls.ca_file().display().to_string()),
-        ]
+        ]);
+        env
     }
+}
+
+/// The settings every handler that reaches Azurite with an Entra ID token needs: the account,
+/// `blob_endpoint` (Azurite, or a proxy in front of it), the container, and the test CA.
+fn token_storage_env(
+    blob_endpoint: String,
+    container: &str,
+    tls: &Tls,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1".into()),
+        ("AZURE_STORAGE_BLOB_ENDPOINT", blob_endpoint),
+        ("AZURE_STORAGE_CONTAINER", container.into()),
+        ("SSL_CERT_FILE", tls.ca_file().display().to_string()),
+    ]
 }
 
 /// An access token and the JSON answer that carries it.
@@ -589,16 +602,14 @@ impl EntraTokenEndpoint {
         tls: &Tls,
         proof: (&'static str, String),
     ) -> Vec<(&'static str, String)> {
-        vec![
-            ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1".into()),
-            ("AZURE_STORAGE_BLOB_ENDPOINT", blob_endpoint),
-            ("AZURE_STORAGE_CONTAINER", container.into()),
+        let mut env = token_storage_env(blob_endpoint, container, tls);
+        env.extend([
             ("AZURE_TENANT_ID", SERVICE_PRINCIPAL_TENANT.into()),
             ("AZURE_CLIENT_ID", SERVICE_PRINCIPAL_CLIENT_ID.into()),
             ("AZURE_AUTHORITY_HOST", self.authority.clone()),
             proof,
-            ("SSL_CERT_FILE", tls.ca_file().display().to_string()),
-        ]
+        ]);
+        env
     }
 }
 
