@@ -190,24 +190,19 @@ async fn request_lines_are_information_warnings_warning_and_errors_error() {
         .await
         .unwrap();
     assert_eq!(denied.status(), 404);
-    // The warning goes to stderr and the request line to stdout: two pipes, read by two
-    // threads, so the two lines may reach the test in either order. Wait for both.
-    let (mut warning, mut request) = (None, None);
-    while warning.is_none() || request.is_none() {
-        let line = handler
-            .wait_for_log(Duration::from_secs(10), |l| {
-                l.contains("token has no access to this namespace")
-                    || (l.contains("\"message\":\"request\"")
-                        && l.contains("/teams/api/v1/cache/1"))
-            })
-            .unwrap_or_else(|| panic!("warning {warning:?}, request line {request:?}"));
-        if line.contains("token has no access to this namespace") {
-            warning = Some(line);
-        } else {
-            request = Some(line);
-        }
-    }
-    let (warning, request) = (warning.unwrap(), request.unwrap());
+    // The warning goes to stderr and the request line to stdout. Handler::start reads both
+    // through one pipe, and the handler's one log writer keeps the order it logged them in:
+    // the warning (logged while the request is served) comes before the request line.
+    let warning = handler
+        .wait_for_log(Duration::from_secs(10), |l| {
+            l.contains("token has no access to this namespace")
+        })
+        .expect("the warning is logged");
+    let request = handler
+        .wait_for_log(Duration::from_secs(10), |l| {
+            l.contains("\"message\":\"request\"") && l.contains("/teams/api/v1/cache/1")
+        })
+        .expect("the request is logged after the warning");
     drop(handler);
 
     // The same, with each stream kept apart: a handler started as above, and one whose
