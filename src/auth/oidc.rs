@@ -445,9 +445,13 @@ fn unverified_payload(token: &str) -> Result<Payload, OidcError> {
         .decode(payload.trim_end_matches('='))
         .map_err(|_| OidcError::Malformed)?;
     let Members(members) = serde_json::from_slice(&bytes).map_err(|_| OidcError::Malformed)?;
+    // One pass with a set: the payload is not verified yet, so its size (up to MAX_TOKEN) is the
+    // caller's choice, and the work must stay linear in it.
+    let mut seen = std::collections::HashSet::with_capacity(members.len());
+    let mut named_twice = std::collections::HashSet::new();
     let mut repeated: Vec<String> = Vec::new();
-    for (at, (name, _)) in members.iter().enumerate() {
-        if members[..at].iter().any(|(earlier, _)| earlier == name) && !repeated.contains(name) {
+    for (name, _) in &members {
+        if !seen.insert(name.as_str()) && named_twice.insert(name.as_str()) {
             repeated.push(name.clone());
         }
     }
