@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 
 use crate::api::{self, AppState};
 use crate::auth::exchange::Exchange;
+use crate::auth::policy::GENERIC_AUDIENCE;
 use crate::auth::{Access, Secret, TokenAuthority, TokenRequest};
 use crate::config::{AzureAuth, Backend, Config, Limits, SecretSource, load_or_create_dev_secret};
 use crate::limits::{Bodies, SendTimeout};
@@ -101,6 +102,9 @@ pub async fn prepare(config: &Config) -> Result<Prepared, NotPrepared> {
             })?;
             tracing::info!(rules = policy.rules().len(), issuers = ?policy.issuers(),
                 "token exchange on: POST /token");
+            for warning in policy.warnings() {
+                tracing::warn!(%warning, "NX_CACHE_TRUST_POLICY: worth a look (`handler check` lists these)");
+            }
             Some(Arc::new(exchange))
         }
         None => None,
@@ -274,11 +278,20 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
     checks
 }
 
+/// What `handler check` found in a configuration the server starts with.
+pub struct Checked {
+    /// The settings in words, each trust rule explained.
+    pub lines: Vec<String>,
+    /// What is worth a look though not refused (a trust rule's value that looks like a
+    /// placeholder), one line each.
+    pub warnings: Vec<String>,
+}
+
 /// The configuration checks of startup that need neither storage nor an identity issuer
 /// (`handler check`): everything [`Config::load`] refused already, plus what [`prepare`] builds
-/// from it. Returns what an operator should read: the settings in words and each trust rule
-/// explained; the error is one line, as at startup.
-pub fn check(config: &Config) -> Result<Vec<String>, String> {
+/// from it. Returns what an operator should read: the settings in words, each trust rule
+/// explained, and the warnings startup logs; the error is one line, as at startup.
+pub fn check(config: &Config) -> Result<Checked, String> {
     let mut lines = vec![format!(
         "mode {}, artifacts up to {} bytes, {}, {}",
         config.mode.as_str(),
@@ -319,7 +332,13 @@ pub fn check(config: &Config) -> Result<Vec<String>, String> {
     } else {
         lines.push("trust policy: none, POST /token is off".into());
     }
-    Ok(lines)
+    let warnings = config
+        .trust
+        .policy
+        .as_ref()
+        .map(|policy| policy.warnings().to_vec())
+        .unwrap_or_default();
+    Ok(Checked { lines, warnings })
 }
 
 /// Whether entries of the deprecated `@nx/azure-cache` plugin are still in the container: a
@@ -364,6 +383,24 @@ async fn trust_checks(config: &Config, policy: &crate::auth::policy::TrustPolicy
             .rules()
             .iter()
             .map(|rule| Check::new("trust rule", Ok(rule.explain()))),
+    );
+    let warning = |found: String| Check {
+        what: "trust rule",
+        result: Ok(found),
+        warning: true,
+    };
+    checks.extend(policy.warnings().iter().cloned().map(warning));
+    checks.extend(
+        policy
+            .rules()
+            .iter()
+            .filter(|rule| rule.audience == GENERIC_AUDIENCE)
+            .map(|rule| {
+                warning(format!(
+                    "rule '{}': the audience \"{GENERIC_AUDIENCE}\" is generic: any other cache whose rules expect it accepts the same identity tokens, so a token a job asked for one could be replayed at the other; give this deployment's own audience (its URL, e.g. \"https://acme-nx-cache.azurewebsites.net\") to the rule and to the jobs that ask for tokens",
+                    rule.name
+                ))
+            }),
     );
     let exchange = resolve_secret(config).and_then(|(secret, _)| {
         Exchange::new(policy.clone(), Arc::new(token_authority(config, &secret)))
@@ -448,6 +485,7 @@ pub fn nx_exports(state: &AppState, listener_addr: SocketAddr) -> Result<String,
             expires_in: Duration::from_secs(30 * 24 * 3600).min(state.tokens.max_lifetime()),
             subject: "local-development".into(),
             rule: None,
+            rule_digest: None,
         })?
         .token;
     Ok(format!(

@@ -342,7 +342,7 @@ async fn usage_lists_every_namespace_of_the_embedded_store() {
 }
 
 /// Trust rules that do not mean what they say stop the server, one line naming the rule and the
-/// reason. Each was accepted before the write-access checks.
+/// reason. Each was accepted before the write-access checks (0.1.0), or before 0.3.0.
 #[test]
 fn trust_rules_that_would_hand_out_more_than_they_say_stop_the_server() {
     let github = "https://token.actions.githubusercontent.com";
@@ -401,6 +401,107 @@ fn trust_rules_that_would_hand_out_more_than_they_say_stop_the_server() {
             ),
             "write \"https://gitlab.com\"",
         ),
+        // Accepted by 0.2.0, refused since: a write rule names one repository or project...
+        (
+            rule(
+                github,
+                serde_json::json!({"repository_owner": "acme", "ref": "refs/heads/main", "event_name": "push"}),
+                "read-write",
+            ),
+            "write \"repository\": \"acme/REPO\"",
+        ),
+        (
+            rule(
+                github,
+                serde_json::json!({"repository": "acme/*", "ref": "refs/heads/main", "event_name": "push"}),
+                "read-write",
+            ),
+            "one repository",
+        ),
+        (
+            rule(
+                github,
+                serde_json::json!({"sub": "repo:acme/*", "ref": "refs/heads/main", "event_name": "push"}),
+                "read-write",
+            ),
+            "one repository",
+        ),
+        (
+            rule(
+                "https://gitlab.com",
+                serde_json::json!({"namespace_path": "acme", "ref_protected": "true"}),
+                "read-write",
+            ),
+            "write \"project_path\": \"GROUP/PROJECT\"",
+        ),
+        // ... a GitHub one always names the branch, a wildcard only after a '/' ...
+        (
+            rule(
+                github,
+                serde_json::json!({"repository": "acme/web", "environment": "production", "event_name": "workflow_dispatch"}),
+                "read-write",
+            ),
+            "\"ref\": \"refs/heads/main\"",
+        ),
+        (
+            rule(
+                github,
+                serde_json::json!({"repository": "acme/web", "ref": "refs/heads/m*", "event_name": "push"}),
+                "read-write",
+            ),
+            "a '*' only directly after a '/'",
+        ),
+        // ... every GitHub issuer gets the GitHub checks; another needs a literal pin ...
+        (
+            rule(
+                "https://token.actions.acme.ghe.com",
+                serde_json::json!({"repository": "acme/web", "ref": "refs/heads/main"}),
+                "read-write",
+            ),
+            "pull_request_target",
+        ),
+        (
+            rule(
+                "https://ci.example.com",
+                serde_json::json!({"sub": "*:*"}),
+                "read-only",
+            ),
+            "no identity condition",
+        ),
+        // ... a GitLab one excludes protected tags ...
+        (
+            rule(
+                "https://gitlab.com",
+                serde_json::json!({"project_path": "acme/web", "ref_protected": "true"}),
+                "read-write",
+            ),
+            "\"ref_type\": \"branch\"",
+        ),
+        // ... an Entra one pins an application, and ids are GUIDs.
+        (
+            rule(
+                &format!("https://sts.windows.net/{tid}/"),
+                serde_json::json!({"tid": tid, "groups": "anything"}),
+                "read-write",
+            ),
+            "read-write needs an exact \"oid\"",
+        ),
+        (
+            rule(
+                &format!("https://sts.windows.net/{tid}/"),
+                serde_json::json!({"tid": tid, "oid": "o-1"}),
+                "read-only",
+            ),
+            "oid 'o-1' is not a GUID",
+        ),
+        (
+            rule(
+                "https://sts.windows.net/TENANT_ID/",
+                serde_json::json!({"tid": tid, "oid": "11111111-1111-1111-1111-111111111111"}),
+                "read-only",
+            ),
+            "the tenant 'TENANT_ID' in issuer",
+        ),
     ];
     for (policy, reason) in cases {
         let stderr = config_failure(&[
@@ -414,4 +515,68 @@ fn trust_rules_that_would_hand_out_more_than_they_say_stop_the_server() {
         );
         assert!(stderr.contains(reason), "{reason}: {stderr}");
     }
+}
+
+/// The rule shapes 0.3.0 asks for start the server: a GitHub write rule on one repository with
+/// its event and branch (`refs/heads/release/*` too), an owner-wide read-only rule, a
+/// data-residency GitHub issuer, a GitLab write rule on a protected branch of one project, an
+/// Entra write rule on a tenant and an object id.
+#[tokio::test]
+async fn the_rule_shapes_0_3_0_asks_for_start_the_server() {
+    let tid = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    let rule = |name: &str, issuer: &str, claims: serde_json::Value, access: &str| {
+        serde_json::json!({"name": name, "issuer": issuer,
+            "audience": "https://acme-nx-cache.azurewebsites.net",
+            "claims": claims, "grant": {"teams": ["web"], "access": access}})
+    };
+    let github = "https://token.actions.githubusercontent.com";
+    let policy = serde_json::json!({"rules": [
+        rule("web-main", github, serde_json::json!({"repository": "acme/web",
+            "ref": ["refs/heads/main", "refs/heads/release/*"], "event_name": "push"}), "read-write"),
+        rule("acme-read", github, serde_json::json!({"repository_owner": "acme"}), "read-only"),
+        rule("residency", "https://token.actions.acme.ghe.com", serde_json::json!({
+            "repository": "acme/web", "ref": "refs/heads/main", "event_name": "push",
+            "environment": "production"}), "read-write"),
+        rule("gitlab", "https://gitlab.com", serde_json::json!({"project_path": "acme/web",
+            "ref_protected": "true", "ref_type": "branch"}), "read-write"),
+        rule("pipeline", &format!("https://sts.windows.net/{tid}/"), serde_json::json!({
+            "tid": tid, "oid": "0f0e0d0c-aaaa-bbbb-cccc-111122223333"}), "read-write"),
+    ]})
+    .to_string();
+    let handler = common::Handler::start(&[("NX_CACHE_TRUST_POLICY", &policy)]);
+    // Serving, with the exchange on: POST /token without an identity is a 401, not a 404.
+    let response = reqwest::Client::new()
+        .post(format!("{}/token", handler.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let logs = handler.logs();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("token exchange on") && l.contains("\"rules\":5")),
+        "{logs:#?}"
+    );
+    assert!(
+        !logs.iter().any(|l| l.contains("\"level\":\"WARN\"")),
+        "no placeholder in these values: {logs:#?}"
+    );
+    drop(handler);
+
+    // A value that looks like a placeholder left from the docs starts the server too (real
+    // names can look like that), with a warning naming the rule.
+    let policy = serde_json::json!({"rules": [
+        rule("prs", github, serde_json::json!({"repository": "OWNER/REPO"}), "read-only"),
+    ]})
+    .to_string();
+    let handler = common::Handler::start(&[("NX_CACHE_TRUST_POLICY", &policy)]);
+    let warning = handler.wait_for_log(Duration::from_secs(10), |line| {
+        line.contains("\"level\":\"WARN\"")
+            && line.contains("rule 'prs': the condition on repository")
+    });
+    assert!(
+        warning.is_some_and(|w| w.contains("OWNER")),
+        "{:#?}",
+        handler.logs()
+    );
 }

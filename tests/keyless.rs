@@ -26,7 +26,8 @@ use common::{Handler, issue_token};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const AUDIENCE: &str = "nx-cache";
+/// The audience of the tests' GitHub and GitLab rules, as the docs recommend: the cache's URL.
+const AUDIENCE: &str = "https://acme-nx-cache.azurewebsites.net";
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const CACHE_APP_ID: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
 const PIPELINE_OID: &str = "0f0e0d0c-aaaa-bbbb-cccc-111122223333";
@@ -70,7 +71,7 @@ impl Issuers {
    "claims": {{"repository": "acme/web"}},
    "grant": {{"org": true, "teams": ["web"], "access": "read-only"}}}},
   {{"name": "gitlab-protected", "issuer": "{gitlab}", "kind": "gitlab", "audience": "{AUDIENCE}",
-   "claims": {{"project_path": "acme/web", "ref_protected": "true"}},
+   "claims": {{"project_path": "acme/web", "ref_protected": "true", "ref_type": "branch"}},
    "grant": {{"teams": ["web"], "access": "read-write"}}}},
   {{"name": "web-pipeline", "issuer": "{v1}", "kind": "entra", "audience": "{app}",
    "claims": {{"tid": "{TENANT}", "oid": "{PIPELINE_OID}"}},
@@ -374,6 +375,7 @@ async fn each_identity_token_gets_exactly_its_answer() {
     let tampered = String::from_utf8(tampered).unwrap();
     let foreign =
         stranger.sign(&stranger.claims(AUDIENCE, github_claims("acme/web", "refs/heads/main")));
+    let expected_audience = format!("audience {AUDIENCE}");
     let cases: Vec<(&str, Option<&str>, StatusCode, &str)> = vec![
         (
             "no identity token",
@@ -397,7 +399,7 @@ async fn each_identity_token_gets_exactly_its_answer() {
             "another audience",
             Some(&another_audience),
             StatusCode::UNAUTHORIZED,
-            "audience nx-cache",
+            &expected_audience,
         ),
         (
             "expired",
@@ -551,7 +553,7 @@ async fn each_identity_token_gets_exactly_its_answer() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(
         body,
-        "no trust rule matches this identity: project_path=acme/web ref_protected=false"
+        "no trust rule matches this identity: project_path=acme/web ref_protected=false ref_type=branch"
     );
 
     // The metrics count exchanges by rule and refusals by reason; the log names rule and subject.
@@ -1272,7 +1274,12 @@ async fn doctor_checks_the_trust_policy_and_each_issuer() {
     issuers.gitlab.set_down(true);
     let data = tempfile::tempdir().unwrap();
     let output = tokio::task::spawn_blocking({
-        let policy = issuers.policy();
+        // web-main with the generic audience of earlier docs.
+        let policy = issuers.policy().replacen(
+            &format!("\"audience\": \"{AUDIENCE}\""),
+            "\"audience\": \"nx-cache\"",
+            1,
+        );
         let data = data.path().to_owned();
         move || {
             Command::new(env!("CARGO_BIN_EXE_handler"))
@@ -1305,9 +1312,20 @@ async fn doctor_checks_the_trust_policy_and_each_issuer() {
     );
     assert!(
         stdout.contains(
-            "ok       trust rule: gitlab-protected: read-write to team web for pipelines for protected refs of acme/web (GitLab)\n"
+            "ok       trust rule: gitlab-protected: read-write to team web for pipelines for protected branches of acme/web (GitLab)\n"
         ),
         "{stdout}"
+    );
+    // The generic audience: any other cache expecting it would take the same identity tokens.
+    assert!(
+        stdout
+            .contains("WARNING  trust rule: rule 'web-main': the audience \"nx-cache\" is generic"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("WARNING  trust rule:").count(),
+        1,
+        "only web-main's audience is generic: {stdout}"
     );
     assert!(
         stdout.contains(&format!(
@@ -1458,6 +1476,137 @@ async fn a_policy_change_reaches_tokens_already_issued() {
         });
         assert!(warning.is_some(), "{:#?}", handler.logs());
     }
+}
+
+/// A token follows its rule's conditions, not only its grant: a token exchanged from `dev`
+/// while the rule admitted `main` and `dev` stores; once the rule (same name, same grant) admits
+/// only `main`, that token gets misses and 403s, and a warning names the rule. Never a 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_a_rule_takes_access_from_tokens_exchanged_under_its_old_conditions() {
+    let github = Issuer::start("").await;
+    let data = tempfile::tempdir().unwrap();
+    let policy = |refs: Value| {
+        json!({"rules": [{"name": "web-main", "issuer": github.issuer(), "kind": "github",
+            "audience": AUDIENCE,
+            "claims": {"repository": "acme/web", "ref": refs, "event_name": "push"},
+            "grant": {"teams": ["web"], "access": "read-write"}, "ttl": "2h"}]})
+        .to_string()
+    };
+    let start =
+        |policy: String| Handler::start_in(data.path(), &[("NX_CACHE_TRUST_POLICY", &policy)]);
+    let handler = start(policy(json!(["refs/heads/main", "refs/heads/dev"])));
+    let dev = github.sign(&github.claims(AUDIENCE, github_claims("acme/web", "refs/heads/dev")));
+    let (status, _, token) = exchange(&handler, Some(&dev), None, false).await;
+    assert_eq!(status, StatusCode::OK, "{token}");
+    // The digest of the rule's conditions rides in the token; the token stays small (Nx sends
+    // it with every request).
+    let digest = cache_claims(&token)["rcd"].as_str().unwrap().to_owned();
+    assert_eq!(digest.len(), 16);
+    assert!(token.len() < 2048, "{} bytes", token.len());
+    let client = reqwest::Client::new();
+    let stored = client
+        .put(format!("{}/teams/web/v1/cache/77", handler.base_url))
+        .bearer_auth(&token)
+        .body("dev build")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), StatusCode::OK);
+    assert_eq!(
+        read_and_write(&handler, &token, "web", "77").await,
+        (200, 200)
+    );
+    drop(handler);
+
+    // The same rule name and grant, narrower conditions: the dev token gets nothing from it.
+    let handler = start(policy(json!("refs/heads/main")));
+    assert_eq!(
+        read_and_write(&handler, &token, "web", "77").await,
+        (404, 403)
+    );
+    let warning = handler.wait_for_log(std::time::Duration::from_secs(10), |line| {
+        line.contains("conditions of the trust rule")
+            && line.contains("\"rule\":\"web-main\"")
+            && line.contains("github:acme/web:refs/heads/dev")
+    });
+    assert!(warning.is_some(), "{:#?}", handler.logs());
+    // A dev build is refused a new token; a main build gets one under the new conditions, and
+    // the entry the dev token stored is still there for it.
+    let (status, _, message) = exchange(&handler, Some(&dev), None, false).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{message}");
+    let main = github.sign(&github.claims(AUDIENCE, github_claims("acme/web", "refs/heads/main")));
+    let (status, _, fresh) = exchange(&handler, Some(&main), None, false).await;
+    assert_eq!(status, StatusCode::OK, "{fresh}");
+    assert_ne!(cache_claims(&fresh)["rcd"], json!(digest));
+    assert_eq!(
+        read_and_write(&handler, &fresh, "web", "77").await,
+        (200, 200)
+    );
+    drop(handler);
+
+    // Back to the old conditions: the old token's digest matches its rule again.
+    let handler = start(policy(json!(["refs/heads/dev", "refs/heads/main"])));
+    assert_eq!(
+        read_and_write(&handler, &token, "web", "77").await,
+        (200, 200)
+    );
+}
+
+/// A pinned claim must be one string: a token whose `repository` is a list, or appears twice in
+/// its payload (the JSON parser would keep the last value), matches no rule on it; a repeated
+/// registered claim refuses the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_claims_count_only_as_one_string() {
+    let github = Issuer::start("").await;
+    let handler = Handler::start(&[(
+        "NX_CACHE_TRUST_POLICY",
+        &github_policy(&github, Some(("web", "read-write"))),
+    )]);
+    let main = github.claims(AUDIENCE, github_claims("acme/web", "refs/heads/main"));
+    // The real shape first, so the refusals below are the shapes' doing.
+    let (status, _, token) = exchange(&handler, Some(&github.sign(&main)), None, false).await;
+    assert_eq!(status, StatusCode::OK, "{token}");
+
+    let mut listed = main.clone();
+    listed["repository"] = json!(["acme/web"]);
+    let mut numbered = main.clone();
+    numbered["repository_id"] = json!(74);
+    let repository_id_rule = json!({"rules": [{"name": "by-id", "issuer": github.issuer(),
+        "kind": "github", "audience": AUDIENCE, "claims": {"repository_id": "74"},
+        "grant": {"teams": ["web"], "access": "read-only"}}]})
+    .to_string();
+    let (status, _, message) = exchange(&handler, Some(&github.sign(&listed)), None, false).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{message}");
+    assert!(message.contains("no trust rule matches"), "{message}");
+
+    // The payload names `repository` twice, another repository's first: whichever one a
+    // reader takes, the cache takes neither.
+    let object = main.as_object().unwrap();
+    let mut members: Vec<String> = object
+        .iter()
+        .map(|(name, value)| format!("{}:{value}", json!(name)))
+        .collect();
+    members.insert(0, r#""repository":"acme/api""#.to_owned());
+    let repeated = format!("{{{}}}", members.join(","));
+    let (status, _, message) =
+        exchange(&handler, Some(&github.sign_payload(&repeated)), None, false).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{message}");
+    assert!(message.contains("repository=(absent)"), "{message}");
+    // A repeated `exp` (or iss, aud, nbf, iat) refuses the token.
+    let far = time::OffsetDateTime::now_utc().unix_timestamp() + 24 * 3600;
+    let twice = format!("{{{},\"exp\":{far}}}", members[1..].join(","));
+    let (status, _, message) =
+        exchange(&handler, Some(&github.sign_payload(&twice)), None, false).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{message}");
+    assert!(message.contains("more than once"), "{message}");
+    drop(handler);
+
+    // A number where GitHub sends a string is not that string either.
+    let handler = Handler::start(&[("NX_CACHE_TRUST_POLICY", &repository_id_rule)]);
+    let (status, _, message) = exchange(&handler, Some(&github.sign(&numbered)), None, false).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{message}");
+    let (status, _, message) = exchange(&handler, Some(&github.sign(&main)), None, false).await;
+    assert_eq!(status, StatusCode::OK, "{message}");
 }
 
 /// Identity tokens that name a critical header extension, or give a time claim as anything

@@ -2,9 +2,13 @@
 //! the issuer profiles share.
 //!
 //! A condition is a list of patterns on one claim; any of them matches. A pattern is exact text
-//! in which `*` matches any run of characters (`/` included). A claim that is itself a list
-//! (Entra `groups`, `roles`) matches when any element matches. Numbers and booleans compare as
-//! their JSON text.
+//! in which `*` matches any run of characters (`/` included). A condition holds only for a claim
+//! that is a string, or, for the claims an issuer sends as lists (Entra ID `groups`, `roles`:
+//! the issuer's profile says which), a list with a string that matches. A number, a boolean, an
+//! object, or a list where the issuer sends a string never satisfies a condition: no real issuer
+//! sends a pinned claim that way, and matching one as its text would let a token that is not
+//! what it claims pass a pin. A claim that appears twice in a token's payload is taken out of it
+//! before any condition is looked at ([`super::oidc`]).
 
 use serde_json::Value;
 
@@ -20,18 +24,29 @@ pub struct Condition {
 }
 
 impl Condition {
-    pub fn holds_for(&self, value: &Value) -> bool {
+    /// Whether the condition holds for a claim's value: a string one of the patterns matches,
+    /// or, when `list` (the issuer sends this claim as a list), a list holding such a string.
+    pub fn holds_for(&self, value: &Value, list: bool) -> bool {
         match value {
-            Value::Array(items) => items.iter().any(|item| self.holds_for_scalar(item)),
-            scalar => self.holds_for_scalar(scalar),
+            Value::String(text) => self.holds_for_text(text),
+            Value::Array(items) if list => items
+                .iter()
+                .any(|item| item.as_str().is_some_and(|text| self.holds_for_text(text))),
+            _ => false,
         }
     }
 
-    fn holds_for_scalar(&self, value: &Value) -> bool {
-        let Some(text) = scalar_text(value) else {
-            return false;
-        };
-        self.patterns.iter().any(|p| glob(p, &text))
+    fn holds_for_text(&self, text: &str) -> bool {
+        self.patterns.iter().any(|p| glob(p, text))
+    }
+
+    /// Whether a value has a shape this condition can hold for at all (see [`Self::holds_for`]).
+    pub fn fits(value: &Value, list: bool) -> bool {
+        match value {
+            Value::String(_) => true,
+            Value::Array(items) => list && items.iter().all(Value::is_string),
+            _ => false,
+        }
     }
 
     /// Whether every pattern is exact text (no `*`).
@@ -149,19 +164,39 @@ mod tests {
     }
 
     #[test]
-    fn lists_numbers_and_echoes() {
+    fn only_strings_and_the_lists_an_issuer_sends_hold() {
         let groups = Condition {
             claim: "groups".into(),
             patterns: vec!["g2".into()],
         };
-        assert!(groups.holds_for(&json!(["g1", "g2"])));
-        assert!(!groups.holds_for(&json!(["g1"])));
+        assert!(groups.holds_for(&json!(["g1", "g2"]), true));
+        assert!(!groups.holds_for(&json!(["g1"]), true));
+        assert!(groups.holds_for(&json!("g2"), true));
+        // A list where the issuer sends a string is not the string.
+        assert!(!groups.holds_for(&json!(["g2"]), false));
         let id = Condition {
             claim: "repository_id".into(),
             patterns: vec!["74".into()],
         };
-        assert!(id.holds_for(&json!(74)));
-        assert!(!id.holds_for(&json!({"74": 1})));
+        assert!(id.holds_for(&json!("74"), false));
+        for not_a_string in [
+            json!(74),
+            json!(["74"]),
+            json!({"74": 1}),
+            json!(null),
+            json!(true),
+        ] {
+            assert!(!id.holds_for(&not_a_string, false), "{not_a_string}");
+            assert!(!Condition::fits(&not_a_string, false), "{not_a_string}");
+        }
+        let truth = Condition {
+            claim: "ref_protected".into(),
+            patterns: vec!["true".into()],
+        };
+        assert!(!truth.holds_for(&json!(true), false));
+        assert!(truth.holds_for(&json!("true"), false));
+        assert!(Condition::fits(&json!(["a", "b"]), true));
+        assert!(!Condition::fits(&json!(["a", 1]), true));
         assert_eq!(echo(None), "(absent)");
         assert_eq!(echo(Some(&json!("a\nb"))), "a?b");
         assert_eq!(echo_text(&"x".repeat(100)).len(), ECHO_LIMIT + 3);

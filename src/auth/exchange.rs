@@ -239,6 +239,7 @@ impl Exchange {
                 expires_in: rule.ttl,
                 subject: subject.clone(),
                 rule: Some(rule.name.clone()),
+                rule_digest: Some(rule.digest().to_owned()),
             })
             .map_err(|e| Refusal::new(503, Reason::Unavailable, e))?;
         Ok(Exchanged {

@@ -59,6 +59,9 @@ pub struct Grant {
     pub access: Access,
     /// The trust rule the token was exchanged under, if it was exchanged.
     pub rule: Option<String>,
+    /// The digest of that rule's conditions when the token was exchanged
+    /// ([`policy::Rule::digest`]); absent on tokens exchanged before 0.3.0.
+    pub rule_digest: Option<String>,
     /// Authentic, but expired less than `NX_CACHE_EXPIRED_GRACE` ago. Such a token reads and
     /// writes nothing, yet is not answered 401: a 401 aborts the build the token expired in.
     pub expired: bool,
@@ -80,27 +83,35 @@ impl Grant {
     /// An exchanged token's grant as its trust rule allows it **now**: the lesser of what the
     /// token says and what the rule grants today, so making a rule read-only, moving it to
     /// other teams or removing it reaches tokens already issued. A token whose rule (or whole
-    /// policy) is gone has no access: its GETs are misses and its PUTs are refused, never a 401
-    /// that would abort the build. Tokens issued by an operator (`handler token issue`) have no
-    /// rule and are left as they are.
+    /// policy) is gone, or whose rule's conditions changed since it was exchanged (its identity
+    /// may be one the rule no longer admits), has no access: its GETs are misses and its PUTs
+    /// are refused, never a 401 that would abort the build; the job gets a token under the
+    /// rule as it is now by exchanging again. Tokens issued by an operator (`handler token
+    /// issue`) have no rule and are left as they are.
     pub fn under_policy(mut self, policy: Option<&policy::TrustPolicy>) -> Grant {
         let Some(rule) = &self.rule else {
             return self;
         };
-        match policy.and_then(|p| p.current(rule)) {
-            Some(scope) => {
+        let standing = policy.map(|p| p.standing(rule, self.rule_digest.as_deref()));
+        match standing {
+            Some(policy::Standing::Grants(scope)) => {
                 self.org &= scope.org;
                 self.teams.retain(|team| scope.teams.contains(team));
                 self.access = self.access.min(scope.access);
+                return self;
             }
-            None => {
+            Some(policy::Standing::Changed) => {
+                tracing::warn!(rule = %rule, subject = %self.subject, token_id = %self.token_id,
+                    "the conditions of the trust rule this token was exchanged under have changed since (or the token predates 0.3.0): no access (GETs are misses, uploads refused) until the job exchanges its identity again");
+            }
+            Some(policy::Standing::Gone) | None => {
                 tracing::warn!(rule = %rule, subject = %self.subject, token_id = %self.token_id,
                     "the trust rule this token was exchanged under no longer exists: no access (GETs are misses, uploads refused)");
-                self.org = false;
-                self.teams.clear();
-                self.access = Access::ReadOnly;
             }
         }
+        self.org = false;
+        self.teams.clear();
+        self.access = Access::ReadOnly;
         self
     }
 }

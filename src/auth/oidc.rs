@@ -17,6 +17,10 @@
 //!   [`MAX_KEY_AGE`] are refreshed on use, and kept if the issuer cannot be reached.
 //! - `exp`, `nbf`, `iat` and `iss` are checked with a small leeway; the audience is the trust
 //!   policy's business ([`super::policy`]).
+//! - **A claim appears once.** A JSON object may repeat a name, and the JSON parser keeps the
+//!   last value silently, while another reader of the same token might take the first. A token
+//!   that repeats `iss`, `aud`, `exp`, `nbf` or `iat` is refused; any other repeated claim is
+//!   taken out of the claims, so no trust-rule condition on it holds (said at debug level).
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -154,9 +158,9 @@ impl Verifier {
         if !ASYMMETRIC.contains(&header.alg) {
             return Err(OidcError::Algorithm(format!("{:?}", header.alg)));
         }
-        // The unverified payload only picks the issuer; nothing else in it is used before the
-        // signature is checked with that issuer's key.
-        let issuer = unverified_issuer(token)?;
+        // The unverified payload only picks the issuer (and names the claims it repeats);
+        // nothing else in it is used before the signature is checked with that issuer's key.
+        let Payload { issuer, repeated } = unverified_payload(token)?;
         let keys = self.issuers.get(&issuer).ok_or(OidcError::UnknownIssuer)?;
         let key = keys.key(header.kid.as_deref(), &self.http).await?;
         if key.algorithm.is_some_and(|alg| alg != header.alg) {
@@ -179,7 +183,12 @@ impl Verifier {
                 ErrorKind::MissingRequiredClaim(claim) => OidcError::MissingClaim(claim.clone()),
                 _ => OidcError::Malformed,
             })?;
-        let claims = data.claims;
+        let mut claims = data.claims;
+        for name in &repeated {
+            tracing::debug!(issuer = %issuer, claim = %crate::auth::conditions::echo_text(name),
+                "the identity token repeats this claim: no trust-rule condition on it holds");
+            claims.remove(name);
+        }
         if claims
             .get("iat")
             .and_then(Value::as_u64)
@@ -390,31 +399,88 @@ fn allowed_url(url: &str) -> bool {
     }
 }
 
-/// The `iss` of a token's payload, read without verifying anything; a payload whose time claims
-/// are not integers is refused here.
-fn unverified_issuer(token: &str) -> Result<String, OidcError> {
+/// What is read of a token's payload before its signature is checked.
+#[derive(Debug, PartialEq, Eq)]
+struct Payload {
+    issuer: String,
+    /// The names the payload gives more than once.
+    repeated: Vec<String>,
+}
+
+/// The claims that decide whether a token is valid at all; repeated, they are refused.
+const REGISTERED: [&str; 5] = ["iss", "aud", "exp", "nbf", "iat"];
+
+/// Every member of a JSON object in order, a repeated name included (a `Map` keeps the last).
+struct Members(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, Value>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+/// The `iss` of a token's payload and the names it repeats, read without verifying anything; a
+/// payload whose time claims are not integers, or that repeats a registered claim, is refused
+/// here.
+fn unverified_payload(token: &str) -> Result<Payload, OidcError> {
     let payload = token.split('.').nth(1).ok_or(OidcError::Malformed)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .map_err(|_| OidcError::Malformed)?;
-    let claims: Map<String, Value> =
-        serde_json::from_slice(&bytes).map_err(|_| OidcError::Malformed)?;
+    let Members(members) = serde_json::from_slice(&bytes).map_err(|_| OidcError::Malformed)?;
+    // One pass with a set: the payload is not verified yet, so its size (up to MAX_TOKEN) is the
+    // caller's choice, and the work must stay linear in it.
+    let mut seen = std::collections::HashSet::with_capacity(members.len());
+    let mut named_twice = std::collections::HashSet::new();
+    let mut repeated: Vec<String> = Vec::new();
+    for (name, _) in &members {
+        if !seen.insert(name.as_str()) && named_twice.insert(name.as_str()) {
+            repeated.push(name.clone());
+        }
+    }
+    if repeated
+        .iter()
+        .any(|name| REGISTERED.contains(&name.as_str()))
+    {
+        return Err(OidcError::Unsupported(
+            "it gives iss, aud, exp, nbf or iat more than once",
+        ));
+    }
     // NumericDate claims must be integers: the JWT library would round a float and skip a
     // string, and `iat` is checked by this module, so either could slip past a time check.
     // Refusing on the unverified payload is safe: nothing is granted before the signature.
-    if ["exp", "nbf", "iat"]
+    if members
         .iter()
-        .any(|name| claims.get(*name).is_some_and(|v| !v.is_u64()))
+        .any(|(name, value)| ["exp", "nbf", "iat"].contains(&name.as_str()) && !value.is_u64())
     {
         return Err(OidcError::Unsupported(
             "exp, nbf and iat must be integers (seconds since the epoch)",
         ));
     }
-    claims
-        .get("iss")
-        .and_then(Value::as_str)
+    let issuer = members
+        .iter()
+        .find(|(name, _)| name == "iss")
+        .and_then(|(_, value)| value.as_str())
         .map(str::to_owned)
-        .ok_or_else(|| OidcError::MissingClaim("iss".into()))
+        .ok_or_else(|| OidcError::MissingClaim("iss".into()))?;
+    Ok(Payload { issuer, repeated })
 }
 
 #[cfg(test)]
@@ -457,21 +523,41 @@ mod tests {
     #[test]
     fn the_issuer_is_read_before_anything_is_verified() {
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let token = format!(
-            "{}.{}.sig",
-            b64(r#"{"alg":"RS256"}"#),
-            b64(r#"{"iss":"https://x"}"#)
+        let token = |payload: &str| format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(payload));
+        assert_eq!(
+            unverified_payload(&token(r#"{"iss":"https://x"}"#)).unwrap(),
+            Payload {
+                issuer: "https://x".into(),
+                repeated: vec![]
+            }
         );
-        assert_eq!(unverified_issuer(&token).unwrap(), "https://x");
-        assert_eq!(unverified_issuer("a.b").unwrap_err(), OidcError::Malformed);
-        let no_iss = format!(
-            "{}.{}.sig",
-            b64(r#"{"alg":"RS256"}"#),
-            b64(r#"{"sub":"x"}"#)
-        );
+        assert_eq!(unverified_payload("a.b").unwrap_err(), OidcError::Malformed);
         assert!(matches!(
-            unverified_issuer(&no_iss),
+            unverified_payload(&token(r#"{"sub":"x"}"#)),
             Err(OidcError::MissingClaim(_))
         ));
+        // A repeated claim is named (the JSON parser would keep its last value silently).
+        assert_eq!(
+            unverified_payload(&token(
+                r#"{"iss":"https://x","repository":"acme/evil","repository":"acme/web","ref":"a","repository":"x"}"#
+            ))
+            .unwrap()
+            .repeated,
+            vec!["repository".to_string()]
+        );
+        // A repeated registered claim refuses the token.
+        for payload in [
+            r#"{"iss":"https://x","iss":"https://y"}"#,
+            r#"{"iss":"https://x","exp":1,"exp":2}"#,
+            r#"{"iss":"https://x","aud":"a","aud":"b"}"#,
+        ] {
+            assert!(
+                matches!(
+                    unverified_payload(&token(payload)),
+                    Err(OidcError::Unsupported(_))
+                ),
+                "{payload}"
+            );
+        }
     }
 }

@@ -97,6 +97,10 @@ pub struct Claims {
     /// The trust rule a token was exchanged under (`POST /token`); absent on issued tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// The digest of that rule's conditions at the exchange (`Rule::digest`), so that a token
+    /// gets nothing from its rule once the conditions it was exchanged under change.
+    #[serde(rename = "rcd", default, skip_serializing_if = "Option::is_none")]
+    pub rule_digest: Option<String>,
 }
 
 /// What `handler token issue` or an exchange asks for.
@@ -108,6 +112,8 @@ pub struct TokenRequest {
     pub expires_in: Duration,
     pub subject: String,
     pub rule: Option<String>,
+    /// The digest of the rule's conditions, for an exchanged token.
+    pub rule_digest: Option<String>,
 }
 
 /// A signed token, its id (`jti`, for `NX_CACHE_REVOKED_TOKENS`) and when it expires (Unix
@@ -234,6 +240,7 @@ impl TokenAuthority {
                 .collect(),
             access: request.access,
             rule: request.rule.clone(),
+            rule_digest: request.rule_digest.clone(),
         };
         let mut header = Header::new(self.rules.algorithm);
         header.kid = Some(self.signing_kid.clone());
@@ -289,6 +296,7 @@ impl TokenAuthority {
             teams,
             access: claims.access,
             rule: claims.rule,
+            rule_digest: claims.rule_digest,
             expired,
         })
     }
@@ -403,6 +411,7 @@ mod tests {
             expires_in: Duration::from_secs(3600),
             subject: "tester".into(),
             rule: None,
+            rule_digest: None,
         }
     }
 
@@ -761,11 +770,18 @@ mod tests {
         let auth = authority(&[]);
         let mut asked = request(false, &["web"], Access::ReadOnly);
         asked.rule = Some("web-prs".into());
+        asked.rule_digest = Some("0123456789abcdef".into());
         let issued = auth.issue(&asked).unwrap();
         assert!(issued.expires_at >= unix_now() + 3599);
         let grant = auth.verify(&issued.token).unwrap();
         assert_eq!(grant.rule.as_deref(), Some("web-prs"));
+        assert_eq!(grant.rule_digest.as_deref(), Some("0123456789abcdef"));
         assert!(!grant.expired);
+        // A token of an earlier release: a rule, no digest.
+        let mut before = request(false, &["web"], Access::ReadOnly);
+        before.rule = Some("web-prs".into());
+        let grant = auth.verify(&auth.issue(&before).unwrap().token).unwrap();
+        assert_eq!(grant.rule_digest, None);
     }
 
     #[test]

@@ -43,7 +43,8 @@ enum Command {
     Usage(UsageArgs),
     /// Check settings offline, as startup would (no storage, no identity issuer contacted):
     /// before a deployment, on the app settings it is about to apply. Exits 1 with the same
-    /// one-line message the server would stop with.
+    /// one-line message the server would stop with (every refused trust rule on a line of its
+    /// own); warnings (a value that looks like a placeholder) do not fail it.
     Check(CheckArgs),
 }
 
@@ -219,19 +220,41 @@ fn run_check(flags: &Flags, args: CheckArgs) -> Result<(), String> {
         // Any port: only its presence matters to the checks.
         settings.push(("FUNCTIONS_CUSTOMHANDLER_PORT".into(), "7071".into()));
     }
-    let config = Config::load(flags, |name| {
+    let loaded = Config::load(flags, |name| {
         settings
             .iter()
             .find(|(known, _)| known == name)
             .map(|(_, value)| value.clone())
-    })
-    .map_err(|e| e.to_string())?;
-    let lines = server::check(&config)?;
+    });
+    let config = match loaded {
+        Ok(config) => config,
+        Err(refused) => {
+            for warning in &refused.warnings {
+                println!("WARNING  {warning}");
+            }
+            // Every trust rule that would stop the server, one line each (startup names the
+            // first and counts the others).
+            let Some((last, before)) = refused.each.split_last() else {
+                return Err(refused.to_string());
+            };
+            for problem in before {
+                eprintln!(
+                    "handler: configuration error: {}: {problem}",
+                    refused.setting
+                );
+            }
+            return Err(format!("configuration error: {}: {last}", refused.setting));
+        }
+    };
+    let checked = server::check(&config)?;
     for note in notes {
         println!("note     {note}");
     }
-    for line in lines {
+    for line in checked.lines {
         println!("ok       {line}");
+    }
+    for warning in checked.warnings {
+        println!("WARNING  {warning}");
     }
     println!("configuration OK");
     Ok(())
@@ -303,6 +326,7 @@ fn issue_token(config: &Config, args: IssueArgs) -> Result<(), String> {
         expires_in: args.expires_in,
         subject: args.subject,
         rule: None,
+        rule_digest: None,
     })?;
     println!("{}", token.token);
     Ok(())

@@ -44,6 +44,11 @@ pub const DEFAULT_PORT: u16 = 3000;
 pub struct ConfigError {
     pub setting: &'static str,
     pub problem: String,
+    /// When the setting has several problems (the trust policy's refused rules), each on its
+    /// own line for `handler check`; `problem` sums them up in one line.
+    pub each: Vec<String>,
+    /// What `handler check` prints as warnings beside the refusal.
+    pub warnings: Vec<String>,
 }
 
 impl ConfigError {
@@ -51,6 +56,8 @@ impl ConfigError {
         Self {
             setting,
             problem: problem.into(),
+            each: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 }

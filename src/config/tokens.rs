@@ -194,8 +194,11 @@ pub fn load_trust(env: &Env, tokens: &TokenConfig) -> Result<TrustConfig, Config
         })?,
         None => raw,
     };
-    let policy = TrustPolicy::parse(&text, max_ttl)
-        .map_err(|e| ConfigError::new("NX_CACHE_TRUST_POLICY", e))?;
+    let policy = TrustPolicy::review(&text, max_ttl).map_err(|refused| ConfigError {
+        each: refused.problems.clone(),
+        warnings: refused.warnings.clone(),
+        ..ConfigError::new("NX_CACHE_TRUST_POLICY", refused.summary())
+    })?;
     Ok(TrustConfig {
         policy: Some(policy),
     })
@@ -287,6 +290,7 @@ mod tests {
                 expires_in: Duration::from_secs(60),
                 subject: "t".into(),
                 rule: None,
+                rule_digest: None,
             })
             .unwrap()
             .token;

@@ -100,6 +100,24 @@ impl Issuer {
         sign_with(keys.last().unwrap(), claims)
     }
 
+    /// Mints a token signed with the current key whose payload is `payload` byte for byte: JSON
+    /// no `Value` can hold, such as a claim given twice.
+    pub fn sign_payload(&self, payload: &str) -> String {
+        let keys = self.shared.keys.lock().unwrap();
+        let key = keys.last().unwrap();
+        let der = key.private.to_pkcs1_der().unwrap();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = json!({"alg": "RS256", "typ": "JWT", "kid": key.kid});
+        let message = format!("{}.{}", b64.encode(header.to_string()), b64.encode(payload));
+        let signature = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &EncodingKey::from_rsa_der(der.as_bytes()),
+            Algorithm::RS256,
+        )
+        .unwrap();
+        format!("{message}.{signature}")
+    }
+
     /// Mints a token signed with the current key, its header changed by `edit` (a `crit`
     /// extension, say) before signing.
     pub fn sign_with_header(&self, claims: &Value, edit: impl FnOnce(&mut Header)) -> String {

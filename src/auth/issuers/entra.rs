@@ -14,12 +14,19 @@
 //!   principal asks, not which branch is built or whether it is a pull-request build: that is
 //!   the service connection's Branch control check in Azure DevOps, and a second, read-only
 //!   connection for pull requests (docs/keyless.md). A read-write rule pins the write
-//!   connection's identity (`oid`) like any other.
+//!   connection's identity: an exact `oid`, or an app role (`roles`) only it is assigned. A
+//!   group (`groups`) alone is not enough: its members are managed outside the policy, by
+//!   whoever may add members (a Global Administrator may add themselves).
+//! - **Shapes.** Entra ID only issues GUIDs as tenant, object and application ids: the tenant
+//!   in the issuer URL and every `tid`, `oid`, `appid` and `azp` value must have that shape
+//!   (`TENANT_ID` left from the docs never matches a token, and nothing would say so).
+//!   `groups`, `roles` and `wids` are lists in the token.
 
 use serde_json::{Map, Value};
 
 use super::{IssuerProfile, IssuerUrl, RuleFacts, claim, remaining};
-use crate::auth::conditions::{Condition, on};
+use crate::auth::Access;
+use crate::auth::conditions::{Condition, echo_text, on};
 
 /// Exact authority hosts.
 const HOSTS: [&str; 7] = [
@@ -33,6 +40,27 @@ const HOSTS: [&str; 7] = [
 ];
 /// Host suffixes of tenant-named authorities: External ID and B2C.
 const HOST_SUFFIXES: [&str; 2] = [".ciamlogin.com", ".b2clogin.com"];
+/// A GUID, for the forms refusals show.
+const EXAMPLE_GUID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+/// The claims that hold GUIDs, and where an operator finds the right one.
+const GUID_CLAIMS: [(&str, &str); 4] = [
+    (
+        "tid",
+        "your tenant id: az account show --query tenantId -o tsv",
+    ),
+    (
+        "oid",
+        "an object id: az ad sp show --id APPLICATION_ID --query id -o tsv for a service principal",
+    ),
+    (
+        "appid",
+        "an application (client) id: az ad app list --display-name NAME --query [].appId -o tsv",
+    ),
+    (
+        "azp",
+        "an application (client) id: az ad app list --display-name NAME --query [].appId -o tsv",
+    ),
+];
 
 pub struct Entra;
 
@@ -52,6 +80,7 @@ impl IssuerProfile for Entra {
     }
 
     fn check(&self, rule: &RuleFacts) -> Result<(), String> {
+        check_shapes(rule)?;
         let exact = |claims: &[&str]| {
             rule.conditions
                 .iter()
@@ -68,7 +97,39 @@ impl IssuerProfile for Entra {
                     .into(),
             );
         }
+        if rule.access == Access::ReadWrite && !exact(&["oid", "roles"]) {
+            return Err(format!(
+                "read-write needs an exact \"oid\" (the write pipeline's service principal, e.g. \"oid\": \"{EXAMPLE_GUID}\") or \"roles\" (an app role only it is assigned): a group's members are managed outside this policy, and a Global Administrator may add themselves; keep \"groups\" for read-only rules"
+            ));
+        }
         Ok(())
+    }
+
+    fn list_claims(&self) -> &'static [&'static str] {
+        &["groups", "roles", "wids", "amr"]
+    }
+
+    fn advise(&self, rule: &RuleFacts) -> Vec<String> {
+        let mut advice = Vec::new();
+        for condition in rule.conditions {
+            if !GUID_CLAIMS
+                .iter()
+                .any(|(claim, _)| *claim == condition.claim)
+            {
+                continue;
+            }
+            for pattern in &condition.patterns {
+                if pattern.bytes().any(|b| b.is_ascii_uppercase()) {
+                    advice.push(format!(
+                        "{} '{}' has upper-case letters: tokens carry ids in lower case and conditions compare exactly; write \"{}\"",
+                        condition.claim,
+                        echo_text(pattern),
+                        echo_text(&pattern.to_ascii_lowercase())
+                    ));
+                }
+            }
+        }
+        advice
     }
 
     fn explain(&self, rule: &RuleFacts) -> String {
@@ -126,5 +187,74 @@ impl IssuerProfile for Entra {
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
         )
+    }
+}
+
+/// The tenant in the issuer URL and every `tid`, `oid`, `appid`, `azp` value are GUIDs.
+fn check_shapes(rule: &RuleFacts) -> Result<(), String> {
+    if let Ok(url) = IssuerUrl::parse(rule.issuer) {
+        // B2C may spell its issuer `https://HOST/tfp/TENANT_ID/POLICY/v2.0/`.
+        let path = url.path.trim_start_matches('/');
+        let (prefix, path) = match path.strip_prefix("tfp/") {
+            Some(rest) => ("tfp/", rest),
+            None => ("", path),
+        };
+        let (tenant, rest) = path.split_once('/').unwrap_or((path, ""));
+        if !is_guid(tenant) {
+            // The issuer as it should be: the same, with a tenant id in the tenant's place.
+            let rest = if tenant.is_empty() { "v2.0" } else { rest };
+            let example = format!("{}/{prefix}{EXAMPLE_GUID}/{rest}", url.origin());
+            return Err(format!(
+                "the tenant '{}' in issuer {} is not a tenant id (Entra ID issuers name the tenant by its GUID: az account show --query tenantId -o tsv): write e.g. \"{}\"",
+                echo_text(tenant),
+                echo_text(rule.issuer),
+                echo_text(&example)
+            ));
+        }
+    }
+    for condition in rule.conditions {
+        let Some((claim, hint)) = GUID_CLAIMS.iter().find(|(c, _)| *c == condition.claim) else {
+            continue;
+        };
+        if let Some(bad) = condition.patterns.iter().find(|p| !is_guid(p)) {
+            return Err(format!(
+                "{claim} '{}' is not a GUID, and Entra ID issues nothing else there ({hint}): write e.g. \"{claim}\": \"{EXAMPLE_GUID}\"",
+                echo_text(bad)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `8-4-4-4-12` hexadecimal digits, the shape of every Entra ID id.
+pub fn is_guid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(group, len)| group.len() == len && group.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guids_have_their_shape() {
+        assert!(is_guid("72f988bf-86f1-41af-91ab-2d7cd011db47"));
+        assert!(is_guid("72F988BF-86F1-41AF-91AB-2D7CD011DB47"));
+        for not in [
+            "TENANT_ID",
+            "o-1",
+            "",
+            "72f988bf-86f1-41af-91ab-2d7cd011db4",
+            "72f988bf-86f1-41af-91ab-2d7cd011db47-",
+            "72f988bf86f141af91ab2d7cd011db47",
+            "72f988bg-86f1-41af-91ab-2d7cd011db47",
+            "72f988bf-86f1-41af-91ab-*",
+        ] {
+            assert!(!is_guid(not), "{not}");
+        }
     }
 }

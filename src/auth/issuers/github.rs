@@ -1,8 +1,9 @@
 //! GitHub Actions OIDC ID tokens (github/docs, "OpenID Connect reference").
 //!
 //! - Issuer `https://token.actions.githubusercontent.com`, an enterprise's
-//!   `https://token.actions.githubusercontent.com/SLUG`, or GitHub Enterprise Server's
-//!   `https://HOST/_services/token`.
+//!   `https://token.actions.githubusercontent.com/SLUG`, GitHub Enterprise Cloud with data
+//!   residency's `https://token.actions.SUBDOMAIN.ghe.com`, or GitHub Enterprise Server's
+//!   `https://HOST/_services/token` (or any URL with `"kind": "github"`).
 //! - **Identity.** Any GitHub user can mint a token with any audience from a repository of
 //!   their own, so a rule must name an owner: `repository` (`acme/web`, `acme/*`),
 //!   `repository_owner`, `repository_id`, `repository_owner_id`, or a `sub` that *begins* with
@@ -12,12 +13,19 @@
 //!   such as `environment:production`, `ref:refs/heads/*` or `pull_request` is produced by every
 //!   repository that picks that template. `job_workflow_ref` names the reusable workflow being
 //!   called, not the caller, and `workflow_ref` is not a pin either.
-//! - **Write access.** `pull_request_target`, `issue_comment` and `workflow_run` runs carry the
-//!   default branch's `ref` and run with the base repository's rights, yet anyone who opens a
-//!   pull request (a fork's included) or writes a comment starts them, and they are exactly the
-//!   workflows that end up building pull-request code. Only `event_name` tells them apart, so a
-//!   read-write rule needs an `event_name` limited to [`WRITE_EVENTS`], and a `ref` on
-//!   `refs/heads/...` (or an exact `environment`) naming the protected branch.
+//! - **Write access.** Owner-wide pins are for read-only rules: every member of an organization
+//!   who may create a repository (GitHub's default) can create one, push a workflow to its
+//!   `main` and get what an owner-wide read-write rule grants. So a read-write rule names one
+//!   repository exactly in each value (`repository`, `repository_id`, or a `sub` beginning
+//!   `repo:OWNER/REPO:`). `pull_request_target`, `issue_comment` and `workflow_run` runs carry
+//!   the default branch's `ref` and run with the base repository's rights, yet anyone who opens
+//!   a pull request (a fork's included) or writes a comment starts them, and they are exactly
+//!   the workflows that end up building pull-request code. Only `event_name` tells them apart,
+//!   so a read-write rule needs an `event_name` limited to [`WRITE_EVENTS`], and always a `ref`
+//!   on `refs/heads/...` naming the protected branches, a `*` only right after a `/`
+//!   (`refs/heads/release/*`, not `refs/heads/m*`). An `environment` may be added, never
+//!   instead: a run from any branch can name an environment unless the environment's
+//!   deployment-branch rules forbid it, and the cache cannot see those rules.
 
 use serde_json::{Map, Value};
 
@@ -26,6 +34,9 @@ use crate::auth::Access;
 use crate::auth::conditions::{Condition, literal_prefix, on};
 
 const PUBLIC_HOST: &str = "token.actions.githubusercontent.com";
+/// GitHub Enterprise Cloud with data residency: `token.actions.SUBDOMAIN.ghe.com`.
+const RESIDENCY_PREFIX: &str = "token.actions.";
+const RESIDENCY_SUFFIX: &str = ".ghe.com";
 /// GitHub Enterprise Server's issuer path.
 const SERVER_PATH: &str = "/_services/token";
 
@@ -55,10 +66,11 @@ impl IssuerProfile for GitHub {
     }
 
     fn canonical(&self, url: &IssuerUrl) -> Option<String> {
-        if url.host == PUBLIC_HOST {
+        if url.host == PUBLIC_HOST || is_residency_host(&url.host) {
             // The public issuer has no path; an enterprise's adds its slug.
             return Some(format!(
-                "https://{PUBLIC_HOST}{}",
+                "https://{}{}",
+                url.host,
                 url.path.trim_end_matches('/')
             ));
         }
@@ -165,13 +177,109 @@ fn sub_names_owner(pattern: &str) -> bool {
     false
 }
 
-/// A read-write rule: only the repository's own branch builds.
+/// Whether `host` is a data-residency issuer: `token.actions.SUBDOMAIN.ghe.com`, one label.
+fn is_residency_host(host: &str) -> bool {
+    host.strip_prefix(RESIDENCY_PREFIX)
+        .and_then(|rest| rest.strip_suffix(RESIDENCY_SUFFIX))
+        .is_some_and(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// Whether some condition names exactly one repository in every one of its patterns: an exact
+/// `repository` (`acme/web`), an exact `repository_id`, or a `sub` that begins with an exact
+/// repository component (`repo:acme/web:`, `repo:acme@12/web@34:`, `repository:acme/web:`,
+/// `repository_id:34:`).
+fn pins_one_repository(conditions: &[Condition]) -> bool {
+    conditions.iter().any(|c| {
+        let one: fn(&str) -> bool = match c.claim.as_str() {
+            "repository" => one_repository,
+            "repository_id" => |p| !p.contains('*'),
+            "sub" => sub_names_one_repository,
+            _ => return false,
+        };
+        c.patterns.iter().all(|p| one(p))
+    })
+}
+
+/// `OWNER/REPO`, exactly: no wildcard, both parts present.
+fn one_repository(pattern: &str) -> bool {
+    !pattern.contains('*')
+        && pattern.split_once('/').is_some_and(|(owner, name)| {
+            !owner.is_empty() && !name.is_empty() && !name.contains('/')
+        })
+}
+
+/// Whether a `sub` pattern begins with one exact repository, its component closed by a `:`
+/// before any wildcard.
+fn sub_names_one_repository(pattern: &str) -> bool {
+    let literal = literal_prefix(pattern);
+    if let Some(rest) = literal
+        .strip_prefix("repo:")
+        .or_else(|| literal.strip_prefix("repository:"))
+    {
+        return rest
+            .split_once(':')
+            .is_some_and(|(repository, _)| one_repository(repository));
+    }
+    literal
+        .strip_prefix("repository_id:")
+        .and_then(|rest| rest.split_once(':'))
+        .is_some_and(|(id, _)| !id.is_empty())
+}
+
+/// A branch pattern a read-write rule may name: `refs/heads/` and a branch whose every `*`
+/// directly follows a `/` (`refs/heads/main`, `refs/heads/release/*`; not `refs/heads/m*`,
+/// which also matches `my-experiment`, nor `refs/heads/*`).
+fn is_branch_pattern(pattern: &str) -> bool {
+    let Some(branch) = pattern.strip_prefix("refs/heads/") else {
+        return false;
+    };
+    let bytes = branch.as_bytes();
+    !branch.is_empty()
+        && bytes
+            .iter()
+            .enumerate()
+            .all(|(at, &b)| b != b'*' || (at > 0 && bytes[at - 1] == b'/'))
+}
+
+/// The owner a rule names, for the form a refusal shows (`acme`, else `OWNER`).
+fn owner_of(conditions: &[Condition]) -> String {
+    let from = |claim: &str, cut: fn(&str) -> Option<&str>| {
+        on(conditions, claim)
+            .and_then(|c| c.patterns.first())
+            .and_then(|p| cut(p))
+            .filter(|owner| !owner.is_empty() && !owner.contains('*'))
+            .map(crate::auth::conditions::echo_text)
+    };
+    from("repository_owner", |p| Some(p))
+        .or_else(|| from("repository", |p| p.split_once('/').map(|(o, _)| o)))
+        .or_else(|| {
+            from("sub", |p| {
+                p.strip_prefix("repo:")
+                    .and_then(|rest| rest.split_once('/'))
+                    .map(|(o, _)| o)
+            })
+        })
+        .unwrap_or_else(|| "OWNER".into())
+}
+
+/// A read-write rule: one repository, and only its own branch builds.
 fn check_write(conditions: &[Condition]) -> Result<(), String> {
+    if !pins_one_repository(conditions) {
+        let owner = owner_of(conditions);
+        return Err(format!(
+            "read-write must name one repository exactly: with an owner-wide pin, any member of the organization who may create a repository (GitHub's default) could create one, push a workflow to its main branch and write any entry; write \"repository\": \"{owner}/REPO\" (or \"repository_id\", or a sub beginning \"repo:{owner}/REPO:\"), one rule or one exact value per repository, and keep owner-wide pins for read-only rules"
+        ));
+    }
     let allowed = WRITE_EVENTS.join(", ");
     let why = "runs triggered by pull_request_target, issue_comment or workflow_run carry the default branch's ref, yet anyone who opens a pull request (a fork's too) or a comment starts them and they build pull-request code (CVE-2025-36852); give pull requests a read-only rule";
     let Some(events) = on(conditions, "event_name") else {
         return Err(format!(
-            "read-write needs an \"event_name\" condition limited to {allowed}: {why}"
+            "read-write needs an \"event_name\" condition limited to {allowed}, e.g. \"event_name\": \"push\": {why}"
         ));
     };
     if let Some(bad) = events
@@ -180,22 +288,21 @@ fn check_write(conditions: &[Condition]) -> Result<(), String> {
         .find(|e| !WRITE_EVENTS.contains(&e.as_str()))
     {
         return Err(format!(
-            "read-write with event_name '{}': allow only {allowed} (exact names): {why}",
+            "read-write with event_name '{}': allow only {allowed} (exact names), e.g. \"event_name\": \"push\": {why}",
             crate::auth::conditions::echo_text(bad)
         ));
     }
-    let branch = on(conditions, "ref").is_some_and(|r| {
-        r.patterns.iter().all(|p| {
-            literal_prefix(p)
-                .strip_prefix("refs/heads/")
-                .is_some_and(|branch| !branch.is_empty())
-        })
-    }) || on(conditions, "environment").is_some_and(Condition::is_exact);
-    if !branch {
+    let Some(reference) = on(conditions, "ref") else {
         return Err(
-            "read-write needs a \"ref\" condition naming the protected branches (e.g. \"refs/heads/main\"; refs/heads/ and at least one character before any '*') or an exact \"environment\": a push to any other branch, or of a tag, is not reviewed code"
+            "read-write needs a \"ref\" condition naming the protected branches, e.g. \"ref\": \"refs/heads/main\": a push to any other branch, or of a tag, is not reviewed code; an \"environment\" may be added, never instead (a run from any branch can name an environment unless its deployment-branch rules forbid it, and this cache cannot see them)"
                 .into(),
         );
+    };
+    if let Some(bad) = reference.patterns.iter().find(|p| !is_branch_pattern(p)) {
+        return Err(format!(
+            "read-write with \"ref\": \"{}\": name branches under refs/heads/, a '*' only directly after a '/', e.g. \"refs/heads/main\" or \"refs/heads/release/*\" (\"refs/heads/m*\" would also match my-experiment; a tag or another ref is not reviewed code)",
+            crate::auth::conditions::echo_text(bad)
+        ));
     }
     Ok(())
 }
@@ -265,6 +372,72 @@ mod tests {
             "context:repo:acme/web",
         ] {
             assert!(!sub_names_owner(loose), "{loose}");
+        }
+    }
+
+    #[test]
+    fn write_pins_name_one_repository() {
+        for one in [
+            "repo:acme/web:ref:refs/heads/main",
+            "repo:acme/web:*",
+            "repo:acme@1234/web@5678:*",
+            "repository:acme/web:*",
+            "repository_id:5678:*",
+        ] {
+            assert!(sub_names_one_repository(one), "{one}");
+        }
+        for many in [
+            "repo:acme/*",
+            "repo:acme/web*",
+            "repo:acme/web",
+            "repository_owner:acme:*",
+            "repository_owner_id:1234:*",
+            "repo:*/web:*",
+            "environment:production",
+        ] {
+            assert!(!sub_names_one_repository(many), "{many}");
+        }
+        assert!(one_repository("acme/web"));
+        for many in ["acme/*", "acme/web*", "acme", "acme/", "/web", "*/web"] {
+            assert!(!one_repository(many), "{many}");
+        }
+    }
+
+    #[test]
+    fn branch_wildcards_only_follow_a_slash() {
+        for branch in [
+            "refs/heads/main",
+            "refs/heads/release/*",
+            "refs/heads/release/*/hotfix/*",
+        ] {
+            assert!(is_branch_pattern(branch), "{branch}");
+        }
+        for not in [
+            "refs/heads/m*",
+            "refs/heads/*",
+            "refs/heads/",
+            "refs/heads/release*",
+            "refs/heads/release/**",
+            "refs/tags/v1",
+            "refs/*/main",
+            "*",
+            "main",
+        ] {
+            assert!(!is_branch_pattern(not), "{not}");
+        }
+    }
+
+    #[test]
+    fn data_residency_hosts_are_one_label_under_ghe_com() {
+        assert!(is_residency_host("token.actions.acme.ghe.com"));
+        assert!(is_residency_host("token.actions.acme-eu.ghe.com"));
+        for not in [
+            "token.actions.ghe.com",
+            "token.actions.a.b.ghe.com",
+            "actions.acme.ghe.com",
+            "token.actions.acme.ghe.com.evil.example",
+        ] {
+            assert!(!is_residency_host(not), "{not}");
         }
     }
 }

@@ -5,9 +5,17 @@
 //! - **Identity.** `project_path` (`acme/web`, `acme/*`), `namespace_path`, `project_id`,
 //!   `namespace_id`, or a `sub` (`project_path:acme/web:ref_type:branch:ref:main`) that names
 //!   the group.
-//! - **Write access.** `ref` is only a branch name: a merge-request pipeline's `ref` is its
-//!   source branch, and a fork can name its branch `main`. Only `ref_protected: "true"` says
-//!   the pipeline runs for a protected branch or tag, so a read-write rule needs it.
+//! - **Write access.** Namespace pins are for read-only rules: every member of a group who may
+//!   create a project (GitLab's default) can create one and run its pipelines, so a read-write
+//!   rule names one project exactly in each value (`project_path` `acme/web`, or
+//!   `project_id`). `ref` is only a branch name: a merge-request pipeline's `ref` is its source
+//!   branch, and a fork can name its branch `main`. Only `ref_protected: "true"` says the
+//!   pipeline runs for a protected branch or tag, and a protected tag can point at any commit,
+//!   one never merged included, so a read-write rule needs `ref_protected: "true"` and
+//!   `ref_type: "branch"`. Since GitLab 18.2.2, a merge-request pipeline from a fork that runs
+//!   in the parent project carries the fork's `project_*` and `namespace_*` claims (the
+//!   parent's are in `job_project_*`, added in 18.4 and backported to 18.3 and 18.2), so a pin
+//!   on `project_path` does not match it; `job_project_*` is therefore never a write pin.
 //!
 //! Claim values are strings, except `runner_id` (a number), `user_identities` and
 //! `groups_direct` (arrays); `ci_config_*` may be null.
@@ -40,25 +48,22 @@ impl IssuerProfile for GitLab {
                 rule.issuer
             ));
         }
-        let protected = on(rule.conditions, "ref_protected")
-            .is_some_and(|c| c.patterns.iter().all(|p| p == "true"));
-        if rule.access == Access::ReadWrite && !protected {
-            return Err(
-                "read-write needs \"ref_protected\": \"true\": ref is only a branch name, which a merge-request pipeline (a fork's too) can carry; only pipelines for protected branches and tags have ref_protected \"true\""
-                    .into(),
-            );
+        if rule.access == Access::ReadWrite {
+            check_write(rule.conditions)?;
         }
         Ok(())
     }
 
     fn explain(&self, rule: &RuleFacts) -> String {
         let conditions = rule.conditions;
-        let protected =
-            on(conditions, "ref_protected").is_some_and(|c| c.patterns.iter().all(|p| p == "true"));
-        let mut words = if protected {
-            "pipelines for protected refs".to_string()
-        } else {
-            "pipelines".to_string()
+        let only = |claim: &str, value: &str| {
+            on(conditions, claim).is_some_and(|c| c.patterns.iter().all(|p| p == value))
+        };
+        let mut words = match (only("ref_protected", "true"), only("ref_type", "branch")) {
+            (true, true) => "pipelines for protected branches".to_string(),
+            (true, false) => "pipelines for protected refs".to_string(),
+            (false, true) => "pipelines for branches".to_string(),
+            (false, false) => "pipelines".to_string(),
         };
         if let Some(r) = on(conditions, "ref") {
             words.push_str(&format!(" named {}", r.describe()));
@@ -85,6 +90,7 @@ impl IssuerProfile for GitLab {
             conditions,
             &[
                 "ref_protected",
+                "ref_type",
                 "ref",
                 "project_path",
                 "project_id",
@@ -103,6 +109,44 @@ impl IssuerProfile for GitLab {
             claim(claims, "ref").unwrap_or("-")
         )
     }
+}
+
+/// A read-write rule: one project, and only pipelines of its protected branches.
+fn check_write(conditions: &[Condition]) -> Result<(), String> {
+    let one_project = conditions.iter().any(|c| {
+        let one: fn(&str) -> bool = match c.claim.as_str() {
+            "project_path" => |p| {
+                !p.contains('*')
+                    && p.rsplit_once('/')
+                        .is_some_and(|(group, name)| !group.is_empty() && !name.is_empty())
+            },
+            "project_id" => |p| !p.contains('*'),
+            _ => return false,
+        };
+        c.patterns.iter().all(|p| one(p))
+    });
+    if !one_project {
+        return Err(
+            "read-write must name one project exactly: with a group-wide pin, any member of the group who may create a project (GitLab's default) could create one, protect its main branch and write any entry; write \"project_path\": \"GROUP/PROJECT\" (or \"project_id\"), one rule or one exact value per project, and keep namespace pins for read-only rules"
+                .into(),
+        );
+    }
+    let only = |claim: &str, value: &str| {
+        on(conditions, claim).is_some_and(|c| c.patterns.iter().all(|p| p == value))
+    };
+    if !only("ref_protected", "true") {
+        return Err(
+            "read-write needs \"ref_protected\": \"true\": ref is only a branch name, which a merge-request pipeline (a fork's too) can carry; only pipelines for protected branches and tags have ref_protected \"true\""
+                .into(),
+        );
+    }
+    if !only("ref_type", "branch") {
+        return Err(
+            "read-write needs \"ref_type\": \"branch\" beside \"ref_protected\": \"true\": ref_protected is \"true\" for protected tags too, and a tag can point at any commit, one never merged included"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// Whether some condition names a project or a group, in every one of its patterns.

@@ -6,10 +6,11 @@
 //! issuer has, and the profile checks the rule. Adding a CI system is one file with one
 //! [`IssuerProfile`], listed in [`PROFILES`].
 //!
-//! An issuer is recognised by its public host (GitHub Actions, gitlab.com, every Microsoft Entra
-//! authority host), or by the `kind` a rule declares for a private instance (GitHub Enterprise
-//! Server, a self-managed GitLab). Any other issuer gets the generic profile, which checks only
-//! that a rule pins something.
+//! An issuer is recognised by its public host (GitHub Actions, with an enterprise's path or on a
+//! data-residency `ghe.com` subdomain, gitlab.com, every Microsoft Entra authority host), or by
+//! the `kind` a rule declares for a private instance (GitHub Enterprise Server, a self-managed
+//! GitLab). Any other issuer gets the generic profile, which checks only that a rule pins
+//! something.
 
 mod entra;
 mod github;
@@ -52,6 +53,19 @@ pub trait IssuerProfile: Sync + Send {
     /// builds the issuer's tokens cannot tell are of a protected branch. One line, without the
     /// rule's name (the caller adds it).
     fn check(&self, rule: &RuleFacts) -> Result<(), String>;
+
+    /// Things worth an operator's second look that are not wrong for sure (a warning at startup
+    /// and in `handler check`), one line each, without the rule's name.
+    fn advise(&self, _rule: &RuleFacts) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The claims this issuer sends as lists of strings (Entra ID `groups`, `roles`): a
+    /// condition on one of them holds when an element matches. Every other claim must be a
+    /// string for a condition on it to hold.
+    fn list_claims(&self) -> &'static [&'static str] {
+        &[]
+    }
 
     /// Whom the rule trusts, in words: `pushes to refs/heads/main of acme/web`.
     fn explain(&self, rule: &RuleFacts) -> String;
@@ -244,6 +258,12 @@ mod tests {
             "github"
         );
         assert_eq!(
+            classify("https://token.actions.acme.ghe.com", None)
+                .unwrap()
+                .kind(),
+            "github"
+        );
+        assert_eq!(
             classify("https://gitlab.com", None).unwrap().kind(),
             "gitlab"
         );
@@ -279,6 +299,10 @@ mod tests {
             (
                 "https://user@token.actions.githubusercontent.com",
                 "https://token.actions.githubusercontent.com",
+            ),
+            (
+                "https://token.actions.ACME.ghe.com/",
+                "https://token.actions.acme.ghe.com",
             ),
             ("https://GitLab.com", "https://gitlab.com"),
             ("https://gitlab.com/", "https://gitlab.com"),

@@ -1,11 +1,13 @@
 //! Any other issuer: a CI system this server has no profile for. Its claims mean nothing to the
-//! server, so a rule only has to pin something (a condition that is not a bare `*`), and write
+//! server, so a rule only has to pin something: a condition whose every value has a letter or a
+//! digit before its first `*` (`*`, `*:*` or `:*` match any token of the issuer), and write
 //! access is the operator's judgement: `handler doctor` says so next to such a rule. A GitHub
 //! Enterprise Server or a self-managed GitLab gets its own profile's checks with `"kind"`.
 
 use serde_json::{Map, Value};
 
 use super::{IssuerProfile, IssuerUrl, RuleFacts, remaining};
+use crate::auth::conditions::literal_prefix;
 
 pub struct Other;
 
@@ -23,13 +25,14 @@ impl IssuerProfile for Other {
     }
 
     fn check(&self, rule: &RuleFacts) -> Result<(), String> {
-        let pinned = rule
-            .conditions
-            .iter()
-            .any(|c| c.patterns.iter().all(|p| p.chars().any(|ch| ch != '*')));
+        let pinned = rule.conditions.iter().any(|c| {
+            c.patterns
+                .iter()
+                .all(|p| literal_prefix(p).chars().any(char::is_alphanumeric))
+        });
         if !pinned {
             return Err(format!(
-                "has no identity condition: add at least one claim condition that is not a bare '*' (e.g. on sub) for {}",
+                "has no identity condition: add a claim condition with a letter or digit before its first '*', e.g. \"sub\": \"pipeline:acme/web:*\" ('*', '*:*' or ':*' match any token of {})",
                 rule.issuer
             ));
         }
