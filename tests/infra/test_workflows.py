@@ -489,6 +489,22 @@ def test_config_zip_tolerating_a_failed_deployment_is_caught(deploy_repo: Path, 
     assert_found(checks.config_zip_problems(deploy_repo, tmp_path / "run"), "passes on `ERROR: Zip deployment failed.", "passes on `ERROR: There may be an ongoing deployment")
 
 
+def test_config_zip_without_retry_is_caught(deploy_repo: Path, tmp_path: Path):
+    edit(workflow(deploy_repo), "attempts=3 status=0", "attempts=1 status=0")
+    found = checks.config_zip_problems(deploy_repo, tmp_path / "run")
+    assert_found(found, "does not try again after a failure", "fails when `ERROR: Zip deployment failed. {'status': 3}")
+
+
+def test_config_zip_retrying_back_to_back_is_caught(deploy_repo: Path, tmp_path: Path):
+    edit(workflow(deploy_repo), "              sleep 120\n", "")
+    assert_found(checks.config_zip_problems(deploy_repo, tmp_path / "run"), "tries again after [0.0, 0.0] seconds")
+
+
+def test_config_zip_retrying_without_bound_is_caught(deploy_repo: Path, tmp_path: Path):
+    edit(workflow(deploy_repo), "attempts=3 status=0", "attempts=9 status=0")
+    assert_found(checks.config_zip_problems(deploy_repo, tmp_path / "run"), "runs config-zip 9 times; it must give up after at most 5")
+
+
 def test_health_check_without_refresh_is_caught(deploy_repo: Path, tmp_path: Path):
     path = workflow(deploy_repo)
     edit(path, '                az rest --method post --url "$references/refresh?$api" || echo "::warning::the reference refresh failed"\n', "")

@@ -741,26 +741,75 @@ CONFIG_ZIP_FAILURES = (
 )
 
 
+# config-zip tried again after a failure: at least this many attempts in all, at most this many,
+# and at least this long between two (a role assignment takes a minute or two to apply).
+CONFIG_ZIP_ATTEMPTS = (2, 5)
+CONFIG_ZIP_PAUSE_SECONDS = 60
+
+
+def _seconds_slept_between(run: StepRun, program_tokens: tuple[str, ...]) -> list[float]:
+    """For each pair of consecutive calls matching `program_tokens`, the seconds `sleep` was asked
+    for between them."""
+    gaps, current, seen = [], 0.0, False
+    for call in run.calls:
+        if call["program"] == program_tokens[0] and all(t in call["args"] for t in program_tokens[1:]):
+            if seen:
+                gaps.append(current)
+            seen, current = True, 0.0
+        elif call["program"] == "sleep" and seen:
+            try:
+                current += float(call["args"][0]) if call["args"] else 0.0
+            except ValueError:
+                pass
+    return gaps
+
+
 def config_zip_problems(repo: Path = REPO, tmp: Path | None = None) -> list[str]:
     """The package step tolerates exactly the two failures of config-zip's own health check on
-    Flex Consumption (the package is deployed by then) and fails on any other failure."""
+    Flex Consumption (the package is deployed by then); any other failure is tried again, a
+    bounded number of times and minutes apart (a first deployment's role on the deployment
+    container may still be propagating), and fails the step when it persists."""
     found = []
+    config_zip = ("az", "config-zip")
     with tempfile.TemporaryDirectory(prefix="config-zip-step-") as scratch:
         base = Path(tmp or scratch)
         values = {"RESOURCE_GROUP": "rg-app", "DEPLOYED_APP": "acme-nx-cache"}
         cases = [(0, "", True), *((e, m, True) for e, m in CONFIG_ZIP_TOLERATED), *((e, m, False) for e, m in CONFIG_ZIP_FAILURES)]
         for number, (exit_status, stderr, passes) in enumerate(cases):
             run = run_step(repo, base / f"case-{number}", "config-zip", values, {"az": [{"when": ["config-zip"], "stderr": stderr, "exit": exit_status}]})
-            calls = run.of("az", "config-zip")
+            calls = run.of(*config_zip)
             what = stderr.strip().splitlines()[0] if stderr else "success"
-            if len(calls) != 1 or "--src" not in calls[0]["args"] or calls[0]["args"][calls[0]["args"].index("--src") + 1] != PACKAGE_ZIP:
-                found.append(f"config-zip step ({what}): does not deploy {PACKAGE_ZIP} once with config-zip")
+            if not calls or any("--src" not in c["args"] or c["args"][c["args"].index("--src") + 1] != PACKAGE_ZIP for c in calls):
+                found.append(f"config-zip step ({what}): does not deploy {PACKAGE_ZIP} with config-zip")
+            if passes and len(calls) != 1:
+                found.append(f"config-zip step ({what}): runs config-zip {len(calls)} times, although the first run deployed the package")
             if passes and run.status != 0:
                 found.append(f"config-zip step: fails on `{what}` (exit status {exit_status}), which leaves the package deployed; the health check must decide")
             if not passes and run.status == 0:
                 found.append(f"config-zip step: passes on `{what}`, a failed deployment")
+            if not passes:
+                low, high = CONFIG_ZIP_ATTEMPTS
+                if len(calls) < low:
+                    found.append(f"config-zip step ({what}): does not try again after a failure (a first deployment's role may still be propagating)")
+                elif len(calls) > high:
+                    found.append(f"config-zip step ({what}): runs config-zip {len(calls)} times; it must give up after at most {high}")
+                gaps = _seconds_slept_between(run, config_zip)
+                if any(gap < CONFIG_ZIP_PAUSE_SECONDS for gap in gaps):
+                    found.append(f"config-zip step ({what}): tries again after {gaps} seconds; at least {CONFIG_ZIP_PAUSE_SECONDS} apart")
             if stderr and stderr.strip() not in run.output:
                 found.append(f"config-zip step ({what}): hides az's message")
+        # The first deployment's race: the first attempt fails, the next one deploys the package.
+        for number, (exit_status, stderr) in enumerate(CONFIG_ZIP_FAILURES):
+            plan = {"az": [
+                {"when": ["config-zip"], "before": [[list(config_zip), 1]], "stderr": stderr, "exit": exit_status},
+                {"when": ["config-zip"]},
+            ]}
+            run = run_step(repo, base / f"race-{number}", "config-zip", values, plan)
+            what = stderr.strip().splitlines()[0]
+            if run.status != 0:
+                found.append(f"config-zip step: fails when `{what}` is followed by a successful deployment on the next attempt")
+            if len(run.of(*config_zip)) != 2:
+                found.append(f"config-zip step: runs config-zip {len(run.of(*config_zip))} times when the second attempt deploys the package (`{what}` first)")
     return found
 
 
