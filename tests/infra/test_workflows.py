@@ -552,6 +552,30 @@ def test_doc_without_the_check_is_caught(deploy_repo: Path):
     assert_found(checks.doc_command_problems(deploy_repo), "must run `handler check --functions --env-file` before `az deployment group create`")
 
 
+def test_doc_query_over_a_day_without_offset_is_caught(deploy_repo: Path):
+    edit(deploy_repo / "docs" / "deploy.md", '--apps "$APP-insights" --offset 24h', '--apps "$APP-insights"')
+    assert_found(checks.doc_command_problems(deploy_repo), "looks at the last 60 minutes only, and the query asks for 1440: pass --offset")
+
+
+def test_doc_query_with_a_short_offset_is_caught(deploy_repo: Path):
+    edit(deploy_repo / "docs" / "deploy.md", "--offset 24h", "--offset 2h")
+    assert_found(checks.doc_command_problems(deploy_repo), "looks at the last 120 minutes only")
+
+
+def test_doc_publish_without_custom_is_caught(deploy_repo: Path):
+    edit(deploy_repo / "docs" / "deploy.md", 'func azure functionapp publish "$APP" --custom', 'func azure functionapp publish "$APP"')
+    assert_found(checks.doc_command_problems(deploy_repo), "`func azure functionapp publish` needs --custom")
+
+
+def test_doc_naming_the_public_management_host_is_caught(deploy_repo: Path):
+    path = deploy_repo / "docs" / "deploy.md"
+    edit_first(path, '--url "$APP_RESOURCE_ID/config/configreferences/appsettings/refresh', '--url "https://management.azure.com$APP_RESOURCE_ID/config/configreferences/appsettings/refresh')
+    edit_first(deploy_repo / "docs" / "migrate-from-nx-azure-cache.md", "ACCOUNT_RG=", 'az rest --url "https://graph.microsoft.com/v1.0/me"\nACCOUNT_RG=')
+    found = checks.doc_command_problems(deploy_repo)
+    assert_found(found, "names https://management.azure.com", "docs/migrate-from-nx-azure-cache.md:")
+    assert any("https://graph.microsoft.com" in f for f in found), found
+
+
 def test_doc_settings_misspelt_is_caught(deploy_repo: Path):
     edit(deploy_repo / "docs" / "deploy.md", "NX_CACHE_SAS_TTL=5m\n", "NX_CACHE_SAS_TIL=5m\n")
     assert_found(checks.doc_settings_problems(deploy_repo), "have NX_CACHE_SAS_TIL, which main.bicep does not write", "main.bicep writes NX_CACHE_SAS_TTL")

@@ -956,16 +956,63 @@ def doc_settings_problems(repo: Path = REPO) -> list[str]:
     return settings_mismatches(repo, DOC_SETTINGS_PARAMETERS, parse_env_file(example), f"{DEPLOY_DOC} (settings for handler check)")
 
 
+# The guides whose commands are checked below.
+GUIDES = (DEPLOY_DOC, Path("docs") / "migrate-from-nx-azure-cache.md")
+# Hosts a command must not spell out: the public cloud's, wrong in every other cloud. `az rest`
+# puts the current cloud's Resource Manager endpoint before a URL that starts with a resource id;
+# Microsoft Graph's is `az cloud show --query endpoints.microsoftGraphResourceId`.
+CLOUD_HOSTS = ("https://management.azure.com", "https://graph.microsoft.com")
+_PERIOD = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?$")
+_AGO = re.compile(r"ago\((\d+)([dhm])\)")
+
+
+def _minutes(number: str, unit: str) -> int:
+    return int(number) * {"d": 1440, "h": 60, "m": 1}[unit]
+
+
+def _commands(text: str, start: str) -> list[tuple[int, str]]:
+    """Each command of `text` that begins with `start`, with its continuation lines: (line, text)."""
+    line = r"(?:[^\n\\]|\\(?!\n))*"  # up to the end of the line, or to a backslash that continues it
+    found = [(text[: m.start()].count("\n") + 1, m.group(0)) for m in re.finditer(re.escape(start) + line + r"(?:\\\n" + line + ")*", text)]
+    # A command quoted in prose ends at its closing backtick.
+    return [(number, command.split("`")[0]) for number, command in found]
+
+
 def doc_command_problems(repo: Path = REPO) -> list[str]:
-    """az commands of the guide that azure-cli 2.91.0 spells otherwise: `az monitor app-insights
-    query` takes the component as `--apps` (the application-insights extension's _params.py;
-    `--app` works only as an abbreviation). And the check runs before the deployment."""
-    text = (Path(repo) / DEPLOY_DOC).read_text(encoding="utf-8")
+    """Commands of the guides that azure-cli 2.91.0 or Core Tools take otherwise:
+    - `az monitor app-insights query` takes the component as `--apps` (the application-insights
+      extension's _params.py; `--app` works only as an abbreviation), and looks at the last hour
+      only unless `--offset` widens it (custom.py `execute_query(..., offset='1h')`): a query over
+      `ago(1d)` needs `--offset 24h` or more;
+    - `func azure functionapp publish` needs `--custom` for a package without local.settings.json
+      (Core Tools, GlobalCoreToolsSettings: "Can't determine project language from files");
+    - no command names the public cloud's Resource Manager or Graph host.
+    And the check runs before the deployment."""
     found = []
-    for match in re.finditer(r"az monitor app-insights query[^\n]*(?:\\\n[^\n]*)*", text):
-        if re.search(r"\s--app\b(?!s)", match.group(0)) or "--apps" not in match.group(0):
-            line = text[: match.start()].count("\n") + 1
-            found.append(f"{DEPLOY_DOC}:{line}: `az monitor app-insights query` takes the component as --apps")
+    for guide in GUIDES:
+        path = Path(repo) / guide
+        if not path.exists():
+            continue
+        text = path.read_text(encoding="utf-8")
+        for line, command in _commands(text, "az monitor app-insights query"):
+            if re.search(r"\s--app\b(?!s)", command) or "--apps" not in command:
+                found.append(f"{guide}:{line}: `az monitor app-insights query` takes the component as --apps")
+            spans = [_minutes(n, u) for n, u in _AGO.findall(command)]
+            offset = re.search(r"--offset\s+(\S+)", command)
+            covered = 60
+            if offset:
+                period = _PERIOD.match(offset.group(1))
+                covered = sum(_minutes(n, u) for n, u in zip(period.groups(), "dhm") if n) if period and any(period.groups()) else 0
+            if spans and max(spans) > covered and "--start-time" not in command:
+                found.append(f"{guide}:{line}: `az monitor app-insights query` looks at the last {covered} minutes only, and the query asks for {max(spans)}: pass --offset")
+        for line, command in _commands(text, "func azure functionapp publish"):
+            if "--custom" not in command:
+                found.append(f"{guide}:{line}: `func azure functionapp publish` needs --custom (a custom handler; the package has no local.settings.json)")
+        for number, text_line in enumerate(text.splitlines(), 1):
+            for host in CLOUD_HOSTS:
+                if host in text_line and ("az rest" in text_line or "--url" in text_line):
+                    found.append(f"{guide}:{number}: a command names {host}, the public cloud's host: use the current cloud's (az rest with a resource id, az cloud show)")
+    text = (Path(repo) / DEPLOY_DOC).read_text(encoding="utf-8")
     check = re.search(r"^\S*handler check --functions --env-file ", text, re.M)
     deploy = re.search(r"^az deployment group create ", text, re.M)
     if check is None or deploy is None or check.start() > deploy.start():
