@@ -1287,8 +1287,16 @@ fn nx_cache_login_sets_the_url_its_token_covers_or_warns() {
     };
     let policy = format!(
         r#"{{"rules": [{}, {}, {}]}}"#,
-        rule("one-team", ONE_TEAM, r#"{"teams": ["web"], "access": "read-only"}"#),
-        rule("two-teams", TWO_TEAMS, r#"{"teams": ["web", "api"], "access": "read-only"}"#),
+        rule(
+            "one-team",
+            ONE_TEAM,
+            r#"{"teams": ["web"], "access": "read-only"}"#
+        ),
+        rule(
+            "two-teams",
+            TWO_TEAMS,
+            r#"{"teams": ["web", "api"], "access": "read-only"}"#
+        ),
         rule(
             "developers",
             DEVELOPERS,
@@ -1365,7 +1373,10 @@ fn nx_cache_login_sets_the_url_its_token_covers_or_warns() {
     let (server, _, stderr) = login(home, TWO_TEAMS, "", &[]);
     assert_eq!(server, base);
     assert!(
-        stderr.contains(&not_granted(&base, "team(s) web, api (nx_cache_login TEAM)")),
+        stderr.contains(&not_granted(
+            &base,
+            "team(s) web, api (nx_cache_login TEAM)"
+        )),
         "{stderr}"
     );
     let (server, _, stderr) = login(home, TWO_TEAMS, "api", &[]);
@@ -1862,7 +1873,10 @@ fn snippets_in(dir: &Path, extra: &[(&str, &str)]) -> Vec<(&'static str, String)
         Some("task: AzureCLI@2"),
         "inlineScript:",
     );
-    let env = common(&[("NX_CACHE_APP_ID_URI", &cache_app_uri()), ("TF_BUILD", "True")]);
+    let env = common(&[
+        ("NX_CACHE_APP_ID_URI", &cache_app_uri()),
+        ("TF_BUILD", "True"),
+    ]);
     let (ok, stdout, stderr) = run_in(
         dir,
         "bash",
