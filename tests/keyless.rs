@@ -1787,6 +1787,10 @@ exports.getRemoteCache = async () => {
 
 /// Packages a test workspace has installed: (name, the text of its `index.js`, or `None`).
 type Installed<'a> = &'a [(&'a str, Option<&'a str>)];
+/// Environment variables of a snippet's run: (name, value).
+type Extra<'a> = &'a [(&'a str, &'a str)];
+/// The package a warning names and what it says Nx does with it.
+type Named<'a> = Option<(&'a str, &'a str)>;
 
 /// The lines of a snippet's output that warn about a bucket cache package.
 fn bucket_warnings(output: &str) -> Vec<&str> {
@@ -1916,7 +1920,7 @@ fn every_snippet_warns_once_about_an_installed_bucket_cache_package() {
     // has turned the remote cache off, and says so)
     let with_key = [("NX_KEY", NX_KEY)];
     let no_cache = [("NX_KEY", NX_KEY), ("NX_POWERPACK_CACHE_MODE", "no-cache")];
-    let cases: [(Installed, &[(&str, &str)], Option<(&str, &str)>); 9] = [
+    let cases: [(Installed, Extra, Named); 9] = [
         (&[], &with_key, None),
         (
             &[("@nx/azure-cache", Some(ACTIVE_BUCKET_CACHE))],
