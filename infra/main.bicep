@@ -152,8 +152,9 @@ param createUserAssignedIdentity bool = false
 ])
 param instanceMemoryMB int = 512
 
-// Flex Consumption refuses a maximum below 40 (the stack data's lowestMaximumInstanceCount; Learn:
-// "the lowest maximum scale is currently 40") and above 1000.
+// Learn (flex-consumption-plan, Considerations): "The lowest maximum scale is currently 40. The
+// highest currently supported value is 1000." (the stack data's lowestMaximumInstanceCount is 40
+// too). What the platform answers outside that range is not documented: the template keeps to it.
 @description('Upper bound on the number of instances the app scales out to (Flex Consumption: 40 to 1000).')
 @minValue(40)
 @maxValue(1000)
@@ -287,7 +288,8 @@ resource existingIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023
 }
 
 // ---------------------------------------------------------------------------------------------
-// Monitoring: the handler logs one JSON line per request to stderr, which the host forwards.
+// Monitoring: the handler logs one JSON line per request to stdout (warnings and errors to
+// stderr), and the host forwards each line to Application Insights.
 // ---------------------------------------------------------------------------------------------
 
 resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
@@ -401,8 +403,9 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     // The identity that resolves the Key Vault references (NX_CACHE_JWT_SECRET and
     // NX_CACHE_JWT_PREVIOUS_SECRETS).
     keyVaultReferenceIdentity: useUserAssignedIdentity ? identityResourceId : 'SystemAssigned'
-    // No ftpsState: the Flex Consumption docs list it among the deprecated properties that
-    // "shouldn't be used when creating function app resources".
+    // No ftpsState: Learn lists it among the Flex Consumption deprecations, the site properties
+    // and settings that "shouldn't be used when creating function app resources" ("FTPS not
+    // supported"; functions-app-settings, "Flex Consumption plan deprecations").
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
@@ -445,8 +448,9 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
 }
 
 // No basic-auth (publishing profile) deployments: config-zip authenticates with Entra ID. Only the
-// 'scm' policy: the Flex Consumption docs list the 'ftp' one among the deprecated resources that
-// shouldn't be created with a function app.
+// 'scm' policy: Flex Consumption does not support FTP(S) (its deprecations list ftpsState, "FTPS
+// not supported"), and Microsoft documents nothing about the 'ftp' publishing-credentials policy
+// there, so the template creates none rather than guess how the platform takes one.
 resource scmPublishingCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
   parent: functionApp
   name: 'scm'

@@ -23,6 +23,7 @@ use crate::config::{AzureAuth, Backend, Config, Limits, SecretSource, load_or_cr
 use crate::limits::{Bodies, SendTimeout};
 use crate::metrics::Metrics;
 use crate::storage::azure::AzureStore;
+use crate::storage::azure::credential::Attempt;
 use crate::storage::local::LocalStore;
 use crate::storage::{Store, health};
 
@@ -239,23 +240,20 @@ pub async fn doctor(config: &Config) -> Vec<Check> {
         Backend::Azure(azure) => match AzureStore::new((**azure).clone()) {
             Err(e) => checks.push(Check::new("Azure credential", Err(e))),
             Ok(store) => {
-                let ready = store.ready().await;
-                if let AzureAuth::Token { .. } = azure.auth {
-                    checks.push(Check::new(
-                        "Azure credential",
-                        match store.credential_source() {
-                            Some(source) => Ok(format!(
-                                "{source} got a token (tried in order: {})",
-                                store.credential_chain().join(", ")
-                            )),
-                            None => Err(ready
-                                .as_ref()
-                                .err()
-                                .map(|e| e.to_string())
-                                .unwrap_or_else(|| "no credential got a token".into())),
-                        },
-                    ));
+                if let Some(attempts) = store.try_credentials().await {
+                    let (credential_checks, got_token) =
+                        credential_checks(attempts, &store.credential_chain());
+                    checks.extend(credential_checks);
+                    if !got_token {
+                        // Storage would refuse no role yet: it never saw a token.
+                        checks.push(Check::new(
+                            "storage",
+                            Err("not checked: no Azure credential got a token (above)".into()),
+                        ));
+                        return checks;
+                    }
                 }
+                let ready = store.ready().await;
                 let ready_ok = ready.is_ok();
                 checks.push(Check::new(
                     "storage",
@@ -285,6 +283,60 @@ pub struct Checked {
     /// What is worth a look though not refused (a trust rule's value that looks like a
     /// placeholder), one line each.
     pub warnings: Vec<String>,
+}
+
+/// What each credential source answered, in words: the one that got a token (and any asked
+/// before it that got none, as warnings: a source that answers first but fails is a
+/// misconfiguration), or, when none did, every source with its own error and what it is built
+/// from. A role is never the advice here: roles matter only once storage sees a token. Returns
+/// the checks and whether a source got a token.
+fn credential_checks(
+    attempts: Result<Vec<Attempt>, String>,
+    order: &[&'static str],
+) -> (Vec<Check>, bool) {
+    const WHAT: &str = "Azure credential";
+    let attempts = match attempts {
+        Ok(attempts) => attempts,
+        Err(e) => return (vec![Check::new(WHAT, Err(e))], false),
+    };
+    let Some(chosen) = attempts.iter().find(|a| a.result.is_ok()) else {
+        let mut problem = String::from(
+            "no credential got a token; each source was asked in this order (the first to get one is used):",
+        );
+        for (number, attempt) in attempts.iter().enumerate() {
+            let error = attempt.result.as_ref().err().map_or("", String::as_str);
+            problem.push_str(&format!(
+                "\n           {}. {}: {error}\n              (built from {})",
+                number + 1,
+                attempt.source,
+                attempt.needs
+            ));
+        }
+        problem.push_str("\n         Fix the source the handler should use; no role is missing until a credential gets a token.");
+        return (vec![Check::new(WHAT, Err(problem))], false);
+    };
+    let mut checks = vec![Check::new(
+        WHAT,
+        Ok(format!(
+            "{} got a token (tried in order: {})",
+            chosen.source,
+            order.join(", ")
+        )),
+    )];
+    for skipped in attempts.iter().filter(|a| a.result.is_err()) {
+        checks.push(Check {
+            what: WHAT,
+            result: Ok(format!(
+                "{}, asked first, got no token ({}); {} is used instead. Fix or remove what it is built from: {}",
+                skipped.source,
+                skipped.result.as_ref().err().map_or("", String::as_str),
+                chosen.source,
+                skipped.needs
+            )),
+            warning: true,
+        });
+    }
+    (checks, true)
 }
 
 /// The configuration checks of startup that need neither storage nor an identity issuer

@@ -515,12 +515,19 @@ async fn doctor_tells_the_operator_what_to_fix() {
     ];
     let (ok, text) = doctor(&mi_env);
     assert!(!ok, "{text}");
-    assert!(text.contains("PROBLEM  Azure credential:"), "{text}");
-    // No credential got a token: the fix is the credential (named), not a role.
     assert!(
-        text.contains("managed identity (system-assigned)")
-            && text.contains("check the credential named above"),
-        "the fix is named: {text}"
+        text.contains("PROBLEM  Azure credential: no credential got a token"),
+        "{text}"
+    );
+    // No credential got a token: the fix is the credential (named, with its error), not a role.
+    assert!(
+        text.contains("1. managed identity (system-assigned): ManagedIdentityCredential"),
+        "the source and its own error are named: {text}"
+    );
+    assert!(!text.contains("grant"), "no role is the fix: {text}");
+    assert!(
+        text.contains("PROBLEM  storage: not checked: no Azure credential got a token"),
+        "{text}"
     );
     mi_env[4].1 = identity.secret.clone();
     let (ok, text) = doctor(&mi_env);
@@ -529,6 +536,127 @@ async fn doctor_tells_the_operator_what_to_fix() {
         text.contains("ok       Azure credential: managed identity (system-assigned) got a token"),
         "{text}"
     );
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A service principal in the environment (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`,
+/// `AZURE_CLIENT_SECRET`) and no network to its login host: `handler doctor` names every
+/// credential source it asked, in order, each with its own error (the client secret's is the
+/// failed request to the login host), suggests no role (storage never saw a token), and does not
+/// check storage. With the login host up but refusing the secret, the refusal is named instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_names_each_credential_it_tried_and_no_role_without_a_token() {
+    use common::azurite::{
+        ClientProof, EntraTokenEndpoint, SERVICE_PRINCIPAL_CLIENT_ID, SERVICE_PRINCIPAL_TENANT,
+    };
+
+    const SECRET: &str = "sp-secret-0123456789";
+    let unreachable = closed_port();
+    // The managed-identity endpoint of App Service is unreachable too (and keeps the Azure CLI
+    // out of the chain, as on Azure).
+    let env = |authority: String, secret: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1".into()),
+            (
+                "AZURE_STORAGE_BLOB_ENDPOINT",
+                format!("https://127.0.0.1:{unreachable}/devstoreaccount1"),
+            ),
+            ("AZURE_STORAGE_CONTAINER", CONTAINER.into()),
+            ("AZURE_TENANT_ID", SERVICE_PRINCIPAL_TENANT.into()),
+            ("AZURE_CLIENT_ID", SERVICE_PRINCIPAL_CLIENT_ID.into()),
+            ("AZURE_CLIENT_SECRET", secret.into()),
+            ("AZURE_AUTHORITY_HOST", authority),
+            (
+                "IDENTITY_ENDPOINT",
+                format!("http://127.0.0.1:{unreachable}/msi/token"),
+            ),
+            ("IDENTITY_HEADER", "identity-header-secret".into()),
+            ("NX_CACHE_STORAGE_TIMEOUT", "5s".into()),
+        ]
+    };
+    let no_role = |text: &str| {
+        for role in ["grant", "Delegator", "Storage Blob Data"] {
+            assert!(
+                !text.contains(role),
+                "no role is suggested ({role}): {text}"
+            );
+        }
+    };
+
+    let (ok, text) = doctor(&env(format!("https://127.0.0.1:{unreachable}"), SECRET));
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("PROBLEM  Azure credential: no credential got a token"),
+        "{text}"
+    );
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line `{prefix}`:\n{text}"))
+            .to_owned()
+    };
+    let secret_line = line("1. environment (client secret): ");
+    assert!(
+        secret_line.contains("ClientSecretCredential")
+            && secret_line.contains(&format!(
+                "https://127.0.0.1:{unreachable}/{SERVICE_PRINCIPAL_TENANT}/oauth2/v2.0/token"
+            )),
+        "the client secret's own error, its request to the login host: {secret_line}"
+    );
+    assert!(
+        text.contains("AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET"),
+        "what the environment credential is built from: {text}"
+    );
+    let identity_line = line("2. managed identity (user-assigned): ");
+    assert!(
+        identity_line.contains("ManagedIdentityCredential"),
+        "{identity_line}"
+    );
+    assert!(
+        !text.contains("3. "),
+        "the Azure CLI is not asked on Azure: {text}"
+    );
+    no_role(&text);
+    assert!(
+        text.contains("PROBLEM  storage: not checked: no Azure credential got a token"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(SECRET),
+        "the secret is never printed: {text}"
+    );
+
+    // The login host answers, and refuses the secret: Entra ID's refusal is the error named.
+    let tls = Tls::generate();
+    let entra = EntraTokenEndpoint::start(&tls, ClientProof::Secret(SECRET.into())).await;
+    let mut refused = env(entra.authority.clone(), "not-the-secret");
+    refused.push(("SSL_CERT_FILE", tls.ca_file().display().to_string()));
+    let text = tokio::task::spawn_blocking(move || doctor(&refused).1)
+        .await
+        .unwrap();
+    let secret_line = text
+        .lines()
+        .find(|l| {
+            l.trim_start()
+                .starts_with("1. environment (client secret): ")
+        })
+        .unwrap_or_else(|| panic!("{text}"))
+        .to_owned();
+    assert!(
+        secret_line.contains("wrong client_secret"),
+        "Entra ID's answer to the secret (its error_description): {secret_line}"
+    );
+    assert_eq!(entra.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    no_role(&text);
+    assert!(!text.contains("not-the-secret"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

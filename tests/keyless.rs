@@ -1268,6 +1268,197 @@ fn the_developer_laptop_snippet_works_as_documented() {
     assert_cache_off(&workspace, &env, &handler, &web);
 }
 
+/// `nx_cache_login` reads what the exchanged token grants (the server's JSON answer) and sets the
+/// URL it covers: without a team, the one team a token grants, or the org-wide cache; a URL the
+/// token does not cover (the org-wide cache for a two-team token, a team it does not grant) is
+/// set but warned about, naming what the token grants, since every read there would be a
+/// silent miss. Outside an Nx workspace it says that it checked no workspace; inside one it says
+/// what Nx does with an installed `@nx/azure-cache`, with and without an Nx key.
+#[test]
+fn nx_cache_login_sets_the_url_its_token_covers_or_warns() {
+    const ONE_TEAM: &str = "1b1b1b1b-0000-4000-8000-000000000001";
+    const TWO_TEAMS: &str = "2b2b2b2b-0000-4000-8000-000000000002";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let v1 = runtime.block_on(Issuer::start(&format!("/{TENANT}/")));
+    let (issuer, app) = (v1.issuer(), cache_app_uri());
+    let rule = |name: &str, group: &str, grant: &str| {
+        format!(
+            r#"{{"name": "{name}", "issuer": "{issuer}", "kind": "entra", "audience": "{app}",
+   "claims": {{"tid": "{TENANT}", "groups": "{group}"}}, "grant": {grant}}}"#
+        )
+    };
+    let policy = format!(
+        r#"{{"rules": [{}, {}, {}]}}"#,
+        rule(
+            "one-team",
+            ONE_TEAM,
+            r#"{"teams": ["web"], "access": "read-only"}"#
+        ),
+        rule(
+            "two-teams",
+            TWO_TEAMS,
+            r#"{"teams": ["web", "api"], "access": "read-only"}"#
+        ),
+        rule(
+            "developers",
+            DEVELOPERS,
+            r#"{"org": true, "teams": ["web", "api"], "access": "read-only"}"#
+        ),
+    );
+    let handler = Handler::start(&[("NX_CACHE_TRUST_POLICY", policy.as_str())]);
+    let base = handler.base_url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("profile.sh");
+    std::fs::write(
+        &profile,
+        doc_snippet("sh nx-cache-login")
+            .replace("https://acme-nx-cache.azurewebsites.net", &base)
+            .replace("api://00000000-0000-0000-0000-000000000000", &app),
+    )
+    .unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    v1.install_az(&bin);
+    // (the server URL it set, stdout, stderr)
+    let login = |cwd: &Path, group: &str, team: &str, extra: &[(&str, &str)]| {
+        v1.set_ci_claims(entra_developer_claims(&[group]));
+        let command = format!(
+            "source {}; nx_cache_login {team}; echo \"SERVER=$NX_SELF_HOSTED_REMOTE_CACHE_SERVER\"",
+            profile.display()
+        );
+        let (ok, stdout, stderr) = run_in(
+            cwd,
+            "bash",
+            &["--noprofile", "--norc", "-c", &command],
+            &vars(extra),
+            Some(&bin),
+        );
+        assert!(ok, "{stdout}\n{stderr}");
+        let server = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("SERVER="))
+            .unwrap()
+            .to_owned();
+        (server, stdout, stderr)
+    };
+    let not_granted = |url: &str, grants: &str| {
+        format!(
+            "Nx remote cache: this token does not grant {url}, so every read there is a miss; it grants {grants}"
+        )
+    };
+    let outside = tempfile::tempdir().unwrap();
+    let home = outside.path();
+
+    // One team: plain `nx_cache_login` sets that team's URL.
+    let (server, stdout, stderr) = login(home, ONE_TEAM, "", &[]);
+    assert_eq!(server, format!("{base}/teams/web"), "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("Nx remote cache: {base}/teams/web")));
+    assert!(!stderr.contains("does not grant"), "{stderr}");
+    // Run outside a workspace: it says the workspace check did not run, and where to run it.
+    assert!(
+        stderr.contains("Nx remote cache: not in an Nx workspace here")
+            && stderr.contains("run nx_cache_login in the workspace"),
+        "{stderr}"
+    );
+    // Another team than the one it grants: set, and warned about.
+    let (server, _, stderr) = login(home, ONE_TEAM, "api", &[]);
+    assert_eq!(server, format!("{base}/teams/api"));
+    assert!(
+        stderr.contains(&not_granted(
+            &format!("{base}/teams/api"),
+            "team(s) web (nx_cache_login TEAM)"
+        )),
+        "{stderr}"
+    );
+
+    // Two teams and no org-wide access: plain `nx_cache_login` cannot choose, and warns.
+    let (server, _, stderr) = login(home, TWO_TEAMS, "", &[]);
+    assert_eq!(server, base);
+    assert!(
+        stderr.contains(&not_granted(
+            &base,
+            "team(s) web, api (nx_cache_login TEAM)"
+        )),
+        "{stderr}"
+    );
+    let (server, _, stderr) = login(home, TWO_TEAMS, "api", &[]);
+    assert_eq!(server, format!("{base}/teams/api"));
+    assert!(!stderr.contains("does not grant"), "{stderr}");
+
+    // The org-wide cache and two teams: the org-wide URL, no warning; a third team is warned.
+    let (server, _, stderr) = login(home, DEVELOPERS, "", &[]);
+    assert_eq!(server, base);
+    assert!(!stderr.contains("does not grant"), "{stderr}");
+    let (_, _, stderr) = login(home, DEVELOPERS, "ops", &[]);
+    assert!(
+        stderr.contains(&not_granted(
+            &format!("{base}/teams/ops"),
+            "the org-wide cache (nx_cache_login) and team(s) web, api (nx_cache_login TEAM)"
+        )),
+        "{stderr}"
+    );
+
+    // What it fixes: team web's entries, built by CI, are hits with plain `nx_cache_login`.
+    let web = format!("{base}/teams/web");
+    let workspace = Workspace::new();
+    let (ok, first) = workspace.build(&web, Some(&issue_token(&["--team", "web"])));
+    assert!(ok, "{first}");
+    let (server, stdout, stderr) = login(workspace.root(), ONE_TEAM, "", &[]);
+    assert_eq!(server, web);
+    assert!(
+        !stderr.contains("not in an Nx workspace"),
+        "in a workspace: {stderr}"
+    );
+    let command = format!(
+        "source {}; nx_cache_login >/dev/null 2>&1; env | grep -E '^NX_(SELF_HOSTED|SKIP)' || true",
+        profile.display()
+    );
+    v1.set_ci_claims(entra_developer_claims(&[ONE_TEAM]));
+    let (_, exported, _) = run_in(
+        workspace.root(),
+        "bash",
+        &["--noprofile", "--norc", "-c", &command],
+        &[],
+        Some(&bin),
+    );
+    let env: Vec<(String, String)> = exported
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let output = build_with(&workspace, &env, &web);
+    assert_eq!(
+        remote_hits(&output),
+        PROJECTS.len(),
+        "{stdout}{stderr}{output}"
+    );
+
+    // In a workspace with @nx/azure-cache installed: what Nx does with it, with the Nx key in
+    // this shell and without it.
+    let plugin = tempfile::tempdir().unwrap();
+    std::fs::write(plugin.path().join("nx.json"), NX_JSON_WITH_BUCKETS).unwrap();
+    common::nx::write_package(
+        &plugin.path().join("node_modules/@nx/azure-cache"),
+        "@nx/azure-cache",
+        Some(ACTIVE_BUCKET_CACHE),
+    );
+    let (_, _, stderr) = login(plugin.path(), ONE_TEAM, "", &[("NX_KEY", NX_KEY)]);
+    assert_eq!(bucket_warnings(&stderr).len(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "Nx remote cache: @nx/azure-cache is installed: {USED}"
+        )),
+        "{stderr}"
+    );
+    let (_, _, stderr) = login(plugin.path(), ONE_TEAM, "", &[]);
+    assert!(
+        stderr.contains(&format!(
+            "Nx remote cache: @nx/azure-cache is installed: {NO_KEY}"
+        )),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_checks_the_trust_policy_and_each_issuer() {
     let issuers = Issuers::start().await;
@@ -1726,21 +1917,54 @@ fn a_caller_without_an_identity_is_answered_before_its_body_is_read() {
 /// A stand-in for `@nx/azure-cache` 5.0.7 as it behaves with an Nx key and an `azure` section in
 /// nx.json: the remote cache (here one that never hits and stores nothing), unless
 /// `NX_POWERPACK_CACHE_MODE=no-cache`, which makes it step aside.
-const ACTIVE_BUCKET_CACHE: &str = "exports.getRemoteCache = async () =>\n  process.env.NX_POWERPACK_CACHE_MODE === 'no-cache' ? null : { retrieve: async () => null, store: async () => false };\n";
+/// A stand-in of `@nx/azure-cache` 5.0.7's `getRemoteCache`, in its order: no Nx key (`NX_KEY`,
+/// `.nx/key/key.ini`), it steps aside with a warning; a key and no `azure` object in nx.json, it
+/// throws (every run fails); `NX_POWERPACK_CACHE_MODE=no-cache`, it steps aside; otherwise it is
+/// the remote cache (one that never hits nor stores).
+const ACTIVE_BUCKET_CACHE: &str = r#"const fs = require("fs"), path = require("path");
+exports.getRemoteCache = async () => {
+  if (!process.env.NX_KEY && !fs.existsSync(path.join(process.cwd(), ".nx/key/key.ini"))) {
+    console.warn("No self-hosted cache key found. Azure cache will not be used.");
+    return null;
+  }
+  const { azure } = JSON.parse(fs.readFileSync(path.join(process.cwd(), "nx.json"), "utf8"));
+  azure.localMode ??= "read-write";
+  if (process.env.NX_POWERPACK_CACHE_MODE === "no-cache") return null;
+  return { retrieve: async () => null, store: async () => false };
+};
+"#;
 
 /// Packages a test workspace has installed: (name, the text of its `index.js`, or `None`).
 type Installed<'a> = &'a [(&'a str, Option<&'a str>)];
+/// Environment variables of a snippet's run: (name, value).
+type Extra<'a> = &'a [(&'a str, &'a str)];
+/// The package a warning names and what it says Nx does with it.
+type Named<'a> = Option<(&'a str, &'a str)>;
 
 /// The lines of a snippet's output that warn about a bucket cache package.
 fn bucket_warnings(output: &str) -> Vec<&str> {
     output
         .lines()
-        .filter(|l| l.contains("is installed: Nx uses it, not the self-hosted cache"))
+        .filter(|l| l.contains("Nx remote cache: @nx/") && l.contains(" is installed"))
         .collect()
 }
 
+/// What the snippets say of an installed bucket cache package that Nx uses.
+const USED: &str = "Nx uses it, not the self-hosted cache, until it is removed";
+/// ... that finds no Nx key, and so steps aside.
+const NO_KEY: &str = "it finds no Nx key (NX_KEY, .nx/key/key.ini) and steps aside, so Nx uses the self-hosted cache";
+/// ... when the job or shell has no remote cache at all.
+const OFF: &str = "the remote cache is off here (NX_SKIP_REMOTE_CACHE), but where it is on, ";
+/// An Nx key as the bucket cache packages read it (`NX_KEY`); the stand-ins only look for one.
+const NX_KEY: &str = "stand-in-nx-key";
+
+/// An `nx.json` for a workspace that used the bucket cache packages: each one's object.
+const NX_JSON_WITH_BUCKETS: &str =
+    r#"{"s3": {"bucket": "acme"}, "gcs": {"bucket": "acme"}, "azure": {"container": "nx-cache"}}"#;
+
 /// The four client snippets of docs/keyless.md, each run as its CI system (or shell) would run
-/// it, in `dir`, with no identity token: (snippet, stdout and stderr).
+/// it (in CI, with the variable that tells Nx so), in `dir`, with no identity token, so with the
+/// remote cache turned off: (snippet, stdout and stderr).
 fn snippets_in(dir: &Path, extra: &[(&str, &str)]) -> Vec<(&'static str, String)> {
     let scratch = tempfile::tempdir().unwrap();
     // `az` is not signed in (Azure Pipelines, the laptop): the cache is off, the check still runs.
@@ -1772,6 +1996,7 @@ fn snippets_in(dir: &Path, extra: &[(&str, &str)]) -> Vec<(&'static str, String)
     let env = common(&[
         ("NX_CACHE_AUDIENCE", AUDIENCE),
         ("GITHUB_ENV", github_env.to_str().unwrap()),
+        ("CI", "true"),
     ]);
     let step = step.to_str().unwrap();
     let (ok, stdout, stderr) = run_in(
@@ -1788,7 +2013,8 @@ fn snippets_in(dir: &Path, extra: &[(&str, &str)]) -> Vec<(&'static str, String)
     outputs.push(("github", format!("{stdout}{stderr}")));
 
     let before_script = block_scalar(&doc_snippet("yaml gitlab-ci"), Some("before_script:"), "-");
-    let (ok, stdout, stderr) = run_in(dir, "sh", &["-e", "-c", &before_script], &common(&[]), None);
+    let gitlab_env = common(&[("CI", "true")]);
+    let (ok, stdout, stderr) = run_in(dir, "sh", &["-e", "-c", &before_script], &gitlab_env, None);
     assert!(
         ok,
         "gitlab: before_script must never fail the job:\n{stdout}\n{stderr}"
@@ -1800,7 +2026,10 @@ fn snippets_in(dir: &Path, extra: &[(&str, &str)]) -> Vec<(&'static str, String)
         Some("task: AzureCLI@2"),
         "inlineScript:",
     );
-    let env = common(&[("NX_CACHE_APP_ID_URI", &cache_app_uri())]);
+    let env = common(&[
+        ("NX_CACHE_APP_ID_URI", &cache_app_uri()),
+        ("TF_BUILD", "True"),
+    ]);
     let (ok, stdout, stderr) = run_in(
         dir,
         "bash",
@@ -1835,13 +2064,23 @@ fn snippets_in(dir: &Path, extra: &[(&str, &str)]) -> Vec<(&'static str, String)
 #[test]
 fn every_snippet_warns_once_about_an_installed_bucket_cache_package() {
     let step_aside = "exports.getRemoteCache = async () => null;\n";
-    // (what the workspace has installed, NX_POWERPACK_CACHE_MODE, the package the warning names)
-    let cases: [(Installed, &str, Option<&str>); 8] = [
-        (&[], "", None),
+    // (what the workspace has installed, its environment, the package the warning names and
+    // what it says Nx does with it, past "where it is on, ": no identity token, so every snippet
+    // has turned the remote cache off, and says so)
+    let with_key = [("NX_KEY", NX_KEY)];
+    let no_cache = [("NX_KEY", NX_KEY), ("NX_POWERPACK_CACHE_MODE", "no-cache")];
+    let cases: [(Installed, Extra, Named); 9] = [
+        (&[], &with_key, None),
         (
             &[("@nx/azure-cache", Some(ACTIVE_BUCKET_CACHE))],
-            "",
-            Some("@nx/azure-cache"),
+            &with_key,
+            Some(("@nx/azure-cache", USED)),
+        ),
+        // Without an Nx key every bucket package steps aside: Nx uses this cache.
+        (
+            &[("@nx/azure-cache", Some(ACTIVE_BUCKET_CACHE))],
+            &[],
+            Some(("@nx/azure-cache", NO_KEY)),
         ),
         // The one Nx asks first: S3 before Azure.
         (
@@ -1849,18 +2088,18 @@ fn every_snippet_warns_once_about_an_installed_bucket_cache_package() {
                 ("@nx/azure-cache", Some(step_aside)),
                 ("@nx/s3-cache", Some(step_aside)),
             ],
-            "",
-            Some("@nx/s3-cache"),
+            &with_key,
+            Some(("@nx/s3-cache", USED)),
         ),
         (
             &[("@nx/powerpack-gcs-cache", Some(step_aside))],
-            "",
-            Some("@nx/powerpack-gcs-cache"),
+            &with_key,
+            Some(("@nx/powerpack-gcs-cache", USED)),
         ),
         // The transition aid: @nx/azure-cache steps aside, and nothing else is installed.
         (
             &[("@nx/azure-cache", Some(ACTIVE_BUCKET_CACHE))],
-            "no-cache",
+            &no_cache,
             None,
         ),
         // ... but with S3's too, Nx asks S3 first and S3 steps aside as well.
@@ -1869,20 +2108,21 @@ fn every_snippet_warns_once_about_an_installed_bucket_cache_package() {
                 ("@nx/azure-cache", Some(ACTIVE_BUCKET_CACHE)),
                 ("@nx/s3-cache", Some(step_aside)),
             ],
-            "no-cache",
+            &no_cache,
             None,
         ),
-        // @nx/shared-fs-cache (5.0.4) ignores NX_POWERPACK_CACHE_MODE.
+        // @nx/shared-fs-cache (5.0.4) ignores NX_POWERPACK_CACHE_MODE, and is the cache in CI only.
         (
             &[("@nx/shared-fs-cache", Some(step_aside))],
-            "no-cache",
-            Some("@nx/shared-fs-cache"),
+            &no_cache,
+            Some(("@nx/shared-fs-cache", "")),
         ),
         // No main file: Nx cannot load it and skips it, and so does the check.
-        (&[("@nx/azure-cache", None)], "", None),
+        (&[("@nx/azure-cache", None)], &with_key, None),
     ];
-    for (installed, mode, named) in cases {
+    for (installed, extra, named) in cases {
         let workspace = tempfile::tempdir().unwrap();
+        std::fs::write(workspace.path().join("nx.json"), NX_JSON_WITH_BUCKETS).unwrap();
         for (name, main) in installed {
             common::nx::write_package(
                 &workspace.path().join("node_modules").join(name),
@@ -1890,15 +2130,10 @@ fn every_snippet_warns_once_about_an_installed_bucket_cache_package() {
                 *main,
             );
         }
-        let extra: &[(&str, &str)] = if mode.is_empty() {
-            &[]
-        } else {
-            &[("NX_POWERPACK_CACHE_MODE", mode)]
-        };
         for (snippet, output) in snippets_in(workspace.path(), extra) {
             let warnings = bucket_warnings(&output);
-            let what = format!("{snippet} with {installed:?}, NX_POWERPACK_CACHE_MODE={mode:?}");
-            let Some(name) = named else {
+            let what = format!("{snippet} with {installed:?}, {extra:?}");
+            let Some((name, says)) = named else {
                 assert!(
                     warnings.is_empty(),
                     "{what}: no warning expected:\n{output}"
@@ -1907,22 +2142,31 @@ fn every_snippet_warns_once_about_an_installed_bucket_cache_package() {
             };
             assert_eq!(warnings.len(), 1, "{what}: one warning expected:\n{output}");
             let warning = warnings[0];
-            assert!(
-                warning.contains(&format!("Nx remote cache: {name} is installed")),
-                "{what}: {warning}"
-            );
             let prefix = match snippet {
                 "github" => "::warning::",
                 "azure" => "##vso[task.logissue type=warning]",
-                _ => "Nx remote cache: ",
+                _ => "",
             };
-            assert!(warning.starts_with(prefix), "{what}: {warning}");
+            let says = match (name, snippet) {
+                // Outside CI (the laptop), @nx/shared-fs-cache steps aside.
+                ("@nx/shared-fs-cache", "laptop") => {
+                    "Nx uses it in CI (here it steps aside), not the self-hosted cache, until it is removed"
+                }
+                ("@nx/shared-fs-cache", _) => USED,
+                _ => says,
+            };
+            assert!(
+                warning.starts_with(&format!(
+                    "{prefix}Nx remote cache: {name} is installed; {OFF}{says}"
+                )),
+                "{what}: {warning}"
+            );
             // The way out it names: removing the package, and NX_POWERPACK_CACHE_MODE where the
-            // package honours it.
-            assert!(warning.contains("until it is removed"), "{what}: {warning}");
+            // package honours it (and is used).
+            assert!(warning.contains("remove"), "{what}: {warning}");
             assert_eq!(
                 warning.contains("NX_POWERPACK_CACHE_MODE=no-cache"),
-                !name.contains("shared-fs"),
+                says == USED && !name.contains("shared-fs"),
                 "{what}: {warning}"
             );
         }
@@ -1936,14 +2180,40 @@ fn every_snippet_warns_once_about_an_installed_bucket_cache_package() {
     );
     let checkout = parent.path().join("repo");
     std::fs::create_dir(&checkout).unwrap();
-    for (snippet, output) in snippets_in(&checkout, &[]) {
+    std::fs::write(checkout.join("nx.json"), NX_JSON_WITH_BUCKETS).unwrap();
+    for (snippet, output) in snippets_in(&checkout, &with_key) {
         assert_eq!(bucket_warnings(&output).len(), 1, "{snippet}:\n{output}");
+    }
+    // An Nx key in the workspace's key file counts as one; an nx.json without the package's
+    // object means every Nx run fails, which is what the warning then says.
+    let workspace = tempfile::tempdir().unwrap();
+    std::fs::write(workspace.path().join("nx.json"), r#"{"s3": {}}"#).unwrap();
+    std::fs::create_dir_all(workspace.path().join(".nx/key")).unwrap();
+    std::fs::write(workspace.path().join(".nx/key/key.ini"), "stand-in").unwrap();
+    common::nx::write_package(
+        &workspace.path().join("node_modules/@nx/azure-cache"),
+        "@nx/azure-cache",
+        Some(ACTIVE_BUCKET_CACHE),
+    );
+    for (snippet, output) in snippets_in(workspace.path(), &[]) {
+        let warnings = bucket_warnings(&output);
+        assert_eq!(warnings.len(), 1, "{snippet}:\n{output}");
+        assert!(
+            warnings[0].contains(&format!(
+                "{OFF}every Nx run fails: it finds an Nx key and no \"azure\" object in nx.json; remove it"
+            )),
+            "{snippet}: {}",
+            warnings[0]
+        );
     }
 }
 
 /// With a bucket cache package active, the real Nx never asks this cache, even with a token
 /// (what the warning says); `NX_POWERPACK_CACHE_MODE=no-cache` makes it step aside, and Nx
-/// stores to this cache, with no warning.
+/// stores to this cache, with no warning. Then the guide's steps in the order a user might take
+/// them: the Nx key gone first (the warning says the package steps aside, and Nx does use this
+/// cache), the `azure` object gone with the package still installed (the warning says every run
+/// fails, and the run does), and both gone (no warning; this cache serves).
 #[test]
 fn a_bucket_cache_package_keeps_nx_off_this_cache_until_it_steps_aside() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -1963,6 +2233,12 @@ fn a_bucket_cache_package_keeps_nx_off_this_cache_until_it_steps_aside() {
         .github
         .set_ci_claims(github_claims("acme/web", "refs/heads/main"));
     let workspace = Workspace::with_packages(&[("@nx/azure-cache", Some(ACTIVE_BUCKET_CACHE))]);
+    // The plugin's configuration, as a workspace that used it has it.
+    let nx_json_path = workspace.root().join("nx.json");
+    let mut nx_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(&nx_json_path).unwrap()).unwrap();
+    nx_json["azure"] = json!({"accountName": "acmenxcache", "container": "nx-cache"});
+    std::fs::write(&nx_json_path, nx_json.to_string()).unwrap();
     let step = |env_file: &Path, extra: &[(&str, &str)]| {
         let mut env = vars(&[
             ("NX_CACHE_URL", &web),
@@ -1971,6 +2247,7 @@ fn a_bucket_cache_package_keeps_nx_off_this_cache_until_it_steps_aside() {
             ("GITHUB_ENV", env_file.to_str().unwrap()),
             ("ACTIONS_ID_TOKEN_REQUEST_URL", &request_url),
             ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", RUNNER_REQUEST_TOKEN),
+            ("CI", "true"),
         ]);
         env.extend(vars(extra));
         let script = script.to_str().unwrap();
@@ -1993,19 +2270,25 @@ fn a_bucket_cache_package_keeps_nx_off_this_cache_until_it_steps_aside() {
             .filter(|l| l.contains("/v1/cache/"))
             .count()
     };
+    let one_warning = |stdout: &str, says: &str| {
+        let warnings = bucket_warnings(stdout);
+        assert_eq!(warnings.len(), 1, "{stdout}");
+        assert!(
+            warnings[0].starts_with(&format!(
+                "::warning::Nx remote cache: @nx/azure-cache is installed: {says}"
+            )),
+            "{stdout}"
+        );
+    };
 
     // A main-branch build gets its token, and the warning; Nx uses the package, not this cache.
-    let (stdout, env) = step(&dir.path().join("env-active"), &[]);
+    let key = [("NX_KEY", NX_KEY)];
+    let (stdout, env) = step(&dir.path().join("env-active"), &key);
     assert!(
         value_of(&env, "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN").is_some(),
         "{stdout}"
     );
-    let warnings = bucket_warnings(&stdout);
-    assert_eq!(warnings.len(), 1, "{stdout}");
-    assert!(
-        warnings[0].starts_with("::warning::Nx remote cache: @nx/azure-cache is installed"),
-        "{stdout}"
-    );
+    one_warning(&stdout, USED);
     let before = cache_requests();
     let output = build_with(&workspace, &env, &web);
     assert_eq!(remote_hits(&output), 0, "{output}");
@@ -2017,7 +2300,7 @@ fn a_bucket_cache_package_keeps_nx_off_this_cache_until_it_steps_aside() {
     assert_eq!(handler.entries("teams/web"), 0);
 
     // The transition aid: no warning, and Nx falls through to this cache.
-    let aside = [("NX_POWERPACK_CACHE_MODE", "no-cache")];
+    let aside = [("NX_KEY", NX_KEY), ("NX_POWERPACK_CACHE_MODE", "no-cache")];
     let (stdout, env) = step(&dir.path().join("env-no-cache"), &aside);
     assert!(bucket_warnings(&stdout).is_empty(), "{stdout}");
     build_with(&workspace, &env, &web);
@@ -2029,12 +2312,34 @@ fn a_bucket_cache_package_keeps_nx_off_this_cache_until_it_steps_aside() {
     let output = build_with(&workspace, &env, &web);
     assert_eq!(remote_hits(&output), PROJECTS.len(), "{output}");
 
-    // The guide's way off: the package removed (and no `azure` key in nx.json, which this
-    // workspace never had). No warning; this cache serves the build, hit after hit.
+    // The Nx key gone (the CI change of step 3), the package still installed: the warning says
+    // it steps aside and Nx uses this cache, and so it does.
+    let (stdout, env) = step(&dir.path().join("env-no-key"), &[]);
+    one_warning(&stdout, NO_KEY);
+    let output = build_with(&workspace, &env, &web);
+    assert_eq!(
+        remote_hits(&output),
+        PROJECTS.len(),
+        "every task from this cache:\n{output}"
+    );
+
+    // The `azure` object gone while the package and a key are still there: the warning says
+    // every Nx run fails, and the run does.
+    nx_json.as_object_mut().unwrap().remove("azure");
+    std::fs::write(&nx_json_path, nx_json.to_string()).unwrap();
+    let (stdout, env) = step(&dir.path().join("env-no-object"), &key);
+    one_warning(
+        &stdout,
+        "every Nx run fails: it finds an Nx key and no \"azure\" object in nx.json",
+    );
+    workspace.forget_local_results(&web);
+    let (ok, output) = workspace.build_env(&env);
+    assert!(!ok, "the run fails as the warning says:\n{output}");
+
+    // The guide's way off: the package removed, and the `azure` object with it. No warning;
+    // this cache serves the build, hit after hit.
     std::fs::remove_dir_all(workspace.root().join("node_modules/@nx/azure-cache")).unwrap();
-    let nx_json = std::fs::read_to_string(workspace.root().join("nx.json")).unwrap();
-    assert!(!nx_json.contains("\"azure\""), "{nx_json}");
-    let (stdout, env) = step(&dir.path().join("env-removed"), &[]);
+    let (stdout, env) = step(&dir.path().join("env-removed"), &key);
     assert!(bucket_warnings(&stdout).is_empty(), "{stdout}");
     let before = cache_requests();
     build_with(&workspace, &env, &web);

@@ -2,8 +2,9 @@
 // Insights (it appears under Application Insights > Workbooks). Deployed by main.bicep when
 // deployWorkbook is true (the default).
 //
-// Where its data comes from: under Azure Functions the handler writes one JSON object per line to
-// stderr (NX_CACHE_LOG_FORMAT=json); the Functions host forwards each line to Application Insights
+// Where its data comes from: under Azure Functions the handler writes one JSON object per line,
+// request lines to stdout and warnings and errors to stderr (NX_CACHE_LOG_FORMAT=json; since
+// 0.2.0); the Functions host forwards each line to Application Insights
 // as a row of `traces` whose `message` is the line itself (category Host.Function.Console). Every
 // query parses `message` into a dynamic named `e` (`extend e = parse_json(message)`) and keeps the
 // request lines (`tostring(e.message) == "request"`); the storage-error items also keep the WARN

@@ -206,8 +206,8 @@ DIGITS = tuple("0123456789")
 MAX_PREFIXES_PER_RULE = 10
 
 # Flex Consumption's range for functionAppConfig.scaleAndConcurrency.maximumInstanceCount: the
-# stack data's lowestMaximumInstanceCount (40; Learn flex-consumption-plan: "the lowest maximum
-# scale is currently 40") up to 1000.
+# stack data's lowestMaximumInstanceCount (40; Learn flex-consumption-plan: "The lowest maximum
+# scale is currently 40. The highest currently supported value is 1000.").
 FLEX_MAX_INSTANCES = (40, 1000)
 
 # The Microsoft.Web API versions checked against Azure's published resource type definitions
@@ -615,9 +615,10 @@ def role_problems(infra_dir: Path) -> list[str]:
 
 
 def function_app_problems(infra_dir: Path) -> list[str]:
-    """The function app: HTTPS only, TLS 1.2, Flex Consumption custom handler, none of the FTP
-    settings Flex Consumption deprecates (siteConfig.ftpsState, the 'ftp' publishing-credentials
-    policy), and basic-auth deployments off (the 'scm' policy with allow: false)."""
+    """The function app: HTTPS only, TLS 1.2, Flex Consumption custom handler, no siteConfig.ftpsState
+    (a Flex Consumption deprecation: FTPS is not supported), no 'ftp' publishing-credentials policy
+    (undocumented on Flex Consumption), and basic-auth deployments off (the 'scm' policy with
+    allow: false)."""
     found = []
     sites = 0
     templates = load(infra_dir)
@@ -652,8 +653,9 @@ def function_app_problems(infra_dir: Path) -> list[str]:
             leaf = name.rsplit("/", 1)[-1] if isinstance(name, str) else None
             if leaf == "ftp":
                 found.append(
-                    f"{template.rel}: publishing-credentials policy '{symbol}' is the 'ftp' one, which Flex "
-                    "Consumption lists among the deprecated resources that shouldn't be created with a function app"
+                    f"{template.rel}: publishing-credentials policy '{symbol}' is the 'ftp' one: Flex Consumption "
+                    "does not support FTP(S) (Learn lists ftpsState among its deprecations), and documents nothing "
+                    "about this policy there"
                 )
             elif leaf == "scm" and get_path(config, "properties", "allow") is False:
                 scm_off = True

@@ -489,6 +489,22 @@ def test_config_zip_tolerating_a_failed_deployment_is_caught(deploy_repo: Path, 
     assert_found(checks.config_zip_problems(deploy_repo, tmp_path / "run"), "passes on `ERROR: Zip deployment failed.", "passes on `ERROR: There may be an ongoing deployment")
 
 
+def test_config_zip_without_retry_is_caught(deploy_repo: Path, tmp_path: Path):
+    edit(workflow(deploy_repo), "attempts=3 status=0", "attempts=1 status=0")
+    found = checks.config_zip_problems(deploy_repo, tmp_path / "run")
+    assert_found(found, "does not try again after a failure", "fails when `ERROR: Zip deployment failed. {'status': 3}")
+
+
+def test_config_zip_retrying_back_to_back_is_caught(deploy_repo: Path, tmp_path: Path):
+    edit(workflow(deploy_repo), "              sleep 120\n", "")
+    assert_found(checks.config_zip_problems(deploy_repo, tmp_path / "run"), "tries again after [0.0, 0.0] seconds")
+
+
+def test_config_zip_retrying_without_bound_is_caught(deploy_repo: Path, tmp_path: Path):
+    edit(workflow(deploy_repo), "attempts=3 status=0", "attempts=9 status=0")
+    assert_found(checks.config_zip_problems(deploy_repo, tmp_path / "run"), "runs config-zip 9 times; it must give up after at most 5")
+
+
 def test_health_check_without_refresh_is_caught(deploy_repo: Path, tmp_path: Path):
     path = workflow(deploy_repo)
     edit(path, '                az rest --method post --url "$references/refresh?$api" || echo "::warning::the reference refresh failed"\n', "")
@@ -534,6 +550,30 @@ def test_doc_with_app_instead_of_apps_is_caught(deploy_repo: Path):
 def test_doc_without_the_check_is_caught(deploy_repo: Path):
     edit(deploy_repo / "docs" / "deploy.md", "dist/functionapp/handler check --functions --env-file app-settings.env\n", "")
     assert_found(checks.doc_command_problems(deploy_repo), "must run `handler check --functions --env-file` before `az deployment group create`")
+
+
+def test_doc_query_over_a_day_without_offset_is_caught(deploy_repo: Path):
+    edit(deploy_repo / "docs" / "deploy.md", '--apps "$APP-insights" --offset 24h', '--apps "$APP-insights"')
+    assert_found(checks.doc_command_problems(deploy_repo), "looks at the last 60 minutes only, and the query asks for 1440: pass --offset")
+
+
+def test_doc_query_with_a_short_offset_is_caught(deploy_repo: Path):
+    edit(deploy_repo / "docs" / "deploy.md", "--offset 24h", "--offset 2h")
+    assert_found(checks.doc_command_problems(deploy_repo), "looks at the last 120 minutes only")
+
+
+def test_doc_publish_without_custom_is_caught(deploy_repo: Path):
+    edit(deploy_repo / "docs" / "deploy.md", 'func azure functionapp publish "$APP" --custom', 'func azure functionapp publish "$APP"')
+    assert_found(checks.doc_command_problems(deploy_repo), "`func azure functionapp publish` needs --custom")
+
+
+def test_doc_naming_the_public_management_host_is_caught(deploy_repo: Path):
+    path = deploy_repo / "docs" / "deploy.md"
+    edit_first(path, '--url "$APP_RESOURCE_ID/config/configreferences/appsettings/refresh', '--url "https://management.azure.com$APP_RESOURCE_ID/config/configreferences/appsettings/refresh')
+    edit_first(deploy_repo / "docs" / "migrate-from-nx-azure-cache.md", "ACCOUNT_RG=", 'az rest --url "https://graph.microsoft.com/v1.0/me"\nACCOUNT_RG=')
+    found = checks.doc_command_problems(deploy_repo)
+    assert_found(found, "names https://management.azure.com", "docs/migrate-from-nx-azure-cache.md:")
+    assert any("https://graph.microsoft.com" in f for f in found), found
 
 
 def test_doc_settings_misspelt_is_caught(deploy_repo: Path):

@@ -741,26 +741,75 @@ CONFIG_ZIP_FAILURES = (
 )
 
 
+# config-zip tried again after a failure: at least this many attempts in all, at most this many,
+# and at least this long between two (a role assignment takes a minute or two to apply).
+CONFIG_ZIP_ATTEMPTS = (2, 5)
+CONFIG_ZIP_PAUSE_SECONDS = 60
+
+
+def _seconds_slept_between(run: StepRun, program_tokens: tuple[str, ...]) -> list[float]:
+    """For each pair of consecutive calls matching `program_tokens`, the seconds `sleep` was asked
+    for between them."""
+    gaps, current, seen = [], 0.0, False
+    for call in run.calls:
+        if call["program"] == program_tokens[0] and all(t in call["args"] for t in program_tokens[1:]):
+            if seen:
+                gaps.append(current)
+            seen, current = True, 0.0
+        elif call["program"] == "sleep" and seen:
+            try:
+                current += float(call["args"][0]) if call["args"] else 0.0
+            except ValueError:
+                pass
+    return gaps
+
+
 def config_zip_problems(repo: Path = REPO, tmp: Path | None = None) -> list[str]:
     """The package step tolerates exactly the two failures of config-zip's own health check on
-    Flex Consumption (the package is deployed by then) and fails on any other failure."""
+    Flex Consumption (the package is deployed by then); any other failure is tried again, a
+    bounded number of times and minutes apart (a first deployment's role on the deployment
+    container may still be propagating), and fails the step when it persists."""
     found = []
+    config_zip = ("az", "config-zip")
     with tempfile.TemporaryDirectory(prefix="config-zip-step-") as scratch:
         base = Path(tmp or scratch)
         values = {"RESOURCE_GROUP": "rg-app", "DEPLOYED_APP": "acme-nx-cache"}
         cases = [(0, "", True), *((e, m, True) for e, m in CONFIG_ZIP_TOLERATED), *((e, m, False) for e, m in CONFIG_ZIP_FAILURES)]
         for number, (exit_status, stderr, passes) in enumerate(cases):
             run = run_step(repo, base / f"case-{number}", "config-zip", values, {"az": [{"when": ["config-zip"], "stderr": stderr, "exit": exit_status}]})
-            calls = run.of("az", "config-zip")
+            calls = run.of(*config_zip)
             what = stderr.strip().splitlines()[0] if stderr else "success"
-            if len(calls) != 1 or "--src" not in calls[0]["args"] or calls[0]["args"][calls[0]["args"].index("--src") + 1] != PACKAGE_ZIP:
-                found.append(f"config-zip step ({what}): does not deploy {PACKAGE_ZIP} once with config-zip")
+            if not calls or any("--src" not in c["args"] or c["args"][c["args"].index("--src") + 1] != PACKAGE_ZIP for c in calls):
+                found.append(f"config-zip step ({what}): does not deploy {PACKAGE_ZIP} with config-zip")
+            if passes and len(calls) != 1:
+                found.append(f"config-zip step ({what}): runs config-zip {len(calls)} times, although the first run deployed the package")
             if passes and run.status != 0:
                 found.append(f"config-zip step: fails on `{what}` (exit status {exit_status}), which leaves the package deployed; the health check must decide")
             if not passes and run.status == 0:
                 found.append(f"config-zip step: passes on `{what}`, a failed deployment")
+            if not passes:
+                low, high = CONFIG_ZIP_ATTEMPTS
+                if len(calls) < low:
+                    found.append(f"config-zip step ({what}): does not try again after a failure (a first deployment's role may still be propagating)")
+                elif len(calls) > high:
+                    found.append(f"config-zip step ({what}): runs config-zip {len(calls)} times; it must give up after at most {high}")
+                gaps = _seconds_slept_between(run, config_zip)
+                if any(gap < CONFIG_ZIP_PAUSE_SECONDS for gap in gaps):
+                    found.append(f"config-zip step ({what}): tries again after {gaps} seconds; at least {CONFIG_ZIP_PAUSE_SECONDS} apart")
             if stderr and stderr.strip() not in run.output:
                 found.append(f"config-zip step ({what}): hides az's message")
+        # The first deployment's race: the first attempt fails, the next one deploys the package.
+        for number, (exit_status, stderr) in enumerate(CONFIG_ZIP_FAILURES):
+            plan = {"az": [
+                {"when": ["config-zip"], "before": [[list(config_zip), 1]], "stderr": stderr, "exit": exit_status},
+                {"when": ["config-zip"]},
+            ]}
+            run = run_step(repo, base / f"race-{number}", "config-zip", values, plan)
+            what = stderr.strip().splitlines()[0]
+            if run.status != 0:
+                found.append(f"config-zip step: fails when `{what}` is followed by a successful deployment on the next attempt")
+            if len(run.of(*config_zip)) != 2:
+                found.append(f"config-zip step: runs config-zip {len(run.of(*config_zip))} times when the second attempt deploys the package (`{what}` first)")
     return found
 
 
@@ -907,16 +956,63 @@ def doc_settings_problems(repo: Path = REPO) -> list[str]:
     return settings_mismatches(repo, DOC_SETTINGS_PARAMETERS, parse_env_file(example), f"{DEPLOY_DOC} (settings for handler check)")
 
 
+# The guides whose commands are checked below.
+GUIDES = (DEPLOY_DOC, Path("docs") / "migrate-from-nx-azure-cache.md")
+# Hosts a command must not spell out: the public cloud's, wrong in every other cloud. `az rest`
+# puts the current cloud's Resource Manager endpoint before a URL that starts with a resource id;
+# Microsoft Graph's is `az cloud show --query endpoints.microsoftGraphResourceId`.
+CLOUD_HOSTS = ("https://management.azure.com", "https://graph.microsoft.com")
+_PERIOD = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?$")
+_AGO = re.compile(r"ago\((\d+)([dhm])\)")
+
+
+def _minutes(number: str, unit: str) -> int:
+    return int(number) * {"d": 1440, "h": 60, "m": 1}[unit]
+
+
+def _commands(text: str, start: str) -> list[tuple[int, str]]:
+    """Each command of `text` that begins with `start`, with its continuation lines: (line, text)."""
+    line = r"(?:[^\n\\]|\\(?!\n))*"  # up to the end of the line, or to a backslash that continues it
+    found = [(text[: m.start()].count("\n") + 1, m.group(0)) for m in re.finditer(re.escape(start) + line + r"(?:\\\n" + line + ")*", text)]
+    # A command quoted in prose ends at its closing backtick.
+    return [(number, command.split("`")[0]) for number, command in found]
+
+
 def doc_command_problems(repo: Path = REPO) -> list[str]:
-    """az commands of the guide that azure-cli 2.91.0 spells otherwise: `az monitor app-insights
-    query` takes the component as `--apps` (the application-insights extension's _params.py;
-    `--app` works only as an abbreviation). And the check runs before the deployment."""
-    text = (Path(repo) / DEPLOY_DOC).read_text(encoding="utf-8")
+    """Commands of the guides that azure-cli 2.91.0 or Core Tools take otherwise:
+    - `az monitor app-insights query` takes the component as `--apps` (the application-insights
+      extension's _params.py; `--app` works only as an abbreviation), and looks at the last hour
+      only unless `--offset` widens it (custom.py `execute_query(..., offset='1h')`): a query over
+      `ago(1d)` needs `--offset 24h` or more;
+    - `func azure functionapp publish` needs `--custom` for a package without local.settings.json
+      (Core Tools, GlobalCoreToolsSettings: "Can't determine project language from files");
+    - no command names the public cloud's Resource Manager or Graph host.
+    And the check runs before the deployment."""
     found = []
-    for match in re.finditer(r"az monitor app-insights query[^\n]*(?:\\\n[^\n]*)*", text):
-        if re.search(r"\s--app\b(?!s)", match.group(0)) or "--apps" not in match.group(0):
-            line = text[: match.start()].count("\n") + 1
-            found.append(f"{DEPLOY_DOC}:{line}: `az monitor app-insights query` takes the component as --apps")
+    for guide in GUIDES:
+        path = Path(repo) / guide
+        if not path.exists():
+            continue
+        text = path.read_text(encoding="utf-8")
+        for line, command in _commands(text, "az monitor app-insights query"):
+            if re.search(r"\s--app\b(?!s)", command) or "--apps" not in command:
+                found.append(f"{guide}:{line}: `az monitor app-insights query` takes the component as --apps")
+            spans = [_minutes(n, u) for n, u in _AGO.findall(command)]
+            offset = re.search(r"--offset\s+(\S+)", command)
+            covered = 60
+            if offset:
+                period = _PERIOD.match(offset.group(1))
+                covered = sum(_minutes(n, u) for n, u in zip(period.groups(), "dhm") if n) if period and any(period.groups()) else 0
+            if spans and max(spans) > covered and "--start-time" not in command:
+                found.append(f"{guide}:{line}: `az monitor app-insights query` looks at the last {covered} minutes only, and the query asks for {max(spans)}: pass --offset")
+        for line, command in _commands(text, "func azure functionapp publish"):
+            if "--custom" not in command:
+                found.append(f"{guide}:{line}: `func azure functionapp publish` needs --custom (a custom handler; the package has no local.settings.json)")
+        for number, text_line in enumerate(text.splitlines(), 1):
+            for host in CLOUD_HOSTS:
+                if host in text_line and ("az rest" in text_line or "--url" in text_line):
+                    found.append(f"{guide}:{number}: a command names {host}, the public cloud's host: use the current cloud's (az rest with a resource id, az cloud show)")
+    text = (Path(repo) / DEPLOY_DOC).read_text(encoding="utf-8")
     check = re.search(r"^\S*handler check --functions --env-file ", text, re.M)
     deploy = re.search(r"^az deployment group create ", text, re.M)
     if check is None or deploy is None or check.start() > deploy.start():

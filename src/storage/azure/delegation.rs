@@ -21,6 +21,13 @@ const KEY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const RENEW_MARGIN: Duration = Duration::from_secs(6 * 3600);
 /// Pause before retrying a failed renewal.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// How a renewal's error begins when storage answered with an HTTP status.
+const ANSWERED: &str = "Azure answered";
+
+/// Whether a renewal's error is storage refusing the caller (`403`): the one case a role fixes.
+pub fn is_refusal(error: &str) -> bool {
+    error == format!("{ANSWERED} 403")
+}
 
 pub struct DelegationKeys {
     service: Arc<BlobServiceClient>,
@@ -70,7 +77,7 @@ impl DelegationKeys {
             .await
             .map_err(|_| format!("no answer within {:?}", self.timeout))?
             .map_err(|e| match e.http_status() {
-                Some(status) => format!("Azure answered {status}"),
+                Some(status) => format!("{ANSWERED} {status}"),
                 None => super::with_causes(&e),
             })?;
         let key = response.into_model().map_err(|e| e.to_string())?;

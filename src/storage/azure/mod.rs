@@ -57,6 +57,8 @@ const BLOCK_SIZE: usize = 4 * 1024 * 1024;
 const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 /// Lifetime of the SAS used by the handler's own calls in key mode.
 const CALL_SAS_TTL: Duration = Duration::from_secs(15 * 60);
+/// The scope of the storage tokens (what `azure_storage_blob`'s clients ask for).
+const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
 /// Name probed at startup and by the health watch: its absence is the normal answer.
 const PROBE_BLOB: &str = ".nx-cache-probe";
 /// Entries remembered as existing (exact hit checks): about 100 bytes each.
@@ -192,12 +194,32 @@ impl AzureStore {
         }
     }
 
-    /// The credential source that produced a token, in token mode, once one has.
-    pub fn credential_source(&self) -> Option<&'static str> {
-        match &self.access {
-            Access::Token { credential, .. } => credential.chosen(),
-            Access::Key { .. } => None,
+    /// In token mode, asks each credential source in order for a storage token, each within the
+    /// storage timeout and with its own retries off, until one gets one: what each answered
+    /// (`handler doctor`). `None` in key mode. The sources are built from the environment as
+    /// the store's own are, and the one that got a token is what the store's chain then uses.
+    pub async fn try_credentials(&self) -> Option<Result<Vec<credential::Attempt>, String>> {
+        let Access::Token { credential, .. } = &self.access else {
+            return None;
+        };
+        let AzureAuth::Token { client_id } = &self.config.auth else {
+            return None;
+        };
+        let probe =
+            match credential::CredentialChain::without_retries(client_id.as_deref(), |name| {
+                std::env::var(name).ok()
+            }) {
+                Ok(probe) => probe,
+                Err(e) => return Some(Err(e)),
+            };
+        let attempts = probe.try_each(&[STORAGE_SCOPE], self.config.timeout).await;
+        // The store asks its sources in the same order: a token got here is got there too.
+        if attempts.iter().any(|a| a.result.is_ok()) {
+            credential
+                .try_each(&[STORAGE_SCOPE], self.config.timeout)
+                .await;
         }
+        Some(Ok(attempts))
     }
 
     /// Starts the background work: renewal of the user delegation key (token mode). The health
@@ -397,13 +419,19 @@ impl AzureStore {
     /// Checks the container and the permissions; the error says what is missing, in words.
     async fn check(&self) -> Result<(), StoreError> {
         let where_ = self.container_label();
-        if let Access::Token { keys, .. } = &self.access {
+        if let Access::Token {
+            keys, credential, ..
+        } = &self.access
+        {
             keys.ensure_fresh().await.map_err(|e| {
-                // No credential got a token: the role is not the problem.
-                let advice = if e.contains("no Azure credential could get a token") {
-                    "check the credential named above (its settings, or the identity assigned to the app)"
-                } else {
+                // A role is the fix only when storage refused a token; without a token, or
+                // without an answer, no role is missing yet.
+                let advice = if credential.chosen().is_none() {
+                    "no Azure credential got a token, so no role is the problem yet: check the credentials (`handler doctor` asks each one and names its error)"
+                } else if delegation::is_refusal(&e) {
                     "grant the handler's identity 'Storage Blob Delegator' on the account"
+                } else {
+                    "check the network path to the account's blob endpoint (AZURE_STORAGE_BLOB_ENDPOINT, a storage firewall)"
                 };
                 StoreError::Backend(format!(
                     "cannot get a user delegation key from account '{}' ({e}); {advice}",
