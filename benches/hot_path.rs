@@ -30,6 +30,7 @@ fn token(authority: &TokenAuthority) -> String {
             expires_in: Duration::from_secs(3600),
             subject: "bench".into(),
             rule: None,
+            origin: None,
         })
         .unwrap()
         .token

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use crate::key::{Namespace, TeamName};
 
 pub use tokens::{
-    Issued, MIN_SECRET_LEN, Secret, TokenAuthority, TokenRequest, TokenRules, min_secret_len,
-    parse_algorithm,
+    Issued, MIN_SECRET_LEN, Origin, Secret, TokenAuthority, TokenRequest, TokenRules,
+    min_secret_len, parse_algorithm,
 };
 
 /// What a token allows besides its namespaces.
@@ -59,6 +59,9 @@ pub struct Grant {
     pub access: Access,
     /// The trust rule the token was exchanged under, if it was exchanged.
     pub rule: Option<String>,
+    /// The identity it was exchanged for (issuer, build claims), if it was exchanged: recorded
+    /// as the writer of what the token stores.
+    pub origin: Option<Origin>,
     /// Authentic, but expired less than `NX_CACHE_EXPIRED_GRACE` ago. Such a token reads and
     /// writes nothing, yet is not answered 401: a 401 aborts the build the token expired in.
     pub expired: bool,

@@ -999,6 +999,7 @@ mod tests {
             ],
             access: Access::ReadWrite,
             rule: rule.map(str::to_owned),
+            origin: None,
             expired: false,
         };
         let now = grant(Some("web-prs")).under_policy(Some(&p));

@@ -97,6 +97,25 @@ pub struct Claims {
     /// The trust rule a token was exchanged under (`POST /token`); absent on issued tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// Where an exchanged token's identity came from (`src`), recorded with every entry it
+    /// writes; absent on issued tokens.
+    #[serde(default, rename = "src", skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// The identity behind an exchanged token: its issuer and the claims that say which build it
+/// was (the issuer profile's list, e.g. GitHub's `repository`, `sha`, `run_id`). Carried inside
+/// the token, compactly (`{"iss": ..., "c": {...}}`), because Nx sends the token with every
+/// upload and the server keeps no state per token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub iss: String,
+    #[serde(
+        default,
+        rename = "c",
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
+    pub claims: std::collections::BTreeMap<String, String>,
 }
 
 /// What `handler token issue` or an exchange asks for.
@@ -108,6 +127,8 @@ pub struct TokenRequest {
     pub expires_in: Duration,
     pub subject: String,
     pub rule: Option<String>,
+    /// The identity an exchanged token was issued to; `None` for `handler token issue`.
+    pub origin: Option<Origin>,
 }
 
 /// A signed token, its id (`jti`, for `NX_CACHE_REVOKED_TOKENS`) and when it expires (Unix
@@ -234,6 +255,7 @@ impl TokenAuthority {
                 .collect(),
             access: request.access,
             rule: request.rule.clone(),
+            origin: request.origin.clone(),
         };
         let mut header = Header::new(self.rules.algorithm);
         header.kid = Some(self.signing_kid.clone());
@@ -289,6 +311,7 @@ impl TokenAuthority {
             teams,
             access: claims.access,
             rule: claims.rule,
+            origin: claims.origin,
             expired,
         })
     }
@@ -403,6 +426,7 @@ mod tests {
             expires_in: Duration::from_secs(3600),
             subject: "tester".into(),
             rule: None,
+            origin: None,
         }
     }
 

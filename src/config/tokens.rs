@@ -287,6 +287,7 @@ mod tests {
                 expires_in: Duration::from_secs(60),
                 subject: "t".into(),
                 rule: None,
+                origin: None,
             })
             .unwrap()
             .token;
