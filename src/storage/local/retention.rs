@@ -514,4 +514,67 @@ mod tests {
         assert!(root.join("teams/web/new").exists());
         assert_eq!(r.figures()[0].value, 10);
     }
+
+    /// Entries deleted by another process (`handler purge`) are dropped from the index before a
+    /// pass evicts for size: their bytes never make it evict live entries.
+    #[test]
+    fn entries_deleted_by_others_never_cost_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let r = retention(root, Some(1000), None);
+        for i in 0..6 {
+            write(root, &format!("org/{i}"), 150);
+            r.stored(&format!("org/{i}"), 150);
+        }
+        // The most recently used entries are purged behind the index's back.
+        for i in 3..6 {
+            std::fs::remove_file(root.join(format!("org/{i}"))).unwrap();
+        }
+        write(root, "org/6", 150);
+        r.stored("org/6", 150);
+        write(root, "org/7", 150);
+        r.stored("org/7", 150);
+        assert_eq!(r.total(), 1200, "over the limit, with 450 phantom bytes");
+        r.pass(root);
+        assert_eq!(r.total(), 750);
+        for live in ["org/0", "org/1", "org/2", "org/6", "org/7"] {
+            assert!(
+                root.join(live).exists(),
+                "{live} kept: the store is within its limit"
+            );
+        }
+        assert_eq!(r.evicted_entries.load(Ordering::Relaxed), 0);
+        r.vanished("org/7");
+        assert_eq!(r.total(), 600);
+    }
+
+    #[test]
+    fn records_go_with_their_entries_and_orphans_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "org/1", 100);
+        let inode = super::super::inode(&std::fs::metadata(root.join("org/1")).unwrap());
+        let record = super::super::record_path(&root.join("org/1"), inode);
+        std::fs::write(&record, b"{}").unwrap();
+        // An old record whose entry is gone, and a fresh one (an upload about to publish).
+        let orphan = root.join("org/2.77.record");
+        std::fs::write(&orphan, b"{}").unwrap();
+        let old = SystemTime::now() - ORPHAN_AFTER - Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&orphan)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let fresh = root.join("org/3.78.record");
+        std::fs::write(&fresh, b"{}").unwrap();
+        let r = retention(root, Some(50), None);
+        assert_eq!(r.total(), 100, "records are not entries");
+        assert!(!orphan.exists() && fresh.exists() && record.exists());
+        r.pass(root);
+        assert!(
+            !root.join("org/1").exists() && !record.exists(),
+            "evicted with its record"
+        );
+    }
 }
