@@ -798,4 +798,41 @@ mod tests {
         assert!(parse_algorithm("RS256").is_err());
         assert!(parse_algorithm("none").is_err());
     }
+
+    /// Nx sends the token with every request: with a GitHub build's claims it stays well under
+    /// 2 KiB (what many proxies and header limits tolerate without thought).
+    #[test]
+    fn an_exchanged_token_with_its_build_claims_stays_small() {
+        let auth = authority(&[]);
+        let mut exchanged = request(false, &["web"], Access::ReadWrite);
+        exchanged.subject = "github:acme-corporation/web-frontend:refs/heads/main".into();
+        exchanged.rule = Some("web-frontend-main".into());
+        let claims = [
+            ("repository", "acme-corporation/web-frontend"),
+            ("ref", "refs/heads/main"),
+            ("sha", "95d18d66afd2c0609f6c41bd537a827beb698e64"),
+            ("run_id", "12345678901"),
+            ("run_attempt", "12"),
+            (
+                "workflow_ref",
+                "acme-corporation/web-frontend/.github/workflows/build-and-test.yml@refs/heads/main",
+            ),
+            ("event_name", "workflow_dispatch"),
+            ("actor", "a-rather-long-github-login"),
+        ];
+        exchanged.origin = Some(Origin {
+            iss: "https://token.actions.githubusercontent.com".into(),
+            claims: claims
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        });
+        let token = auth.issue(&exchanged).unwrap().token;
+        assert!(token.len() < 1536, "{} bytes", token.len());
+        let grant = auth.verify(&token).unwrap();
+        assert_eq!(
+            grant.origin, exchanged.origin,
+            "carried through verification"
+        );
+    }
 }

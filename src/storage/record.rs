@@ -174,7 +174,7 @@ impl Record {
     pub fn to_sidecar(&self) -> Vec<u8> {
         serde_json::to_vec(&SidecarRef {
             v: SIDECAR_VERSION,
-            record: self,
+            writer: &self.writer,
         })
         .unwrap_or_default()
     }
@@ -188,11 +188,12 @@ impl Record {
     }
 }
 
+/// What is written: the version and the record's fields (no `flatten`, which buffers).
 #[derive(Serialize)]
 struct SidecarRef<'a> {
     v: u32,
-    #[serde(flatten)]
-    record: &'a Record,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    writer: &'a Option<Writer>,
 }
 
 /// RFC 3339 to the second (`2026-11-01T10:00:00Z`).

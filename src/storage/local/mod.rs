@@ -283,12 +283,15 @@ impl Store for LocalStore {
         record: &Record,
     ) -> Result<Stored, StoreError> {
         let temp = TempFile(self.tmp.join(uuid::Uuid::new_v4().simple().to_string()));
-        let mut options = tokio::fs::OpenOptions::new();
+        let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
-        options.mode(FILE_MODE);
-        let file = options.open(&temp.0).await?;
-        let mut writer = BufWriter::with_capacity(WRITE_BUFFER, file);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);
+        // Created on the worker thread, as `get` opens: creating a file and reading its inode
+        // take microseconds, a hand-off to the blocking pool and back takes more.
+        let file = options.open(&temp.0)?;
+        let inode = inode(&file.metadata()?);
+        let mut writer = BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file));
         let mut received: u64 = 0;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(StoreError::Body)?;
@@ -305,10 +308,6 @@ impl Store for LocalStore {
             });
         }
         writer.flush().await?;
-        // Durable before visible: a crash after publishing must not leave a truncated entry.
-        writer.get_mut().sync_data().await?;
-        let inode = inode(&writer.get_ref().metadata().await?);
-        drop(writer);
 
         let target = self.path_for(key);
         if let Some(parent) = target.parent()
@@ -319,11 +318,24 @@ impl Store for LocalStore {
                 .await
                 .map_err(std::io::Error::other)??;
         }
-        // The record first: once the entry is visible, so is its writer.
-        let written = match record.writer {
-            Some(_) => Some(write_record(&target, inode, record)?),
-            None => None,
-        };
+        // Durable before visible: a crash after publishing must not leave a truncated entry.
+        // The record is written (on this thread) while the blocking pool flushes the entry, so
+        // it costs next to nothing where flushing costs something; it is in place before the
+        // entry is published, so once the entry is visible, so is its writer.
+        let (synced, written) = tokio::join!(writer.get_mut().sync_data(), async {
+            match record.writer {
+                Some(_) => write_record(&target, inode, record).map(Some),
+                None => Ok(None),
+            }
+        });
+        drop(writer);
+        let written = written?;
+        if let Err(e) = synced {
+            if let Some(path) = written {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e.into());
+        }
         let published = tokio::fs::hard_link(&temp.0, &target).await;
         if published.is_err()
             && let Some(path) = written
