@@ -104,7 +104,7 @@ fn put_rates(runtime: &tokio::runtime::Runtime, base: &std::path::Path, label: &
         .map(|(name, _)| Arc::new(LocalStore::open(&base.join(name.replace(' ', "-"))).unwrap()))
         .collect();
     let body = bytes::Bytes::from(vec![7u8; 1024]);
-    let mut times = vec![Vec::with_capacity(PUT_ROUNDS); 2];
+    let mut times: Vec<Vec<Duration>> = (0..2).map(|_| Vec::with_capacity(PUT_ROUNDS)).collect();
     for round in 0..PUT_ROUNDS + 200 {
         for (i, (_, record)) in variants.iter().enumerate() {
             let key = CacheKey::parse(None, &round.to_string()).unwrap();
