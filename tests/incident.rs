@@ -433,3 +433,60 @@ async fn a_blob_deleted_behind_a_running_instance_is_stored_again() {
         .unwrap();
     assert_eq!(bytes.as_ref(), b"second");
 }
+
+/// The managed-identity path (a token credential, Azurite with OAuth): the writer is recorded
+/// on a single Put Blob and on a Commit Block List (an upload over one block), listed with the
+/// handler's credential, and purged with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_managed_identity_writers_are_recorded_listed_and_purged() {
+    use common::azurite::{IdentityEndpoint, Tls};
+    let tls = Tls::generate();
+    let azurite = Azurite::start_oauth(&tls);
+    azurite.create_container(CONTAINER, Some(&tls)).await;
+    let identity = IdentityEndpoint::start().await;
+    let env = identity.handler_env(azurite.endpoint(), CONTAINER, &tls);
+    let handler = Handler::start_with(&env, &[]);
+    let token = issue_token(&["--team", "web", "--subject", "pipeline-7"]);
+    assert_eq!(
+        put(&handler, "/teams/web/v1/cache/1", &token, b"small").await,
+        200
+    );
+    let large = vec![5u8; 5 * 1024 * 1024 + 1];
+    assert_eq!(
+        put(&handler, "/teams/web/v1/cache/2", &token, &large).await,
+        200
+    );
+
+    let cli = |args: &'static [&'static str]| {
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || run(&env, args))
+    };
+    let output = cli(&["entries", "--json", "--subject", "pipeline-7"])
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let entries: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 2);
+    for entry in &entries {
+        assert_eq!(entry["writer"]["token_id"], token_id(&token));
+        assert_eq!(entry["writer"]["kind"], "issued");
+    }
+    let output = cli(&["purge", "--hash", "2", "--yes"]).await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        azurite.list_blobs(CONTAINER, Some(&tls)).await,
+        ["teams/web/1"]
+    );
+}

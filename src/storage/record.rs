@@ -35,6 +35,12 @@ const CLAIM: &str = "writer_claim_";
 /// spaces of a header value are not kept), is percent-encoded.
 const METADATA_VALUE: &AsciiSet = &CONTROLS.add(b'%').add(b' ').add(b'"');
 
+/// Longest encoded metadata value. A blob's metadata (names and values) may total 8 KiB; a
+/// record has at most 6 fields and the issuer profile's claims (8 at most), so values of this
+/// size keep it under 6.5 KiB however many non-ASCII characters (9 bytes each when encoded) an
+/// identity's claims hold. Longer values are cut at a character.
+const MAX_METADATA_VALUE: usize = 400;
+
 /// What an entry records besides its bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -222,8 +228,18 @@ fn printable(text: &str) -> String {
         .collect()
 }
 
+/// `value` percent-encoded, cut at a character so it stays within [`MAX_METADATA_VALUE`].
 fn encode_value(value: &str) -> String {
-    utf8_percent_encode(value, METADATA_VALUE).to_string()
+    let mut encoded = String::new();
+    let mut buffer = [0u8; 4];
+    for c in value.chars() {
+        let piece = utf8_percent_encode(c.encode_utf8(&mut buffer), METADATA_VALUE).to_string();
+        if encoded.len() + piece.len() > MAX_METADATA_VALUE {
+            break;
+        }
+        encoded.push_str(&piece);
+    }
+    encoded
 }
 
 fn decode_value(value: &str) -> String {
@@ -298,6 +314,42 @@ mod tests {
         assert_eq!(Record::from_sidecar(later), Some(Record::default()));
         assert_eq!(Record::from_sidecar(b""), None);
         assert_eq!(Record::from_sidecar(b"{\"v\":1,\"wri"), None);
+    }
+
+    /// Whatever an identity's claims hold, the metadata stays within what a blob may carry.
+    #[test]
+    fn metadata_fits_a_blob_whatever_the_claims_hold() {
+        let mut wide = writer();
+        wide.subject = "ü".repeat(1000);
+        wide.rule = Some("規".repeat(1000));
+        wide.issuer = Some("%".repeat(1000));
+        for name in [
+            "repository",
+            "ref",
+            "sha",
+            "run_id",
+            "run_attempt",
+            "workflow_ref",
+            "event_name",
+            "actor",
+        ] {
+            wide.claims.insert(name.into(), "🦀".repeat(1000));
+        }
+        let record = Record {
+            writer: Some(wide.bounded()),
+        };
+        let metadata = record.metadata();
+        let size: usize = metadata
+            .iter()
+            .map(|(k, v)| "x-ms-meta-".len() + k.len() + v.len())
+            .sum();
+        assert!(size < 8 * 1024, "{size} bytes");
+        let back = Record::from_metadata(metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let subject = back.writer.unwrap().subject;
+        assert!(
+            subject.chars().all(|c| c == 'ü') && !subject.is_empty(),
+            "cut at a character"
+        );
     }
 
     #[test]
