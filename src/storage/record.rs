@@ -323,17 +323,9 @@ mod tests {
         wide.subject = "ü".repeat(1000);
         wide.rule = Some("規".repeat(1000));
         wide.issuer = Some("%".repeat(1000));
-        for name in [
-            "repository",
-            "ref",
-            "sha",
-            "run_id",
-            "run_attempt",
-            "workflow_ref",
-            "event_name",
-            "actor",
-        ] {
-            wide.claims.insert(name.into(), "🦀".repeat(1000));
+        // As many claims as the longest issuer profile lists.
+        for name in (0..8).map(|i| format!("claim_{i}")) {
+            wide.claims.insert(name, "🦀".repeat(1000));
         }
         let record = Record {
             writer: Some(wide.bounded()),

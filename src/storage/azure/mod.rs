@@ -661,26 +661,16 @@ impl Store for AzureStore {
     }
 
     async fn usage(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<Usage, StoreError> {
-        let container = self.container_client()?;
         // The whole container, even with a blob prefix: `@nx/azure-cache` entries are at its
         // root, and an operator moving off the plugin wants them in view.
         let options = BlobContainerClientListBlobsOptions {
             maxresults: Some(LIST_PAGE),
             ..Default::default()
         };
-        let mut pages = container
-            .list_blobs(Some(options))
-            .map_err(backend)?
-            .into_pages();
         let mut usage = Usage::default();
         let mut listed = 0u64;
-        while let Some(page) = self
-            .bounded("list blobs", pages.try_next())
-            .await?
-            .map_err(backend)?
-        {
-            let page = page.into_model().map_err(backend)?;
-            for item in page.blob_items {
+        self.each_page(options, &mut |items| {
+            for item in items {
                 let Some(name) = item.name else { continue };
                 let properties = item.properties.unwrap_or_default();
                 let time = properties.creation_time.or(properties.last_modified);
@@ -693,7 +683,8 @@ impl Store for AzureStore {
                 listed += 1;
             }
             progress(listed);
-        }
+        })
+        .await?;
         Ok(usage)
     }
 
@@ -703,7 +694,6 @@ impl Store for AzureStore {
         each: &mut (dyn FnMut(Entry) + Send),
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), StoreError> {
-        let container = self.container_client()?;
         let prefixes: Vec<String> = match namespaces {
             [] => vec![self.config.prefix.clone()],
             chosen => chosen
@@ -719,24 +709,14 @@ impl Store for AzureStore {
                 include: Some(vec![ListBlobsIncludeItem::Metadata]),
                 ..Default::default()
             };
-            let mut pages = container
-                .list_blobs(Some(options))
-                .map_err(backend)?
-                .into_pages();
-            while let Some(page) = self
-                .bounded("list blobs", pages.try_next())
-                .await?
-                .map_err(backend)?
-            {
-                let page = page.into_model().map_err(backend)?;
-                for item in page.blob_items {
-                    if let Some(entry) = self.entry_of(item) {
-                        listed += 1;
-                        each(entry);
-                    }
+            self.each_page(options, &mut |items| {
+                for entry in items.into_iter().filter_map(|item| self.entry_of(item)) {
+                    listed += 1;
+                    each(entry);
                 }
                 progress(listed);
-            }
+            })
+            .await?;
         }
         Ok(())
     }
@@ -828,6 +808,28 @@ impl AzureStore {
                 BlobContainerClient::new(url, None, Some(options)).map_err(backend)
             }
         }
+    }
+
+    /// Lists the container as `options` say, page by page (each page bounded by the storage
+    /// timeout), handing each page's blobs to `page`: memory holds one page.
+    async fn each_page(
+        &self,
+        options: BlobContainerClientListBlobsOptions<'_>,
+        page: &mut (dyn FnMut(Vec<BlobItem>) + Send),
+    ) -> Result<(), StoreError> {
+        let container = self.container_client()?;
+        let mut pages = container
+            .list_blobs(Some(options))
+            .map_err(backend)?
+            .into_pages();
+        while let Some(next) = self
+            .bounded("list blobs", pages.try_next())
+            .await?
+            .map_err(backend)?
+        {
+            page(next.into_model().map_err(backend)?.blob_items);
+        }
+        Ok(())
     }
 
     /// A listed blob as an entry: `None` for a name that is no entry of this cache.
