@@ -42,8 +42,9 @@ pub use crate::limits::ByteStream;
 /// remembered entries, an in-memory copy of a hot entry) before it asks storage again. An entry
 /// deleted behind this instance's back (another instance's purge, retention, the lifecycle
 /// policy, someone in the portal) is thus redirected to or served for at most this long; an
-/// upload is answered `409 exists` only after storage confirmed the entry just now. The bound the
-/// documentation promises is 60 s; this is half of it.
+/// upload is answered `409 exists` only after storage confirmed the entry just now. README and
+/// docs/security.md promise this bound (30 s, well within the 60 s users were told to expect):
+/// anything that wraps a backend and remembers entries or their bytes must keep to it.
 pub const CONFIRMED_FOR: Duration = Duration::from_secs(30);
 
 /// A found entry: bytes to stream to the client, or a URL the client fetches directly (with the
