@@ -31,6 +31,7 @@ fn token(authority: &TokenAuthority) -> String {
             subject: "bench".into(),
             rule: None,
             rule_digest: None,
+            origin: None,
         })
         .unwrap()
         .token

@@ -81,6 +81,17 @@ pub enum Namespace {
     Team(TeamName),
 }
 
+impl Namespace {
+    /// Where the namespace's entries live, relative to the store's root: `org` or
+    /// `teams/{team}` (also how `handler entries` names it).
+    pub fn folder(&self) -> String {
+        match self {
+            Namespace::Org => "org".into(),
+            Namespace::Team(team) => format!("teams/{team}"),
+        }
+    }
+}
+
 impl fmt::Display for Namespace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

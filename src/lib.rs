@@ -9,13 +9,15 @@
 //! configuration, an outcome beside the counters that count it.
 //!
 //! - [`server`]: binds the listener, serves the router, shuts down gracefully on SIGTERM;
-//!   `handler doctor` and `handler usage`. May use every module below.
+//!   `handler doctor`, `handler usage`, `handler entries` and `handler purge`. May use every
+//!   module below.
 //! - [`api`]: the axum router and handlers; the only module that knows the status codes the Nx
 //!   client understands (see `docs/` and the shared client contract). Uses storage, limits,
 //!   telemetry, metrics, config, auth, key.
 //! - [`storage`]: the one [`storage::Store`] interface and the backends behind it (embedded,
-//!   Azure), with what acts on them (health watch, retention, usage). Uses limits (body pace,
-//!   the stream type), metrics (store figures), config (its settings), key.
+//!   Azure), with what each entry records about its writer and what acts on them (health watch,
+//!   retention, usage, entries and purge). Uses limits (body pace, the stream type), metrics
+//!   (store figures), config (its settings), auth (the `*` patterns of `--claim`), key.
 //! - [`limits`]: what one client can make the server hold: the pace of request bodies, drains
 //!   of refused uploads, the send timeout of a client that stops reading. Uses config (the
 //!   numbers).

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::storage::azure::AzureStore;
 use crate::storage::azure::credential::Attempt;
 use crate::storage::local::LocalStore;
-use crate::storage::{Store, health};
+use crate::storage::{Entry, Store, entries, health};
 
 /// A server ready to run: its state and, on a developer machine, what to tell the user.
 pub struct Prepared {
@@ -144,11 +144,15 @@ enum Serving {
 fn open_store(config: &Config, serving: Serving) -> Result<Arc<dyn Store>, String> {
     match &config.backend {
         Backend::Local => {
-            let retention = match serving {
-                Serving::Requests => config.retention,
-                Serving::Operator => Default::default(),
+            let opened = match serving {
+                Serving::Requests => {
+                    LocalStore::open_with_retention(&config.data_dir, config.retention)
+                }
+                // A server may run on the same directory: no retention, no cleanup of its
+                // uploads in progress.
+                Serving::Operator => LocalStore::open_shared(&config.data_dir),
             };
-            let store = LocalStore::open_with_retention(&config.data_dir, retention).map_err(|e| {
+            let store = opened.map_err(|e| {
                 format!(
                     "configuration error: NX_CACHE_DIR: cannot use {} as the cache directory: {e}",
                     config.data_dir.display()
@@ -175,13 +179,38 @@ pub async fn usage(
     config: &Config,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<crate::storage::usage::Usage, String> {
-    let store: Arc<dyn Store> = match &config.backend {
-        Backend::Local => open_store(config, Serving::Operator)?,
-        Backend::Azure(azure) => {
-            Arc::new(AzureStore::new((**azure).clone()).map_err(|e| format!("Azure storage: {e}"))?)
-        }
-    };
+    let store = open_store(config, Serving::Operator)?;
     store.usage(progress).await.map_err(|e| e.to_string())
+}
+
+/// The entries `filter` selects, with their writers (`handler entries`), from the store the
+/// server's configuration names. On Azure a reader role is enough.
+pub async fn entries(
+    config: &Config,
+    filter: &entries::Filter,
+    each: &mut (dyn FnMut(Entry) + Send),
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<(), String> {
+    let store = open_store(config, Serving::Operator)?;
+    entries::list(store.as_ref(), filter, each, progress)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Deletes what `filter` selects (`handler purge`); a dry run only lists it. The embedded store
+/// may be purged while a server runs on the same directory.
+pub async fn purge(
+    config: &Config,
+    filter: &entries::Filter,
+    dry_run: bool,
+    selected: &mut (dyn FnMut(&Entry) + Send),
+    deleted: &mut (dyn FnMut(&Entry) + Send),
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<entries::PurgeSummary, String> {
+    let store = open_store(config, Serving::Operator)?;
+    entries::purge(store.as_ref(), filter, dry_run, selected, deleted, progress)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// One line of `handler doctor`: what was checked, and what was found.
@@ -538,6 +567,7 @@ pub fn nx_exports(state: &AppState, listener_addr: SocketAddr) -> Result<String,
             subject: "local-development".into(),
             rule: None,
             rule_digest: None,
+            origin: None,
         })?
         .token;
     Ok(format!(

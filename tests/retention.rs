@@ -236,3 +236,68 @@ async fn what_was_read_before_a_restart_still_counts_after_it() {
     assert!(evicted_unread > 0, "the unread ones went first");
     assert!(store_bytes(data.path()) <= (4 * MIB + artifact) as u64);
 }
+
+/// `handler purge` on the directory of a running server with retention: the entries go with
+/// their records, and the server's size accounting follows (what it counts is what is there),
+/// so eviction is not set off by bytes that are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_beside_a_running_server_keeps_its_size_accounting_right() {
+    const METRICS: &str = "metrics-token-0123456789";
+    let data = tempfile::tempdir().unwrap();
+    let handler = Handler::start_in(
+        data.path(),
+        &[
+            ("NX_CACHE_MAX_SIZE", "1G"),
+            ("NX_CACHE_METRICS_TOKEN", METRICS),
+        ],
+    );
+    let base = handler.base_url.clone();
+    let client = reqwest::Client::new();
+    let good = issue_token(&["--org", "--subject", "good"]);
+    let bad = issue_token(&["--org", "--subject", "leaked"]);
+    for i in 0..6 {
+        let token = if i % 2 == 0 { &good } else { &bad };
+        put(
+            &client,
+            &base,
+            token,
+            &format!("{i}"),
+            pattern(10 * KIB, i as u8),
+        )
+        .await;
+    }
+    let bytes = || async {
+        let text = common::metrics_text(&base, METRICS).await;
+        common::metric_value(&text, "nx_cache_store_bytes").unwrap()
+    };
+    assert_eq!(bytes().await, 60 * KIB as u64);
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_handler"))
+        .args(["purge", "--subject", "leaked", "--yes"])
+        .env_clear()
+        .env("NX_CACHE_DIR", data.path())
+        .env("NX_CACHE_JWT_SECRET", common::TEST_SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let left: Vec<String> = std::fs::read_dir(data.path().join("org"))
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.ends_with(".record"))
+        .collect();
+    assert_eq!(left.len(), 3);
+    let records = std::fs::read_dir(data.path().join("org")).unwrap().count() - left.len();
+    assert_eq!(records, 3, "the purged entries' records went with them");
+    // Reads of the purged entries miss, and the server stops counting them.
+    for i in [1, 3, 5] {
+        assert_eq!(get(&client, &base, &good, &format!("{i}")).await, None);
+    }
+    assert_eq!(bytes().await, 30 * KIB as u64);
+    // Stored again: counted again, once.
+    put(&client, &base, &good, "1", pattern(5 * KIB, 9)).await;
+    assert_eq!(bytes().await, 35 * KIB as u64);
+}

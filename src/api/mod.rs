@@ -35,6 +35,7 @@ use crate::key::{CacheKey, Namespace};
 use crate::limits::{Bodies, Drain};
 use crate::metrics::Metrics;
 use crate::metrics::Outcome;
+use crate::storage::record::{Record, Writer, WriterKind};
 use crate::storage::{Fetched, Store, StoreError, Stored};
 use crate::telemetry::{self, Caller};
 
@@ -335,7 +336,11 @@ async fn write_admitted(
         Err((refusal, drain)) => return refuse_upload(state, body, refusal, drain),
     };
     let stream = state.bodies.paced(body);
-    match state.store.put_if_absent(key, len, stream).await {
+    match state
+        .store
+        .put_if_absent(key, len, stream, &record_of(grant))
+        .await
+    {
         Ok(Stored::Created) => {
             text(StatusCode::OK, "stored".into()).with(Outcome::Stored { bytes: len })
         }
@@ -346,6 +351,26 @@ async fn write_admitted(
             text(StatusCode::BAD_REQUEST, e.to_string()).with(Outcome::BadRequest)
         }
         Err(e) => not_stored_storage_error(state, key, e),
+    }
+}
+
+/// What an entry stored with `grant` records: its writer, now.
+fn record_of(grant: &Grant) -> Record {
+    let origin = grant.origin.as_ref();
+    let writer = Writer {
+        token_id: grant.token_id.clone(),
+        subject: grant.subject.clone(),
+        kind: match grant.rule {
+            Some(_) => WriterKind::Exchanged,
+            None => WriterKind::Issued,
+        },
+        rule: grant.rule.clone(),
+        issuer: origin.map(|o| o.iss.clone()),
+        claims: origin.map(|o| o.claims.clone()).unwrap_or_default(),
+        stored: time::OffsetDateTime::now_utc(),
+    };
+    Record {
+        writer: Some(writer.bounded()),
     }
 }
 

@@ -8,14 +8,18 @@
 
 use std::sync::Arc;
 
+use super::conditions::scalar_text;
 use super::issuers::IssuerProfile;
 use super::oidc::{Identity, OidcError, Verifier};
 use super::policy::{Ask, Decision, Rule, Scope, TrustPolicy};
-use super::tokens::{Issued, TokenAuthority, TokenRequest};
+use super::tokens::{Issued, Origin, TokenAuthority, TokenRequest};
 use super::{AuthError, bearer_token};
 
 /// Longest subject written into an exchanged token.
 const MAX_SUBJECT: usize = 200;
+/// Longest value of one build claim written into an exchanged token: real values (a commit
+/// sha, a workflow path) are far shorter, and every request carries the token.
+const MAX_BUILD_CLAIM: usize = 200;
 
 /// Exchanges identity tokens for cache tokens.
 pub struct Exchange {
@@ -240,6 +244,7 @@ impl Exchange {
                 subject: subject.clone(),
                 rule: Some(rule.name.clone()),
                 rule_digest: Some(rule.digest().to_owned()),
+                origin: Some(origin_of(rule.profile(), &identity)),
             })
             .map_err(|e| Refusal::new(503, Reason::Unavailable, e))?;
         Ok(Exchanged {
@@ -268,6 +273,28 @@ fn refusal_of(error: OidcError) -> Refusal {
         401
     };
     Refusal::new(status, reason, error.to_string())
+}
+
+/// The issuer and the build claims (the profile's list) of an identity, for the exchanged token:
+/// scalar claims only, printable and bounded.
+pub fn origin_of(profile: &dyn IssuerProfile, identity: &Identity) -> Origin {
+    let claims = profile
+        .build_claims()
+        .iter()
+        .filter_map(|name| {
+            let value = scalar_text(identity.claims.get(*name)?)?;
+            let value: String = value
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .take(MAX_BUILD_CLAIM)
+                .collect();
+            Some(((*name).to_owned(), value))
+        })
+        .collect();
+    Origin {
+        iss: identity.issuer.clone(),
+        claims,
+    }
 }
 
 /// Where an identity comes from, for the exchanged token's subject and the logs, in the
@@ -343,5 +370,53 @@ mod tests {
         }
         let long = identity("https://x.example", json!({"sub": "s".repeat(1000)}));
         assert_eq!(subject(&long).chars().count(), MAX_SUBJECT);
+    }
+
+    #[test]
+    fn exchanged_tokens_carry_the_build_claims_of_their_issuer() {
+        let github = identity(
+            "https://token.actions.githubusercontent.com",
+            json!({"repository": "acme/web", "ref": "refs/heads/main", "sha": "95d18d66",
+                   "run_id": "12345678901", "run_attempt": "1", "actor": "octocat",
+                   "event_name": "push", "workflow_ref": "acme/web/.github/workflows/b.yml@refs/heads/main",
+                   "repository_owner": "acme", "runner_environment": "github-hosted"}),
+        );
+        let profile = crate::auth::issuers::classify(&github.issuer, None).unwrap();
+        let origin = origin_of(profile, &github);
+        assert_eq!(origin.iss, "https://token.actions.githubusercontent.com");
+        let names: Vec<&str> = origin.claims.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "actor",
+                "event_name",
+                "ref",
+                "repository",
+                "run_attempt",
+                "run_id",
+                "sha",
+                "workflow_ref"
+            ]
+        );
+        let gitlab = identity(
+            "https://gitlab.com",
+            json!({"project_path": "acme/web", "pipeline_id": "574", "job_id": 302,
+                   "user_login": "dev\n", "ref_type": "branch"}),
+        );
+        let profile = crate::auth::issuers::classify(&gitlab.issuer, None).unwrap();
+        let origin = origin_of(profile, &gitlab);
+        assert_eq!(origin.claims["job_id"], "302", "numbers as text");
+        assert_eq!(origin.claims["user_login"], "dev?", "printable");
+        assert!(
+            !origin.claims.contains_key("ref_type"),
+            "only the profile's list"
+        );
+        let entra = identity(
+            "https://login.microsoftonline.com/t/v2.0",
+            json!({"tid": "t", "oid": "o-2", "azp": "app-1", "groups": ["g"]}),
+        );
+        let profile = crate::auth::issuers::classify(&entra.issuer, None).unwrap();
+        let names: Vec<String> = origin_of(profile, &entra).claims.into_keys().collect();
+        assert_eq!(names, ["azp", "oid"]);
     }
 }

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use crate::key::{Namespace, TeamName};
 
 pub use tokens::{
-    Issued, MIN_SECRET_LEN, Secret, TokenAuthority, TokenRequest, TokenRules, min_secret_len,
-    parse_algorithm,
+    Issued, MIN_SECRET_LEN, Origin, Secret, TokenAuthority, TokenRequest, TokenRules,
+    min_secret_len, parse_algorithm,
 };
 
 /// What a token allows besides its namespaces.
@@ -62,6 +62,9 @@ pub struct Grant {
     /// The digest of that rule's conditions when the token was exchanged
     /// ([`policy::Rule::digest`]); absent on tokens exchanged before 0.3.0.
     pub rule_digest: Option<String>,
+    /// The identity it was exchanged for (issuer, build claims), if it was exchanged: recorded
+    /// as the writer of what the token stores.
+    pub origin: Option<Origin>,
     /// Authentic, but expired less than `NX_CACHE_EXPIRED_GRACE` ago. Such a token reads and
     /// writes nothing, yet is not answered 401: a 401 aborts the build the token expired in.
     pub expired: bool,

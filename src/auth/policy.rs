@@ -1252,6 +1252,7 @@ mod tests {
             access: Access::ReadWrite,
             rule: rule.map(str::to_owned),
             rule_digest: digest.map(str::to_owned),
+            origin: None,
             expired: false,
         };
         let now = grant(Some("web-prs"), Some(&digest)).under_policy(Some(&p));

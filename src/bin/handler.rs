@@ -5,11 +5,13 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use nx_azure_cache::auth::{Access, TokenRequest};
 use nx_azure_cache::config::{self, Config, Flags, LogFormat};
-use nx_azure_cache::key::TeamName;
+use nx_azure_cache::key::{Hash, Namespace, TeamName};
+use nx_azure_cache::storage::Entry;
+use nx_azure_cache::storage::entries::{self, ClaimFilter, Filter};
 use nx_azure_cache::{api, server, telemetry};
 
 #[derive(Parser)]
@@ -41,6 +43,10 @@ enum Command {
     Doctor,
     /// What the cache holds per namespace: entries, bytes, oldest and newest entry.
     Usage(UsageArgs),
+    /// List entries with who wrote them, selected by namespace, hash, writer, claim and time.
+    Entries(EntriesArgs),
+    /// Delete the entries the filters select (a dry run without --yes).
+    Purge(PurgeArgs),
     /// Check settings offline, as startup would (no storage, no identity issuer contacted):
     /// before a deployment, on the app settings it is about to apply. Exits 1 with the same
     /// one-line message the server would stop with (every refused trust rule on a line of its
@@ -66,6 +72,99 @@ struct UsageArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// The filters of `handler entries` and `handler purge`. Namespaces are alternatives; every
+/// other filter must hold.
+#[derive(Args)]
+struct FilterArgs {
+    /// Entries of the org-wide cache.
+    #[arg(long)]
+    org: bool,
+    /// Entries of a team's cache; repeat for several teams.
+    #[arg(long = "team", value_name = "NAME", value_parser = parse_team)]
+    teams: Vec<TeamName>,
+    /// The entry with this hash.
+    #[arg(long, value_name = "HASH", value_parser = parse_hash)]
+    hash: Option<Hash>,
+    /// Entries written with this token id (`jti`, as NX_CACHE_REVOKED_TOKENS takes it).
+    #[arg(long, value_name = "ID")]
+    token_id: Option<String>,
+    /// Entries written by this subject (exactly as `handler entries` shows it).
+    #[arg(long, value_name = "S")]
+    subject: Option<String>,
+    /// Entries written with tokens exchanged under this trust rule.
+    #[arg(long, value_name = "NAME")]
+    rule: Option<String>,
+    /// Entries whose writer's identity claim NAME matches VALUE (`*` matches anything);
+    /// repeatable, all must match.
+    #[arg(long = "claim", value_name = "NAME=VALUE", value_parser = ClaimFilter::parse)]
+    claims: Vec<ClaimFilter>,
+    /// Entries stored at or after TIME: RFC 3339, or a duration ago (2d, 12h, 30m).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    since: Option<time::OffsetDateTime>,
+    /// Entries stored at or before TIME: RFC 3339, or a duration ago.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    until: Option<time::OffsetDateTime>,
+    /// Entries stored without a record of their writer (before this version).
+    #[arg(long)]
+    no_writer: bool,
+}
+
+#[derive(Args)]
+struct EntriesArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Print JSON Lines (one object per entry) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct PurgeArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Delete. Without it, a dry run: what would be deleted, and nothing is.
+    #[arg(long)]
+    yes: bool,
+    /// Allow a purge with no filter at all (every entry of the cache).
+    #[arg(long)]
+    all: bool,
+    /// Print the selected entries as JSON Lines, and the summary as a JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_team(text: &str) -> Result<TeamName, String> {
+    TeamName::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_hash(text: &str) -> Result<Hash, String> {
+    Hash::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_time(text: &str) -> Result<time::OffsetDateTime, String> {
+    entries::parse_time(text, time::OffsetDateTime::now_utc())
+}
+
+impl FilterArgs {
+    fn into_filter(self) -> Filter {
+        let mut namespaces: Vec<Namespace> = self.teams.into_iter().map(Namespace::Team).collect();
+        if self.org {
+            namespaces.insert(0, Namespace::Org);
+        }
+        Filter {
+            namespaces,
+            hash: self.hash,
+            token_id: self.token_id,
+            subject: self.subject,
+            rule: self.rule,
+            claims: self.claims,
+            since: self.since,
+            until: self.until,
+            no_writer: self.no_writer,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -106,6 +205,13 @@ fn main() -> ExitCode {
             Err(message) => fail(&message),
         };
     }
+    // Filters that can select nothing, or a purge of everything without --all: bad input,
+    // refused (exit 2) before any setting or storage is looked at.
+    let command = match command {
+        Command::Entries(args) => Command::Entries(checked_entries(args)),
+        Command::Purge(args) => Command::Purge(checked_purge(args)),
+        other => other,
+    };
     let config = match Config::load(&flags, |name| std::env::var(name).ok()) {
         Ok(config) => config,
         Err(e) if matches!(command, Command::Serve) && functions_port().is_some() => {
@@ -121,6 +227,8 @@ fn main() -> ExitCode {
         Command::Token(TokenCommand::Issue(args)) => issue_token(&config, args),
         Command::Doctor => run_doctor(&config),
         Command::Usage(args) => run_usage(&config, args),
+        Command::Entries(args) => run_entries(&config, args),
+        Command::Purge(args) => run_purge(&config, args),
         Command::Check(_) => unreachable!("handled above"),
     };
     match result {
@@ -302,6 +410,171 @@ fn run_usage(config: &Config, args: UsageArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Exits 2 with clap's usage message when the filters contradict each other.
+fn usage_error(message: String) -> ! {
+    Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, message)
+        .exit()
+}
+
+fn checked_entries(args: EntriesArgs) -> EntriesArgs {
+    if let Err(message) = filter_of(&args.filter).check() {
+        usage_error(message);
+    }
+    args
+}
+
+fn checked_purge(args: PurgeArgs) -> PurgeArgs {
+    let filter = filter_of(&args.filter);
+    if let Err(message) = filter.check() {
+        usage_error(message);
+    }
+    if filter.is_empty() && !args.all {
+        usage_error("purge needs a filter (--org, --team, --hash, --token-id, --subject, --rule, --claim, --since, --until, --no-writer), or --all to purge every entry".into());
+    }
+    args
+}
+
+/// The filter of `args`, for checks before they are consumed.
+fn filter_of(args: &FilterArgs) -> Filter {
+    FilterArgs {
+        org: args.org,
+        teams: args.teams.clone(),
+        hash: args.hash.clone(),
+        token_id: args.token_id.clone(),
+        subject: args.subject.clone(),
+        rule: args.rule.clone(),
+        claims: args.claims.clone(),
+        since: args.since,
+        until: args.until,
+        no_writer: args.no_writer,
+    }
+    .into_filter()
+}
+
+/// Progress on stderr once a listing takes more than a moment, at most once a second.
+fn listing_progress() -> impl Fn(u64) + Send + Sync {
+    let start = std::time::Instant::now();
+    let last = std::sync::Mutex::new(start);
+    move |listed: u64| {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if start.elapsed() >= Duration::from_secs(1) && last.elapsed() >= Duration::from_secs(1) {
+            *last = std::time::Instant::now();
+            eprintln!("handler: looked at {listed} entries");
+        }
+    }
+}
+
+fn run_entries(config: &Config, args: EntriesArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let filter = args.filter.into_filter();
+    let json = args.json;
+    if !json {
+        println!("{}", entries::table_header());
+    }
+    let mut count = 0u64;
+    let mut print = |entry: Entry| {
+        count += 1;
+        if json {
+            println!("{}", entries::json(&entry));
+        } else {
+            println!("{}", entries::table_row(&entry));
+        }
+    };
+    runtime.block_on(server::entries(
+        config,
+        &filter,
+        &mut print,
+        &listing_progress(),
+    ))?;
+    eprintln!("handler: {count} entries");
+    Ok(())
+}
+
+fn run_purge(config: &Config, args: PurgeArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let filter = args.filter.into_filter();
+    let (json, dry_run) = (args.json, !args.yes);
+    let mut selected = |entry: &Entry| {
+        if json {
+            println!("{}", entries::json(entry));
+        } else if dry_run {
+            println!("would delete {}", entries::table_row(entry));
+        }
+    };
+    // One audit line per deleted entry, naming it and its writer, on stderr (the operator's
+    // log), in the configured log format.
+    let log_format = config.log_format;
+    let mut deleted = |entry: &Entry| eprintln!("{}", audit_line(entry, log_format));
+    let summary = runtime.block_on(server::purge(
+        config,
+        &filter,
+        dry_run,
+        &mut selected,
+        &mut deleted,
+        &listing_progress(),
+    ))?;
+    let line = summary.line(dry_run);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "dry_run": dry_run,
+                "selected": summary.selected,
+                "selected_bytes": summary.selected_bytes,
+                "deleted": summary.deleted,
+                "deleted_bytes": summary.deleted_bytes,
+                "not_deleted": summary.kept,
+            })
+        );
+    } else {
+        println!("{line}");
+    }
+    eprintln!("handler: {line}");
+    match summary.not_deleted() {
+        0 => Ok(()),
+        n => Err(format!("{n} selected entries were not deleted; see above")),
+    }
+}
+
+/// `purged teams/web/123 (1024 bytes) written by token 3f2a... (subject ..., exchanged under
+/// rule web-main)`, or the same as one JSON object.
+fn audit_line(entry: &Entry, format: LogFormat) -> String {
+    let name = entry.key.object_name();
+    match format {
+        LogFormat::Json => serde_json::json!({
+            "message": "entry purged",
+            "entry": name,
+            "bytes": entry.bytes,
+            "created": entries::json(entry)["created"],
+            "writer": entries::json(entry)["writer"],
+        })
+        .to_string(),
+        LogFormat::Text => {
+            let writer = match &entry.record.writer {
+                Some(w) => format!(
+                    "written by token {} (subject {}, {}{})",
+                    w.token_id,
+                    w.subject,
+                    w.kind.as_str(),
+                    w.rule
+                        .as_deref()
+                        .map(|r| format!(" under rule {r}"))
+                        .unwrap_or_default()
+                ),
+                None => "writer unknown (stored without a record)".into(),
+            };
+            format!("handler: purged {name} ({} bytes), {writer}", entry.bytes)
+        }
+    }
+}
+
 fn issue_token(config: &Config, args: IssueArgs) -> Result<(), String> {
     let teams = args
         .teams
@@ -327,6 +600,7 @@ fn issue_token(config: &Config, args: IssueArgs) -> Result<(), String> {
         subject: args.subject,
         rule: None,
         rule_digest: None,
+        origin: None,
     })?;
     println!("{}", token.token);
     Ok(())

@@ -291,6 +291,7 @@ mod tests {
                 subject: "t".into(),
                 rule: None,
                 rule_digest: None,
+                origin: None,
             })
             .unwrap()
             .token;

@@ -7,47 +7,96 @@
 //! moves back to the current one. That keeps roughly the most recently used `capacity` names,
 //! with O(1) work per lookup and no per-entry bookkeeping.
 //!
-//! A remembered entry that retention has since deleted costs nothing worse than the storage's
-//! own 404 on the client's redirected download, which Nx takes as a miss.
+//! But an entry can be deleted behind this instance's back (another instance's purge,
+//! retention, the lifecycle policy). So each name carries the time storage last confirmed it,
+//! and a name confirmed longer ago than the bound given at creation
+//! ([`super::CONFIRMED_FOR`] in the server) is not answered from memory: the caller asks storage
+//! again and remembers the answer. A hot entry thus costs one storage call per bound, and a
+//! deleted one is redirected to for at most that long (the client's download then gets the
+//! storage's 404, which Nx takes as a miss).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 pub struct KnownEntries {
     half: usize,
+    /// How long a confirmation holds, in whole seconds.
+    fresh_for: u32,
+    /// Times are kept as seconds since this instant: 4 bytes a name instead of 16.
+    epoch: Instant,
     generations: Mutex<Generations>,
+}
+
+/// A remembered entry: its size and when storage last confirmed it (seconds since the epoch).
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    size: u64,
+    at: u32,
 }
 
 #[derive(Default)]
 struct Generations {
-    current: HashMap<String, u64>,
-    previous: HashMap<String, u64>,
+    current: HashMap<String, Seen>,
+    previous: HashMap<String, Seen>,
 }
 
 impl KnownEntries {
-    /// Remembers up to about `capacity` names (at least 2).
-    pub fn new(capacity: usize) -> Self {
+    /// Remembers up to about `capacity` names (at least 2), each for `fresh_for` after storage
+    /// confirmed it.
+    pub fn new(capacity: usize, fresh_for: Duration) -> Self {
         Self {
             half: (capacity / 2).max(1),
+            fresh_for: fresh_for.as_secs().min(u32::MAX as u64) as u32,
+            epoch: Instant::now(),
             generations: Mutex::new(Generations::default()),
         }
     }
 
-    /// The size of `name`, if it is known to exist.
+    /// The size of `name`, if storage confirmed it exists within the bound.
     pub fn get(&self, name: &str) -> Option<u64> {
-        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(size) = generations.current.get(name) {
-            return Some(*size);
-        }
-        let size = generations.previous.remove(name)?;
-        generations.insert(name.to_owned(), size, self.half);
-        Some(size)
+        self.get_at(name, Instant::now())
     }
 
-    /// Remembers that `name` exists with `size` bytes.
-    pub fn insert(&self, name: &str, size: u64) {
+    /// [`Self::get`] at a given time. A name confirmed too long ago is forgotten.
+    pub fn get_at(&self, name: &str, now: Instant) -> Option<u64> {
+        let now = self.seconds(now);
+        let fresh = |seen: &Seen| now.saturating_sub(seen.at) < self.fresh_for;
         let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
-        generations.insert(name.to_owned(), size, self.half);
+        if let Some(seen) = generations.current.get(name).copied() {
+            if fresh(&seen) {
+                return Some(seen.size);
+            }
+            generations.current.remove(name);
+            return None;
+        }
+        let seen = generations.previous.remove(name)?;
+        if !fresh(&seen) {
+            return None;
+        }
+        generations.insert(name.to_owned(), seen, self.half);
+        Some(seen.size)
+    }
+
+    /// Remembers that storage confirmed just now that `name` exists with `size` bytes.
+    pub fn insert(&self, name: &str, size: u64) {
+        self.insert_at(name, size, Instant::now());
+    }
+
+    /// [`Self::insert`] at a given time.
+    pub fn insert_at(&self, name: &str, size: u64, now: Instant) {
+        let seen = Seen {
+            size,
+            at: self.seconds(now),
+        };
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        generations.insert(name.to_owned(), seen, self.half);
+    }
+
+    fn seconds(&self, at: Instant) -> u32 {
+        at.saturating_duration_since(self.epoch)
+            .as_secs()
+            .min(u32::MAX as u64) as u32
     }
 
     /// Forgets `name` (it was deleted).
@@ -69,11 +118,11 @@ impl KnownEntries {
 }
 
 impl Generations {
-    fn insert(&mut self, name: String, size: u64, half: usize) {
+    fn insert(&mut self, name: String, seen: Seen, half: usize) {
         if self.current.len() >= half && !self.current.contains_key(&name) {
             self.previous = std::mem::take(&mut self.current);
         }
-        self.current.insert(name, size);
+        self.current.insert(name, seen);
     }
 }
 
@@ -81,9 +130,11 @@ impl Generations {
 mod tests {
     use super::*;
 
+    const BOUND: Duration = Duration::from_secs(30);
+
     #[test]
     fn remembers_what_was_seen_within_its_bound() {
-        let known = KnownEntries::new(4);
+        let known = KnownEntries::new(4, BOUND);
         for i in 0..100 {
             known.insert(&format!("org/{i}"), i);
             assert!(known.len() <= 4, "bounded: {}", known.len());
@@ -95,7 +146,7 @@ mod tests {
 
     #[test]
     fn what_is_used_stays() {
-        let known = KnownEntries::new(4);
+        let known = KnownEntries::new(4, BOUND);
         known.insert("hot", 1);
         for i in 0..50 {
             known.insert(&format!("cold/{i}"), i);
@@ -104,5 +155,27 @@ mod tests {
         }
         known.remove("hot");
         assert_eq!(known.get("hot"), None);
+    }
+
+    #[test]
+    fn a_confirmation_holds_for_the_bound_only() {
+        let known = KnownEntries::new(100, BOUND);
+        let start = Instant::now();
+        known.insert_at("org/1", 7, start);
+        known.insert_at("org/2", 8, start);
+        let almost = start + BOUND - Duration::from_secs(1);
+        assert_eq!(known.get_at("org/1", almost), Some(7), "within the bound");
+        // Past the bound the caller must ask storage again, however often it was read.
+        assert_eq!(known.get_at("org/1", start + BOUND), None);
+        assert_eq!(known.get_at("org/1", start), None, "and it was forgotten");
+        // A fresh confirmation starts a new bound.
+        known.insert_at("org/2", 8, start + BOUND);
+        assert_eq!(known.get_at("org/2", start + BOUND + BOUND / 2), Some(8));
+        // Moving back from the previous generation keeps the time of the confirmation.
+        let small = KnownEntries::new(2, BOUND);
+        let start = Instant::now();
+        small.insert_at("a", 1, start);
+        small.insert_at("b", 2, start);
+        assert_eq!(small.get_at("a", start + BOUND), None);
     }
 }

@@ -216,10 +216,14 @@ impl Handler {
         }
     }
 
-    /// Number of entries stored under `prefix` (`org`, `teams/web`) in the data directory.
+    /// Number of entries stored under `prefix` (`org`, `teams/web`) in the data directory (not
+    /// their writer records, `{hash}.{inode}.record`).
     pub fn entries(&self, prefix: &str) -> usize {
         match std::fs::read_dir(self.data_dir.join(prefix)) {
-            Ok(dir) => dir.filter(|e| e.as_ref().unwrap().path().is_file()).count(),
+            Ok(dir) => dir
+                .map(|e| e.unwrap())
+                .filter(|e| e.path().is_file() && !e.file_name().to_string_lossy().contains('.'))
+                .count(),
             Err(_) => 0,
         }
     }

@@ -154,6 +154,11 @@ impl IssuerProfile for Entra {
         )
     }
 
+    /// The identity (object id) and the application it signed in with.
+    fn build_claims(&self) -> &'static [&'static str] {
+        &["oid", "appid", "azp"]
+    }
+
     fn subject(&self, issuer: &str, claims: &Map<String, Value>) -> String {
         let Some(oid) = claim(claims, "oid") else {
             return super::host_and_sub(issuer, claims);

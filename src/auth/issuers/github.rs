@@ -125,6 +125,20 @@ impl IssuerProfile for GitHub {
         words
     }
 
+    /// Which run of which workflow, at which commit, started by whom (GitHub's token claims).
+    fn build_claims(&self) -> &'static [&'static str] {
+        &[
+            "repository",
+            "ref",
+            "sha",
+            "run_id",
+            "run_attempt",
+            "workflow_ref",
+            "event_name",
+            "actor",
+        ]
+    }
+
     fn subject(&self, _issuer: &str, claims: &Map<String, Value>) -> String {
         format!(
             "github:{}:{}",

@@ -101,6 +101,18 @@ impl IssuerProfile for GitLab {
         words
     }
 
+    /// Which job of which pipeline, at which commit, started by whom.
+    fn build_claims(&self) -> &'static [&'static str] {
+        &[
+            "project_path",
+            "ref",
+            "sha",
+            "pipeline_id",
+            "job_id",
+            "user_login",
+        ]
+    }
+
     fn subject(&self, _issuer: &str, claims: &Map<String, Value>) -> String {
         format!(
             "gitlab:{}:{}:{}",

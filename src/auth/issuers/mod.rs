@@ -74,6 +74,13 @@ pub trait IssuerProfile: Sync + Send {
     /// (`github:acme/web:refs/heads/main`).
     fn subject(&self, issuer: &str, claims: &Map<String, Value>) -> String;
 
+    /// The identity claims an exchanged token carries (and every entry it writes records) to
+    /// say which build it was: enough to find a run in the CI system, short enough to keep the
+    /// token small. Names only; absent claims are left out.
+    fn build_claims(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Where the issuer's OIDC discovery document is.
     fn discovery(&self, issuer: &str) -> String {
         format!(

@@ -8,6 +8,13 @@
 //!   committed with `If-None-Match: *`. Staged blocks are invisible, so a cut-off upload leaves
 //!   no blob, and the conditional commit makes create-if-absent race-safe. A body that fits in
 //!   one block is sent as a single conditional Put Blob.
+//! - Who wrote an entry ([`Record`]) is blob metadata (`x-ms-meta-writer_*`), sent with the
+//!   Put Blob or Commit Block List that creates the blob: no extra request, no extra role.
+//!   `handler entries` reads it back by listing with `include=metadata` (a reader role is
+//!   enough); `handler purge` deletes with `If-Match` on the listed ETag.
+//! - Entries remembered as existing (exact hit checks) are asked about again once their
+//!   confirmation is older than [`super::CONFIRMED_FOR`]; an upload is answered `409` only after
+//!   storage confirmed the blob exists just now.
 //! - Blob names: `{prefix}org/{hash}` and `{prefix}teams/{team}/{hash}`.
 //! - Every storage call is bounded by `NX_CACHE_STORAGE_TIMEOUT`.
 //!
@@ -29,11 +36,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use azure_core::http::{
-    ClientOptions, HttpClientOptions, RequestContent, StatusCode, Transport, Url, new_http_client,
+    ClientOptions, Etag, HttpClientOptions, RequestContent, StatusCode, Transport, Url,
+    new_http_client,
 };
 use azure_storage_blob::models::{
-    BlobClientGetPropertiesResultHeaders, BlobContainerClientListBlobsOptions,
-    BlockBlobClientCommitBlockListOptions, BlockBlobClientUploadOptions, BlockLookupList,
+    BlobClientDeleteOptions, BlobClientGetPropertiesResultHeaders,
+    BlobContainerClientListBlobsOptions, BlobItem, BlockBlobClientCommitBlockListOptions,
+    BlockBlobClientUploadOptions, BlockLookupList, ListBlobsIncludeItem,
 };
 use azure_storage_blob::{
     BlobClient, BlobClientOptions, BlobContainerClient, BlobContainerClientOptions,
@@ -46,10 +55,13 @@ use time::OffsetDateTime;
 use self::delegation::DelegationKeys;
 use self::sas::{BlobSas, Protocols, SAS_VERSION, encode_blob_path};
 use super::known::KnownEntries;
+use super::record::Record;
 use super::usage::{Usage, is_legacy_name};
-use super::{ByteStream, Fetched, Health, Store, StoreError, Stored};
+use super::{
+    ByteStream, CONFIRMED_FOR, Deleted, Entry, Fetched, Health, Store, StoreError, Stored,
+};
 use crate::config::{AzureAuth, AzureConfig, Download, HitCheck};
-use crate::key::CacheKey;
+use crate::key::{CacheKey, Hash, Namespace, TeamName};
 
 /// Size of one staged block, and the largest body sent as a single Put Blob.
 const BLOCK_SIZE: usize = 4 * 1024 * 1024;
@@ -143,7 +155,7 @@ impl AzureStore {
             access,
             client_options,
             downloads,
-            known: KnownEntries::new(KNOWN_ENTRIES),
+            known: KnownEntries::new(KNOWN_ENTRIES, CONFIRMED_FOR),
             health: Health::default(),
         })
     }
@@ -321,8 +333,17 @@ impl AzureStore {
             })
     }
 
-    async fn upload_single(&self, client: &BlobClient, body: Bytes) -> Result<Stored, StoreError> {
-        let options = BlockBlobClientUploadOptions::default().if_not_exists();
+    async fn upload_single(
+        &self,
+        client: &BlobClient,
+        body: Bytes,
+        record: &Record,
+    ) -> Result<Stored, StoreError> {
+        let options = BlockBlobClientUploadOptions {
+            metadata: metadata_of(record),
+            ..Default::default()
+        }
+        .if_not_exists();
         let result = self
             .bounded(
                 "upload",
@@ -346,6 +367,7 @@ impl AzureStore {
         mut buffer: BytesMut,
         mut body: ByteStream,
         expected: u64,
+        record: &Record,
     ) -> Result<Stored, StoreError> {
         let blocks = client.block_blob_client();
         // Block ids are unique per upload, so concurrent uploads of one hash never mix blocks.
@@ -381,6 +403,7 @@ impl AzureStore {
         };
         let options = BlockBlobClientCommitBlockListOptions {
             if_none_match: Some("*".into()),
+            metadata: metadata_of(record),
             ..Default::default()
         };
         let content = RequestContent::try_from(list).map_err(backend)?;
@@ -636,8 +659,11 @@ impl Store for AzureStore {
     }
 
     async fn exists(&self, key: &CacheKey) -> Result<bool, StoreError> {
-        // The same check as an exact GET's, so an entry seen by either is remembered for both.
-        Ok(self.known_size(&self.blob_name(key)).await?.is_some())
+        // Asked of storage every time, never answered from memory: an upload refused as
+        // existing must be of an entry that exists now (it may have been deleted behind this
+        // instance's back). Nx uploads only what it missed, so this costs a call only when the
+        // entry is stored by someone else meanwhile, or when it is new (as before).
+        Ok(self.blob_size(&self.blob_name(key)).await?.is_some())
     }
 
     async fn put_if_absent(
@@ -645,8 +671,9 @@ impl Store for AzureStore {
         key: &CacheKey,
         len: u64,
         body: ByteStream,
+        record: &Record,
     ) -> Result<Stored, StoreError> {
-        let stored = self.observe(self.upload(key, len, body).await)?;
+        let stored = self.observe(self.upload(key, len, body, record).await)?;
         if stored == Stored::Created {
             self.known.insert(&self.blob_name(key), len);
         }
@@ -662,26 +689,16 @@ impl Store for AzureStore {
     }
 
     async fn usage(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<Usage, StoreError> {
-        let container = self.container_client()?;
         // The whole container, even with a blob prefix: `@nx/azure-cache` entries are at its
         // root, and an operator moving off the plugin wants them in view.
         let options = BlobContainerClientListBlobsOptions {
             maxresults: Some(LIST_PAGE),
             ..Default::default()
         };
-        let mut pages = container
-            .list_blobs(Some(options))
-            .map_err(backend)?
-            .into_pages();
         let mut usage = Usage::default();
         let mut listed = 0u64;
-        while let Some(page) = self
-            .bounded("list blobs", pages.try_next())
-            .await?
-            .map_err(backend)?
-        {
-            let page = page.into_model().map_err(backend)?;
-            for item in page.blob_items {
+        self.each_page(options, &mut |items| {
+            for item in items {
                 let Some(name) = item.name else { continue };
                 let properties = item.properties.unwrap_or_default();
                 let time = properties.creation_time.or(properties.last_modified);
@@ -694,9 +711,77 @@ impl Store for AzureStore {
                 listed += 1;
             }
             progress(listed);
-        }
+        })
+        .await?;
         Ok(usage)
     }
+
+    async fn list(
+        &self,
+        namespaces: &[Namespace],
+        each: &mut (dyn FnMut(Entry) + Send),
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(), StoreError> {
+        let prefixes: Vec<String> = match namespaces {
+            [] => vec![self.config.prefix.clone()],
+            chosen => chosen
+                .iter()
+                .map(|n| format!("{}{}/", self.config.prefix, n.folder()))
+                .collect(),
+        };
+        let mut listed = 0u64;
+        for prefix in prefixes {
+            let options = BlobContainerClientListBlobsOptions {
+                prefix: Some(prefix),
+                maxresults: Some(LIST_PAGE),
+                include: Some(vec![ListBlobsIncludeItem::Metadata]),
+                ..Default::default()
+            };
+            self.each_page(options, &mut |items| {
+                for entry in items.into_iter().filter_map(|item| self.entry_of(item)) {
+                    listed += 1;
+                    each(entry);
+                }
+                progress(listed);
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, entry: &Entry) -> Result<Deleted, StoreError> {
+        let name = self.blob_name(&entry.key);
+        let client = self.blob_client(&name, "d")?;
+        let options = BlobClientDeleteOptions {
+            // Only the version that was listed: one stored again since is left alone.
+            if_match: Some(Etag::from(entry.version.clone())),
+            ..Default::default()
+        };
+        let result = self
+            .bounded("delete blob", client.delete(Some(options)))
+            .await?;
+        self.known.remove(&name);
+        match result {
+            Ok(_) => Ok(Deleted::Deleted),
+            Err(e) if e.http_status() == Some(StatusCode::PreconditionFailed) => {
+                Ok(Deleted::Changed)
+            }
+            Err(e) if e.http_status() == Some(StatusCode::NotFound) => Ok(Deleted::Gone),
+            Err(e) if e.http_status() == Some(StatusCode::Forbidden) => {
+                let code = error_code(&e).unwrap_or_else(|| "403".into());
+                Err(StoreError::Forbidden(format!(
+                    "{} refused to delete {name} ({code}): deleting needs the role 'Storage Blob Data Contributor' on the container (or a custom role with Microsoft.Storage/storageAccounts/blobServices/containers/blobs/delete); a reader role lists only",
+                    self.container_label()
+                )))
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+}
+
+/// The record as the metadata of the request that creates the blob; none for no writer.
+fn metadata_of(record: &Record) -> Option<std::collections::HashMap<String, String>> {
+    Some(record.metadata()).filter(|m| !m.is_empty())
 }
 
 impl AzureStore {
@@ -753,13 +838,79 @@ impl AzureStore {
         }
     }
 
-    /// The size of blob `name` if it exists: remembered, or asked of storage once (bounded by the
-    /// storage timeout; any trouble is an error, which the API answers as a miss or "not
-    /// stored" at once).
+    /// Lists the container as `options` say, page by page (each page bounded by the storage
+    /// timeout), handing each page's blobs to `page`: memory holds one page.
+    async fn each_page(
+        &self,
+        options: BlobContainerClientListBlobsOptions<'_>,
+        page: &mut (dyn FnMut(Vec<BlobItem>) + Send),
+    ) -> Result<(), StoreError> {
+        let container = self.container_client()?;
+        let mut pages = container
+            .list_blobs(Some(options))
+            .map_err(backend)?
+            .into_pages();
+        while let Some(next) = self
+            .bounded("list blobs", pages.try_next())
+            .await?
+            .map_err(backend)?
+        {
+            page(next.into_model().map_err(backend)?.blob_items);
+        }
+        Ok(())
+    }
+
+    /// A listed blob as an entry: `None` for a name that is no entry of this cache.
+    fn entry_of(&self, item: BlobItem) -> Option<Entry> {
+        let name = item.name?;
+        let relative = name.strip_prefix(&self.config.prefix)?;
+        let key = match relative.split('/').collect::<Vec<_>>().as_slice() {
+            ["org", hash] => CacheKey {
+                namespace: Namespace::Org,
+                hash: Hash::parse(hash).ok()?,
+            },
+            ["teams", team, hash] => CacheKey {
+                namespace: Namespace::Team(TeamName::parse(team).ok()?),
+                hash: Hash::parse(hash).ok()?,
+            },
+            _ => return None,
+        };
+        let properties = item.properties.unwrap_or_default();
+        let record = item
+            .metadata
+            .and_then(|m| m.values)
+            .map(|values| {
+                Record::from_metadata(values.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            })
+            .unwrap_or_default();
+        let created = record
+            .writer
+            .as_ref()
+            .map(|w| w.stored)
+            .or(properties.creation_time)
+            .or(properties.last_modified);
+        Some(Entry {
+            key,
+            bytes: properties.content_length.unwrap_or(0),
+            created,
+            record,
+            version: properties.etag.map(String::from).unwrap_or_default(),
+        })
+    }
+
+    /// The size of blob `name` if it exists: remembered (confirmed within
+    /// [`CONFIRMED_FOR`]), or asked of storage ([`Self::blob_size`]).
     async fn known_size(&self, name: &str) -> Result<Option<u64>, StoreError> {
         if let Some(len) = self.known.get(name) {
             return Ok(Some(len));
         }
+        self.blob_size(name).await
+    }
+
+    /// The size of blob `name` if it exists, asked of storage now (bounded by the storage
+    /// timeout; any trouble is an error, which the API answers as a miss or "not stored" at
+    /// once). The answer is remembered, a missing blob forgotten.
+    async fn blob_size(&self, name: &str) -> Result<Option<u64>, StoreError> {
         let client = self.blob_client(name, "r")?;
         let properties = self
             .bounded("get blob properties", client.get_properties(None))
@@ -775,8 +926,9 @@ impl AzureStore {
             Ok(Err(e)) => Err(backend(e)),
         };
         let len = self.observe(result)?;
-        if let Some(len) = len {
-            self.known.insert(name, len);
+        match len {
+            Some(len) => self.known.insert(name, len),
+            None => self.known.remove(name),
         }
         Ok(len)
     }
@@ -795,6 +947,7 @@ impl AzureStore {
         key: &CacheKey,
         len: u64,
         mut body: ByteStream,
+        record: &Record,
     ) -> Result<Stored, StoreError> {
         let client = self.blob_client(&self.blob_name(key), "rcw")?;
         let mut buffer = BytesMut::with_capacity(BLOCK_SIZE.min(len as usize + 1));
@@ -802,7 +955,9 @@ impl AzureStore {
             .await?
             .unwrap_or_default();
         if (first.len() as u64) < len && first.len() == BLOCK_SIZE {
-            return self.upload_blocks(&client, first, buffer, body, len).await;
+            return self
+                .upload_blocks(&client, first, buffer, body, len, record)
+                .await;
         }
         // The whole body fits in one block: check it is all there, then one conditional put.
         if let Some(extra) = fill_block(&mut body, &mut buffer).await? {
@@ -818,6 +973,6 @@ impl AzureStore {
                 received: first.len() as u64,
             });
         }
-        self.upload_single(&client, first).await
+        self.upload_single(&client, first, record).await
     }
 }

@@ -6,6 +6,15 @@
 //! overwrites, so of two concurrent uploads of one hash exactly one wins, and a reader never sees
 //! a partial entry.
 //!
+//! Who wrote an entry ([`Record`]) is kept in a file beside it, `{hash}.{inode}.record`, named
+//! by the inode of the entry file it describes: it is written before the entry is published, so
+//! no entry is ever visible without its record, and of two concurrent uploads of one hash each
+//! writes its own (their temporary files have different inodes) and the loser removes its own.
+//! It goes with the entry (retention, `handler purge`), and it is not an entry: names with a `.`
+//! are no hash, so usage and retention's index skip them. The record is not flushed to disk on
+//! its own (that would double the cost of a small upload): a machine crash right after an upload
+//! can leave it unreadable, and the entry is then listed without a writer.
+//!
 //! Retention (`NX_CACHE_MAX_SIZE`, `NX_CACHE_MAX_AGE`; off by default) is in [`retention`].
 
 pub mod retention;
@@ -20,9 +29,12 @@ use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio_util::io::ReaderStream;
 
 use self::retention::{Retention, RetentionConfig};
+use super::record::Record;
 use super::usage::Usage;
-use super::{ByteStream, DOWNLOAD_CHUNK, Fetched, Health, Store, StoreError, Stored};
-use crate::key::CacheKey;
+use super::{
+    ByteStream, DOWNLOAD_CHUNK, Deleted, Entry, Fetched, Health, Store, StoreError, Stored,
+};
+use crate::key::{CacheKey, Namespace, TeamName};
 use crate::metrics::Figure;
 
 /// Write buffer size: large enough to keep syscalls few for multi-MiB artifacts.
@@ -44,12 +56,19 @@ impl LocalStore {
     /// Opens (creating if needed) a store rooted at `root`, private to this user (folders 0700,
     /// files 0600). Leftover temporary files from a previous run that died mid-upload are removed.
     pub fn open(root: &Path) -> std::io::Result<Self> {
+        let store = Self::open_shared(root)?;
+        for entry in std::fs::read_dir(&store.tmp)? {
+            let _ = std::fs::remove_file(entry?.path());
+        }
+        Ok(store)
+    }
+
+    /// Opens the store for an operator's command (`handler usage`, `entries`, `purge`) while a
+    /// server may run on the same directory: its uploads in progress are left alone.
+    pub fn open_shared(root: &Path) -> std::io::Result<Self> {
         let tmp = root.join(".tmp");
         private_dirs().create(&tmp)?;
         restrict_to_owner(root)?;
-        for entry in std::fs::read_dir(&tmp)? {
-            let _ = std::fs::remove_file(entry?.path());
-        }
         Ok(Self {
             root: root.to_owned(),
             tmp,
@@ -124,6 +143,67 @@ impl Drop for TempFile {
     }
 }
 
+/// The record file of the entry at `entry` whose file has inode `inode`.
+pub(crate) fn record_path(entry: &Path, inode: u64) -> PathBuf {
+    let mut name = entry.as_os_str().to_owned();
+    name.push(format!(".{inode}.record"));
+    PathBuf::from(name)
+}
+
+/// Whether a file name in a namespace folder is an entry (a hash), not a record or a stray.
+pub(crate) fn is_entry_name(name: &str) -> bool {
+    crate::key::Hash::parse(name).is_ok()
+}
+
+/// The file's inode: what names its record, and the version a purge deletes.
+pub(crate) fn inode(meta: &std::fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::MetadataExt::ino(meta)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        0
+    }
+}
+
+/// Which file an entry is (a purge deletes the version it listed): its inode and, where the
+/// file system keeps it, its birth time, since a freed inode is soon given to a new file.
+fn version_of(meta: &std::fs::Metadata) -> String {
+    match meta
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+    {
+        Some(born) => format!("{}.{}", inode(meta), born.as_nanos()),
+        None => inode(meta).to_string(),
+    }
+}
+
+/// Writes `record` for the entry file that will have inode `inode`. On the worker thread: a
+/// small write to the page cache costs less than a hand-off to the blocking pool.
+fn write_record(target: &Path, inode: u64, record: &Record) -> std::io::Result<PathBuf> {
+    let path = record_path(target, inode);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);
+    std::io::Write::write_all(&mut options.open(&path)?, &record.to_sidecar())?;
+    Ok(path)
+}
+
+/// Removes an entry's record, once the entry is gone (a missing record is no error).
+pub(crate) fn remove_record(entry: &Path, inode: u64) {
+    match std::fs::remove_file(record_path(entry, inode)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(entry = %entry.display(), error = %e, "cannot remove an entry's record")
+        }
+    }
+}
+
 #[async_trait]
 impl Store for LocalStore {
     fn describe(&self) -> String {
@@ -148,7 +228,13 @@ impl Store for LocalStore {
         // back takes more than the whole request (nginx reads files in its event loop too).
         let (mut file, len) = match open_for_reading(&path, touch) {
             Ok(opened) => opened,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                // Deleted by another process (`handler purge`): the index learns of it.
+                if let Some(retention) = &self.retention {
+                    retention.vanished(&name);
+                }
+                return Ok(None);
+            }
             Err(e) => return Err(e.into()),
         };
         if let Some(retention) = &self.retention {
@@ -194,14 +280,18 @@ impl Store for LocalStore {
         key: &CacheKey,
         len: u64,
         mut body: ByteStream,
+        record: &Record,
     ) -> Result<Stored, StoreError> {
         let temp = TempFile(self.tmp.join(uuid::Uuid::new_v4().simple().to_string()));
-        let mut options = tokio::fs::OpenOptions::new();
+        let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
-        options.mode(FILE_MODE);
-        let file = options.open(&temp.0).await?;
-        let mut writer = BufWriter::with_capacity(WRITE_BUFFER, file);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);
+        // Created on the worker thread, as `get` opens: creating a file and reading its inode
+        // take microseconds, a hand-off to the blocking pool and back takes more.
+        let file = options.open(&temp.0)?;
+        let inode = inode(&file.metadata()?);
+        let mut writer = BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file));
         let mut received: u64 = 0;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(StoreError::Body)?;
@@ -218,9 +308,6 @@ impl Store for LocalStore {
             });
         }
         writer.flush().await?;
-        // Durable before visible: a crash after publishing must not leave a truncated entry.
-        writer.get_mut().sync_data().await?;
-        drop(writer);
 
         let target = self.path_for(key);
         if let Some(parent) = target.parent()
@@ -231,7 +318,31 @@ impl Store for LocalStore {
                 .await
                 .map_err(std::io::Error::other)??;
         }
-        match tokio::fs::hard_link(&temp.0, &target).await {
+        // Durable before visible: a crash after publishing must not leave a truncated entry.
+        // The record is written (on this thread) while the blocking pool flushes the entry, so
+        // it costs next to nothing where flushing costs something; it is in place before the
+        // entry is published, so once the entry is visible, so is its writer.
+        let (synced, written) = tokio::join!(writer.get_mut().sync_data(), async {
+            match record.writer {
+                Some(_) => write_record(&target, inode, record).map(Some),
+                None => Ok(None),
+            }
+        });
+        drop(writer);
+        let written = written?;
+        if let Err(e) = synced {
+            if let Some(path) = written {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e.into());
+        }
+        let published = tokio::fs::hard_link(&temp.0, &target).await;
+        if published.is_err()
+            && let Some(path) = written
+        {
+            let _ = std::fs::remove_file(path);
+        }
+        match published {
             Ok(()) => {
                 if let Some(retention) = &self.retention {
                     retention.stored(&key.object_name(), len);
@@ -241,6 +352,57 @@ impl Store for LocalStore {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Stored::AlreadyExists),
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn list(
+        &self,
+        namespaces: &[Namespace],
+        each: &mut (dyn FnMut(Entry) + Send),
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(), StoreError> {
+        let folders = match namespaces {
+            [] => namespace_folders(&self.root)?,
+            chosen => chosen.to_vec(),
+        };
+        let mut listed = 0u64;
+        for namespace in folders {
+            let root = self.root.clone();
+            // One folder at a time on the blocking pool; a folder's entries are passed on in
+            // batches, so memory stays bounded by a batch, not by the folder.
+            let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<Entry>>(2);
+            let walking = tokio::task::spawn_blocking(move || {
+                list_folder(&root, &namespace, &mut |batch| {
+                    sender.blocking_send(batch).is_ok()
+                })
+            });
+            while let Some(batch) = receiver.recv().await {
+                listed += batch.len() as u64;
+                batch.into_iter().for_each(&mut *each);
+                progress(listed);
+            }
+            walking
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))??;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, entry: &Entry) -> Result<Deleted, StoreError> {
+        let name = entry.key.object_name();
+        let path = self.path_for(&entry.key);
+        let aside = self
+            .tmp
+            .join(format!("purge-{}", uuid::Uuid::new_v4().simple()));
+        let listed = entry.version.clone();
+        let deleted = tokio::task::spawn_blocking(move || delete_version(&path, &aside, &listed))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))??;
+        if deleted == Deleted::Deleted
+            && let Some(retention) = &self.retention
+        {
+            retention.vanished(&name);
+        }
+        Ok(deleted)
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
@@ -301,11 +463,15 @@ fn local_usage(root: &Path) -> std::io::Result<Usage> {
         };
         for entry in entries {
             let entry = entry?;
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if !is_entry_name(&file_name) && file_name.ends_with(".record") {
+                continue;
+            }
             let meta = entry.metadata()?;
             if !meta.is_file() {
                 continue;
             }
-            let name = format!("{prefix}/{}", entry.file_name().to_string_lossy());
+            let name = format!("{prefix}/{file_name}");
             let time = meta.modified().ok().map(time::OffsetDateTime::from);
             usage.add(&name, meta.len(), time);
         }
@@ -313,10 +479,127 @@ fn local_usage(root: &Path) -> std::io::Result<Usage> {
     Ok(usage)
 }
 
+/// Every namespace folder of the store: `org`, then each team's.
+fn namespace_folders(root: &Path) -> std::io::Result<Vec<Namespace>> {
+    let mut namespaces = vec![Namespace::Org];
+    match std::fs::read_dir(root.join("teams")) {
+        Ok(teams) => {
+            for team in teams {
+                let team = team?;
+                let name = team.file_name().to_string_lossy().into_owned();
+                if team.file_type()?.is_dir()
+                    && let Ok(team) = TeamName::parse(&name)
+                {
+                    namespaces.push(Namespace::Team(team));
+                }
+            }
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(namespaces)
+}
+
+/// Entries handed on per batch while a folder is listed.
+const LIST_BATCH: usize = 1000;
+
+/// Lists one namespace folder: each entry with its size, time and record, in batches to `send`
+/// (which says whether to go on).
+fn list_folder(
+    root: &Path,
+    namespace: &Namespace,
+    send: &mut dyn FnMut(Vec<Entry>) -> bool,
+) -> std::io::Result<()> {
+    let folder = root.join(namespace.folder());
+    let files = match std::fs::read_dir(&folder) {
+        Ok(files) => files,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut batch = Vec::with_capacity(LIST_BATCH);
+    for file in files {
+        let file = file?;
+        let name = file.file_name().to_string_lossy().into_owned();
+        let Ok(hash) = crate::key::Hash::parse(&name) else {
+            continue;
+        };
+        // Gone since the folder was read (evicted, purged): not listed.
+        let Ok(meta) = file.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let inode = inode(&meta);
+        let record = read_record(&file.path(), inode);
+        let created = record
+            .writer
+            .as_ref()
+            .map(|w| w.stored)
+            .or_else(|| meta.created().or(meta.modified()).ok().map(Into::into));
+        batch.push(Entry {
+            key: CacheKey {
+                namespace: namespace.clone(),
+                hash,
+            },
+            bytes: meta.len(),
+            created,
+            record,
+            version: version_of(&meta),
+        });
+        if batch.len() == LIST_BATCH && !send(std::mem::take(&mut batch)) {
+            return Ok(());
+        }
+    }
+    if !batch.is_empty() {
+        send(batch);
+    }
+    Ok(())
+}
+
+/// The record of the entry file at `entry` with inode `inode`: none when it has no record file,
+/// or one that cannot be read as a record (logged).
+fn read_record(entry: &Path, inode: u64) -> Record {
+    let path = record_path(entry, inode);
+    match std::fs::read(&path) {
+        Ok(bytes) => Record::from_sidecar(&bytes).unwrap_or_else(|| {
+            tracing::warn!(record = %path.display(), "an entry's record cannot be read; listed without a writer");
+            Record::default()
+        }),
+        Err(_) => Record::default(),
+    }
+}
+
+/// Deletes the entry at `path` if its file is still the `listed` version. The file is first
+/// renamed aside (atomically: whatever is at the name now is taken), then checked: one stored
+/// again since the listing is put back, never deleted.
+fn delete_version(path: &Path, aside: &Path, listed: &str) -> std::io::Result<Deleted> {
+    match std::fs::rename(path, aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Deleted::Gone),
+        Err(e) => return Err(e),
+    }
+    let _aside = TempFile(aside.to_owned());
+    let meta = std::fs::symlink_metadata(aside)?;
+    if version_of(&meta) != listed {
+        // Back under its name, unless yet another upload stored one there meanwhile.
+        match std::fs::hard_link(aside, path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        return Ok(Deleted::Changed);
+    }
+    remove_record(path, inode(&meta));
+    Ok(Deleted::Deleted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    fn no_record() -> Record {
+        Record::default()
+    }
 
     fn body(chunks: Vec<&'static [u8]>) -> ByteStream {
         Box::pin(futures_util::stream::iter(
@@ -351,10 +634,12 @@ mod tests {
         assert!(read_all(&store, &key).await.is_none());
         assert!(!store.exists(&key).await.unwrap());
         let first = store
-            .put_if_absent(&key, 6, body(vec![b"abc", b"def"]))
+            .put_if_absent(&key, 6, body(vec![b"abc", b"def"]), &no_record())
             .await;
         assert_eq!(first.unwrap(), Stored::Created);
-        let second = store.put_if_absent(&key, 3, body(vec![b"xyz"])).await;
+        let second = store
+            .put_if_absent(&key, 3, body(vec![b"xyz"]), &no_record())
+            .await;
         assert_eq!(second.unwrap(), Stored::AlreadyExists);
         assert_eq!(read_all(&store, &key).await.unwrap(), b"abcdef");
         assert!(dir.path().join("teams/web/123").is_file());
@@ -371,7 +656,7 @@ mod tests {
         let store = LocalStore::open(&root).unwrap();
         let key = CacheKey::parse(Some("web"), "1").unwrap();
         store
-            .put_if_absent(&key, 3, body(vec![b"abc"]))
+            .put_if_absent(&key, 3, body(vec![b"abc"]), &no_record())
             .await
             .unwrap();
         for dir in ["", ".tmp", "teams", "teams/web"] {
@@ -390,7 +675,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path()).unwrap();
         let key = CacheKey::parse(None, "9").unwrap();
-        let short = store.put_if_absent(&key, 10, body(vec![b"abc"])).await;
+        let short = store
+            .put_if_absent(&key, 10, body(vec![b"abc"]), &no_record())
+            .await;
         assert!(matches!(
             short,
             Err(StoreError::Incomplete {
@@ -398,14 +685,16 @@ mod tests {
                 received: 3
             })
         ));
-        let long = store.put_if_absent(&key, 2, body(vec![b"abc"])).await;
+        let long = store
+            .put_if_absent(&key, 2, body(vec![b"abc"]), &no_record())
+            .await;
         assert!(matches!(long, Err(StoreError::Incomplete { .. })));
         let broken: ByteStream = Box::pin(futures_util::stream::iter(vec![
             Ok(Bytes::from_static(b"ab")),
             Err(std::io::Error::new(ErrorKind::ConnectionReset, "gone")),
         ]));
         assert!(matches!(
-            store.put_if_absent(&key, 4, broken).await,
+            store.put_if_absent(&key, 4, broken, &no_record()).await,
             Err(StoreError::Body(_))
         ));
         assert!(!store.exists(&key).await.unwrap());
@@ -422,7 +711,11 @@ mod tests {
             .iter()
             .map(|b| {
                 let (store, key, b) = (store.clone(), key.clone(), *b);
-                tokio::spawn(async move { store.put_if_absent(&key, 8, body(vec![b])).await })
+                tokio::spawn(async move {
+                    store
+                        .put_if_absent(&key, 8, body(vec![b]), &no_record())
+                        .await
+                })
             })
             .collect();
         let mut created = 0;
@@ -434,5 +727,114 @@ mod tests {
         assert_eq!(created, 1);
         let stored = read_all(&store, &key).await.unwrap();
         assert!(bodies.contains(&stored.as_slice()));
+    }
+
+    fn written_by(subject: &str) -> Record {
+        Record {
+            writer: Some(crate::storage::record::Writer {
+                token_id: format!("id-{subject}"),
+                subject: subject.into(),
+                kind: crate::storage::record::WriterKind::Issued,
+                rule: None,
+                issuer: None,
+                claims: Default::default(),
+                stored: time::OffsetDateTime::now_utc(),
+            }),
+        }
+    }
+
+    async fn list_all(store: &LocalStore) -> Vec<Entry> {
+        let mut entries = Vec::new();
+        store
+            .list(&[], &mut |entry| entries.push(entry), &|_| {})
+            .await
+            .unwrap();
+        entries.sort_by_key(|e| e.key.object_name());
+        entries
+    }
+
+    /// Of concurrent uploads of one hash, the entry listed carries the record of the upload
+    /// that won, and the losers leave no record behind.
+    #[tokio::test]
+    async fn the_winner_of_concurrent_uploads_is_its_entry_s_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(LocalStore::open(dir.path()).unwrap());
+        for round in 0..20 {
+            let key = CacheKey::parse(Some("web"), &format!("{round}")).unwrap();
+            let tasks: Vec<_> = ["aaaa", "bbbb", "cccc", "dddd"]
+                .into_iter()
+                .map(|b| {
+                    let (store, key) = (store.clone(), key.clone());
+                    tokio::spawn(async move {
+                        let body = body(vec![b.as_bytes()]);
+                        store.put_if_absent(&key, 4, body, &written_by(b)).await
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap().unwrap();
+            }
+            let content = String::from_utf8(read_all(&store, &key).await.unwrap()).unwrap();
+            let entries = list_all(&store).await;
+            let entry = entries.iter().find(|e| e.key == key).unwrap();
+            assert_eq!(entry.record.writer.as_ref().unwrap().subject, content);
+        }
+        let records = std::fs::read_dir(dir.path().join("teams/web"))
+            .unwrap()
+            .filter(|f| {
+                f.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".record")
+            })
+            .count();
+        assert_eq!(records, 20, "one record per entry, none left by the losers");
+        let usage = store.usage(&|_| {}).await.unwrap();
+        assert_eq!(usage.total().entries, 20);
+        assert_eq!(usage.skipped, 0, "records are neither entries nor strays");
+    }
+
+    #[tokio::test]
+    async fn a_delete_removes_the_listed_version_with_its_record_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let key = CacheKey::parse(None, "5").unwrap();
+        store
+            .put_if_absent(&key, 3, body(vec![b"one"]), &written_by("first"))
+            .await
+            .unwrap();
+        // Without a writer (as before records existed): no record file.
+        let bare = CacheKey::parse(None, "6").unwrap();
+        store
+            .put_if_absent(&bare, 3, body(vec![b"two"]), &no_record())
+            .await
+            .unwrap();
+        let listed = list_all(&store).await;
+        assert_eq!(listed.len(), 2);
+        assert!(listed[1].record.writer.is_none());
+        let first = listed[0].clone();
+        assert_eq!(store.delete(&first).await.unwrap(), Deleted::Deleted);
+        assert_eq!(store.delete(&first).await.unwrap(), Deleted::Gone);
+        // Stored again after the listing: that entry is not the one listed.
+        store
+            .put_if_absent(&key, 3, body(vec![b"new"]), &written_by("second"))
+            .await
+            .unwrap();
+        assert_eq!(store.delete(&first).await.unwrap(), Deleted::Changed);
+        assert_eq!(read_all(&store, &key).await.unwrap(), b"new");
+        let now = list_all(&store).await;
+        assert_eq!(now[0].record.writer.as_ref().unwrap().subject, "second");
+        assert_eq!(store.delete(&now[0]).await.unwrap(), Deleted::Deleted);
+        let left: Vec<String> = std::fs::read_dir(dir.path().join("org"))
+            .unwrap()
+            .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            left,
+            vec!["6"],
+            "entries and records gone, the bare entry kept"
+        );
+        assert_eq!(leftover_temp_files(dir.path()), 0);
     }
 }

@@ -10,6 +10,12 @@
 //! - **It survives restarts.** A hit sets the entry file's modification time to now (entries are
 //!   never modified otherwise), so the index a restart rebuilds from the directory orders
 //!   entries as the last run did.
+//! - **It follows deletions by others.** `handler purge` may delete entries while the server
+//!   runs on the same directory. A read that finds its entry gone drops it from the index, and
+//!   before a pass evicts anything for size (and at least every [`MAX_AGE_CHECK_EVERY`]) the
+//!   index drops every entry whose file is gone, so phantom bytes never make it evict live ones.
+//! - **Records go with their entries.** An entry's record file (who wrote it) is removed with it;
+//!   the startup scan removes records whose entry is gone (left by a crash).
 //! - **Nothing being read is lost.** A read registers its entry before opening it, and eviction
 //!   skips registered entries; an entry claimed for deletion is a miss for new readers. So no
 //!   entry is deleted while a download of it is in flight.
@@ -54,6 +60,9 @@ impl Index {
         match self.entries.get_mut(name) {
             Some(meta) => {
                 meta.last_used = meta.last_used.max(last_used);
+                // Purged and stored again with other bytes since the index learnt of it.
+                self.total = self.total - meta.size + size;
+                meta.size = size;
             }
             None => {
                 self.entries
@@ -73,6 +82,8 @@ pub struct Retention {
     passes: AtomicU64,
     evicted_entries: AtomicU64,
     evicted_bytes: AtomicU64,
+    /// When the index last dropped entries deleted by others ([`Retention::reconcile`]).
+    reconciled: Mutex<Option<std::time::Instant>>,
 }
 
 /// A download in flight: its entry is not evicted until this is dropped.
@@ -103,6 +114,7 @@ impl Retention {
             passes: AtomicU64::new(0),
             evicted_entries: AtomicU64::new(0),
             evicted_bytes: AtomicU64::new(0),
+            reconciled: Mutex::new(None),
         })
     }
 
@@ -139,6 +151,45 @@ impl Retention {
         if self.config.max_size.is_some_and(|max| total > max) {
             self.wake.notify_one();
         }
+    }
+
+    /// `name` was found deleted by someone else (`handler purge`): no longer counted.
+    pub fn vanished(&self, name: &str) {
+        let mut index = self.lock();
+        if let Some(meta) = index.entries.remove(name) {
+            index.total -= meta.size;
+        }
+    }
+
+    /// Drops every indexed entry whose file is gone (deleted by another process). The files are
+    /// looked at without the lock held.
+    fn reconcile(&self, root: &Path) {
+        *self.reconciled.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::time::Instant::now());
+        let names: Vec<String> = self.lock().entries.keys().cloned().collect();
+        let mut gone = 0u64;
+        for name in names {
+            if matches!(std::fs::symlink_metadata(root.join(&name)), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+            {
+                self.vanished(&name);
+                gone += 1;
+            }
+        }
+        if gone > 0 {
+            tracing::info!(
+                entries = gone,
+                size_after = self.total(),
+                "entries deleted by another process dropped from the retention index"
+            );
+        }
+    }
+
+    /// Whether the periodic reconciliation is due.
+    fn reconcile_due(&self) -> bool {
+        self.reconciled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none_or(|at| at.elapsed() >= MAX_AGE_CHECK_EVERY)
     }
 
     /// Bytes the index holds.
@@ -224,12 +275,9 @@ impl Retention {
                 let pass_root = root.clone();
                 let _ = tokio::task::spawn_blocking(move || evicting.pass(&pass_root)).await;
                 let woken = retention.wake.notified();
-                match age_check {
-                    Some(every) => {
-                        let _ = tokio::time::timeout(every, woken).await;
-                    }
-                    None => woken.await,
-                }
+                // At least every MAX_AGE_CHECK_EVERY, so the index follows deletions by others.
+                let every = age_check.unwrap_or(MAX_AGE_CHECK_EVERY);
+                let _ = tokio::time::timeout(every, woken).await;
                 // The store is gone: only this task still holds the retention.
                 if Arc::strong_count(&retention) == 1 {
                     return;
@@ -255,11 +303,16 @@ impl Retention {
                 continue;
             };
             for entry in entries.flatten() {
+                let file_name = entry.file_name().to_string_lossy().into_owned();
+                if !super::is_entry_name(&file_name) {
+                    remove_orphan_record(&folder, &file_name);
+                    continue;
+                }
                 let Ok(meta) = entry.metadata() else { continue };
                 if !meta.is_file() {
                     continue;
                 }
-                let name = format!("{prefix}/{}", entry.file_name().to_string_lossy());
+                let name = format!("{prefix}/{file_name}");
                 let last_used = meta.modified().map(nanos).unwrap_or(0);
                 let mut index = self.lock();
                 if !index.entries.contains_key(&name) {
@@ -281,6 +334,13 @@ impl Retention {
             .config
             .max_age
             .map(|age| now.saturating_sub(age.as_nanos()));
+        let over = self
+            .config
+            .max_size
+            .is_some_and(|max| self.lock().total > max);
+        if over || self.reconcile_due() {
+            self.reconcile(root);
+        }
         let mut size_target = None;
         let mut candidates: Vec<(u128, String, u64)> = {
             let index = self.lock();
@@ -315,8 +375,13 @@ impl Retention {
                 index.total -= size;
                 index.deleting.insert(name.clone());
             }
-            match std::fs::remove_file(root.join(&name)) {
+            let path = root.join(&name);
+            let inode = std::fs::symlink_metadata(&path).map(|meta| super::inode(&meta));
+            match std::fs::remove_file(&path) {
                 Ok(()) => {
+                    if let Ok(inode) = inode {
+                        super::remove_record(&path, inode);
+                    }
                     entries += 1;
                     bytes += size;
                 }
@@ -331,6 +396,37 @@ impl Retention {
             self.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
             tracing::info!(entries, bytes, size_after = self.total(), "eviction pass");
         }
+    }
+}
+
+/// A record younger than this is never taken for an orphan: an upload writes its record just
+/// before it publishes the entry.
+const ORPHAN_AFTER: Duration = Duration::from_secs(600);
+
+/// Removes `file_name` from `folder` when it is a record (`{hash}.{inode}.record`) whose entry
+/// is gone or is another file now, and has been for a while: left by a crash between deleting an
+/// entry and its record, or between writing a record and publishing its entry.
+fn remove_orphan_record(folder: &Path, file_name: &str) {
+    let Some((hash, inode)) = file_name
+        .strip_suffix(".record")
+        .and_then(|rest| rest.split_once('.'))
+    else {
+        return;
+    };
+    let Ok(inode) = inode.parse::<u64>() else {
+        return;
+    };
+    let entry = folder.join(hash);
+    let orphan = match std::fs::symlink_metadata(&entry) {
+        Ok(meta) => super::inode(&meta) != inode,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    };
+    let path = folder.join(file_name);
+    let old = std::fs::symlink_metadata(&path)
+        .and_then(|meta| meta.modified())
+        .is_ok_and(|at| at.elapsed().is_ok_and(|age| age >= ORPHAN_AFTER));
+    if orphan && old {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -417,5 +513,68 @@ mod tests {
         assert!(!root.join("org/old").exists());
         assert!(root.join("teams/web/new").exists());
         assert_eq!(r.figures()[0].value, 10);
+    }
+
+    /// Entries deleted by another process (`handler purge`) are dropped from the index before a
+    /// pass evicts for size: their bytes never make it evict live entries.
+    #[test]
+    fn entries_deleted_by_others_never_cost_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let r = retention(root, Some(1000), None);
+        for i in 0..6 {
+            write(root, &format!("org/{i}"), 150);
+            r.stored(&format!("org/{i}"), 150);
+        }
+        // The most recently used entries are purged behind the index's back.
+        for i in 3..6 {
+            std::fs::remove_file(root.join(format!("org/{i}"))).unwrap();
+        }
+        write(root, "org/6", 150);
+        r.stored("org/6", 150);
+        write(root, "org/7", 150);
+        r.stored("org/7", 150);
+        assert_eq!(r.total(), 1200, "over the limit, with 450 phantom bytes");
+        r.pass(root);
+        assert_eq!(r.total(), 750);
+        for live in ["org/0", "org/1", "org/2", "org/6", "org/7"] {
+            assert!(
+                root.join(live).exists(),
+                "{live} kept: the store is within its limit"
+            );
+        }
+        assert_eq!(r.evicted_entries.load(Ordering::Relaxed), 0);
+        r.vanished("org/7");
+        assert_eq!(r.total(), 600);
+    }
+
+    #[test]
+    fn records_go_with_their_entries_and_orphans_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "org/1", 100);
+        let inode = super::super::inode(&std::fs::metadata(root.join("org/1")).unwrap());
+        let record = super::super::record_path(&root.join("org/1"), inode);
+        std::fs::write(&record, b"{}").unwrap();
+        // An old record whose entry is gone, and a fresh one (an upload about to publish).
+        let orphan = root.join("org/2.77.record");
+        std::fs::write(&orphan, b"{}").unwrap();
+        let old = SystemTime::now() - ORPHAN_AFTER - Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&orphan)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let fresh = root.join("org/3.78.record");
+        std::fs::write(&fresh, b"{}").unwrap();
+        let r = retention(root, Some(50), None);
+        assert_eq!(r.total(), 100, "records are not entries");
+        assert!(!orphan.exists() && fresh.exists() && record.exists());
+        r.pass(root);
+        assert!(
+            !root.join("org/1").exists() && !record.exists(),
+            "evicted with its record"
+        );
     }
 }
