@@ -1,5 +1,6 @@
 //! Retention of the embedded store (`NX_CACHE_MAX_SIZE`) over real HTTP: under a write load
-//! twice the limit the store stays within the limit plus one artifact, keeps what was read most
+//! twice the limit the store is back within the limit plus one artifact as soon as the background
+//! eviction has caught up with each upload, keeps what was read most
 //! recently (also across a restart), and never deletes an entry while it is being read.
 
 mod common;
@@ -14,13 +15,33 @@ use common::{Handler, issue_token};
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 
-/// Bytes of every entry file under the data directory (what the store holds).
+/// Bytes of every entry file under the data directory (what the store holds; the record files
+/// beside the entries, who wrote each, are not entries and `NX_CACHE_MAX_SIZE` does not count
+/// them).
 fn store_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     for folder in ["org", "teams"] {
         total += folder_bytes(&dir.join(folder));
     }
     total
+}
+
+/// How long eviction may take to catch up with an upload before the test calls the bound broken.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// What the store holds once eviction has caught up: eviction runs in the background, woken by
+/// the upload that went over the limit, so right after that upload's answer the store may still
+/// hold it (on a loaded machine, the next upload's too). Waits until the store is within `bound`,
+/// for at most [`SETTLE`], and returns what it holds then.
+async fn settled_bytes(dir: &Path, bound: u64) -> u64 {
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let now = store_bytes(dir);
+        if now <= bound || std::time::Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn folder_bytes(dir: &Path) -> u64 {
@@ -34,6 +55,8 @@ fn folder_bytes(dir: &Path) -> u64 {
             let Ok(meta) = e.metadata() else { return 0 };
             if meta.is_dir() {
                 folder_bytes(&e.path())
+            } else if e.file_name().to_string_lossy().ends_with(".record") {
+                0
             } else {
                 meta.len()
             }
@@ -125,11 +148,11 @@ async fn under_twice_its_limit_the_store_keeps_its_bound_what_was_read_and_what_
             get(&client, &base, &token, &hot).await.is_some(),
             "{hot} kept"
         );
-        let now = store_bytes(&handler.data_dir);
+        let now = settled_bytes(&handler.data_dir, (max + artifact) as u64).await;
         largest = largest.max(now);
         assert!(
             now <= (max + artifact) as u64,
-            "after {i} uploads the store holds {now} bytes, over {max} + one artifact"
+            "after {i} uploads the store holds {now} bytes, over {max} + one artifact, and eviction did not bring it back within {SETTLE:?}"
         );
     }
     handler
