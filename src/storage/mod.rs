@@ -2,19 +2,24 @@
 //!
 //! The HTTP layer only ever talks to [`Store`]; a backend is added without touching it. The
 //! interface is shaped by what a cache needs and by the Nx contract:
-//! - reads are streams (or a redirect the client follows on its own), never whole buffers;
+//! - reads are streams, a redirect the client follows on its own, or (for small entries) the
+//!   whole entry already in memory: how a hit reaches the client is decided here, below the
+//!   front doors, so every client API answers it alike (see [`inline`]);
 //! - writes are *put-if-absent* from a stream: an entry is written once and never overwritten,
 //!   and it becomes visible only when complete;
 //! - `exists` lets the API refuse a duplicate upload before reading its body.
 
 use std::io;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::key::CacheKey;
 
 pub mod azure;
 pub mod health;
+pub mod inline;
 pub mod known;
 pub mod local;
 pub mod usage;
@@ -27,9 +32,21 @@ pub const DOWNLOAD_CHUNK: usize = 64 * 1024;
 
 pub use crate::limits::ByteStream;
 
-/// A found entry: bytes to stream to the client, or a URL the client fetches directly (with the
-/// entry's size when the backend checked that it exists; `None` when it redirects unchecked).
+/// How long an instance goes on trusting what it saw of an entry in storage without asking
+/// again. Entries are immutable, but they can be deleted (retention, the lifecycle policy, a
+/// purge) and a deleted hash stored again with other bytes; past this bound a copy of an entry
+/// kept in memory ([`inline`]) is checked against storage before it is served again. One bound
+/// for everything an instance remembers about entries, so the docs can give one number.
+pub const REMEMBERED_FOR: Duration = Duration::from_secs(60);
+
+/// A found entry, in one of three shapes:
+/// - `Bytes`: the whole entry, read before the answer starts (all or nothing: a read that fails
+///   is a miss, never a `200` with a short body);
+/// - `Stream`: bytes to stream to the client as they are read;
+/// - `Redirect`: a URL the client fetches directly, with the entry's size when the backend
+///   checked that it exists (`None` when it redirects unchecked).
 pub enum Fetched {
+    Bytes(Bytes),
     Stream { len: u64, body: ByteStream },
     Redirect { url: String, len: Option<u64> },
 }

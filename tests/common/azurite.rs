@@ -282,6 +282,17 @@ impl Azurite {
         assert_eq!(response.status(), 201, "put {name}");
     }
 
+    /// Deletes a blob directly (not through the handler), as retention or a purge would.
+    pub async fn delete_blob(&self, client: &reqwest::Client, container: &str, name: &str) {
+        let url = format!(
+            "{}/{container}/{name}?{}",
+            self.endpoint(),
+            self.account_sas()
+        );
+        let response = client.delete(url).send().await.unwrap();
+        assert_eq!(response.status(), 202, "delete {name}");
+    }
+
     /// A plain-http client for [`Azurite::put_blob`].
     pub fn http_client(&self) -> reqwest::Client {
         self.client(None)

@@ -335,7 +335,9 @@ mod tests {
                         .collect(),
                 )
             }
-            Fetched::Redirect { .. } => panic!("the local store never redirects"),
+            Fetched::Bytes(_) | Fetched::Redirect { .. } => {
+                panic!("the local store streams every entry")
+            }
         }
     }
 
