@@ -14,8 +14,9 @@
 //!   client understands (see `docs/` and the shared client contract). Uses storage, limits,
 //!   telemetry, metrics, config, auth, key.
 //! - [`storage`]: the one [`storage::Store`] interface and the backends behind it (embedded,
-//!   Azure), with what acts on them (health watch, retention, usage). Uses limits (body pace,
-//!   the stream type), metrics (store figures), config (its settings), key.
+//!   Azure), with what acts on them (health watch, retention, usage) and what makes reads safe to
+//!   repeat (inline reads of small entries: retries, single flight, the memory copy). Uses limits
+//!   (body pace, the stream type), metrics (store figures), config (its settings), key.
 //! - [`limits`]: what one client can make the server hold: the pace of request bodies, drains
 //!   of refused uploads, the send timeout of a client that stops reading. Uses config (the
 //!   numbers).

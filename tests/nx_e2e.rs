@@ -237,7 +237,7 @@ mod azure {
     }
 
     #[test]
-    fn connection_string_every_task_is_a_hit_by_redirect_and_a_dead_store_never_fails_the_build() {
+    fn connection_string_every_task_is_a_hit_and_a_dead_store_never_fails_the_build() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let mut azurite = Azurite::start();
         runtime.block_on(azurite.create_container(CONTAINER, None));

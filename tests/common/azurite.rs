@@ -346,6 +346,11 @@ impl Azurite {
             .count()
     }
 
+    /// The emulator's process id (for its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Freezes the process (SIGSTOP): connections are accepted by the kernel, never answered.
     pub fn pause(&self) {
         signal(&self.child, "-STOP");
