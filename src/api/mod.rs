@@ -276,14 +276,7 @@ fn render_hit(state: &AppState, key: &CacheKey, fetched: Fetched) -> Response {
         Fetched::Bytes(bytes) => {
             // Already whole in memory (bounded by the store): no download permit needed.
             let len = bytes.len() as u64;
-            let mut response = Response::new(Body::from(bytes));
-            let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, octet_stream());
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            response.with(Outcome::Hit {
-                bytes: len,
-                redirected: false,
-            })
+            hit_with_bytes(Body::from(bytes), len)
         }
         Fetched::Stream { len, body } => {
             // Each streamed download holds a connection and some buffers until its client has
@@ -297,14 +290,7 @@ fn render_hit(state: &AppState, key: &CacheKey, fetched: Fetched) -> Response {
                 let _held_until_the_body_ends = &permit;
                 chunk
             });
-            let mut response = Response::new(Body::from_stream(body));
-            let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, octet_stream());
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            response.with(Outcome::Hit {
-                bytes: len,
-                redirected: false,
-            })
+            hit_with_bytes(Body::from_stream(body), len)
         }
         Fetched::Redirect { url, len } => match HeaderValue::try_from(url) {
             Ok(location) => {
@@ -324,6 +310,18 @@ fn render_hit(state: &AppState, key: &CacheKey, fetched: Fetched) -> Response {
             }
         },
     }
+}
+
+/// `200` with an entry's `len` bytes in `body`.
+fn hit_with_bytes(body: Body, len: u64) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, octet_stream());
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    response.with(Outcome::Hit {
+        bytes: len,
+        redirected: false,
+    })
 }
 
 async fn write_entry(

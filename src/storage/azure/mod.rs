@@ -662,7 +662,7 @@ impl Store for AzureStore {
         };
         let download = match self.config.download {
             Download::Auto => format!(
-                "auto: entries up to {} bytes answered by the handler, larger ones redirected",
+                "size (entries up to {} bytes answered by the handler, larger ones redirected)",
                 self.config.inline.max
             ),
             Download::Redirect => "redirect".into(),

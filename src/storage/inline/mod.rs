@@ -17,8 +17,7 @@
 //!   the API answers `404` and logs as `storage-error`), never a `200` with a short body.
 //! - **Single flight.** Concurrent GETs of one entry share one storage read ([`flight`]).
 //! - **A memory copy** of recently read small entries ([`copy`]) answers repeated hits without a
-//!   storage call, even while storage is down. A copy confirmed longer than
-//!   [`REMEMBERED_FOR`](super::REMEMBERED_FOR)
+//!   storage call, even while storage is down. A copy confirmed longer than [`REMEMBERED_FOR`]
 //!   ago is checked against storage (its version tag, one HEAD) before it is served again, so an
 //!   entry deleted or replaced in storage stops being served within that bound.
 //! - **Bounded memory.** Bytes read from storage count against `memory` from the moment their
@@ -31,6 +30,8 @@
 //! The backend supplies single attempts at its storage calls ([`Source`]); everything above them
 //! is here, so a backend gets it by implementing them, and every front door renders the result
 //! ([`Found`]) alike.
+//!
+//! [`REMEMBERED_FOR`]: super::REMEMBERED_FOR
 
 pub mod copy;
 pub mod flight;
