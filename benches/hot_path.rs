@@ -132,6 +132,7 @@ fn hot_path(c: &mut Criterion) {
         auth: AzureAuth::Key(connection.clone()),
         prefix: String::new(),
         download: Download::Redirect,
+        inline: Default::default(),
         // No storage call on this path (an exact check is measured by scripts/bench-load).
         hit_check: HitCheck::None,
         sas_ttl: Duration::from_secs(300),

@@ -96,12 +96,13 @@ param mode string = 'read-write'
 @maxValue(10240)
 param maxArtifactSizeMiB int = 1024
 
-@description('NX_CACHE_DOWNLOAD: redirect (a 307 to a short-lived read-only SAS URL; bytes go straight from storage) or proxy (the handler streams the blob).')
+@description('NX_CACHE_DOWNLOAD: auto (entries up to 1 MiB answered by the handler with their bytes, read with retries; larger ones a 307 to a short-lived read-only SAS URL), redirect (every hit a 307; bytes go straight from storage) or proxy (the handler streams every blob).')
 @allowed([
+  'auto'
   'redirect'
   'proxy'
 ])
-param downloadMode string = 'redirect'
+param downloadMode string = 'auto'
 
 @description('NX_CACHE_SAS_TTL: lifetime of a download URL, between 30s and 1h (e.g. 5m).')
 param sasTtl string = '5m'
@@ -253,6 +254,10 @@ var requestBodyLimitBytes = maxArtifactBytes * 2
 // instanceMemoryMB is taken as MiB (Microsoft's 512, 2,048 and 4,096 MB are powers of two).
 // maxArtifactSizeMiB does not enter the bound: an upload is streamed in blocks whatever its size
 // (what bounds an artifact is the 230 s a request may take, docs/deploy.md).
+// Downloads by size (downloadMode auto) hold at most one small entry (1 MiB) per request, less than
+// an upload, plus the memory copy of hot entries once per instance (NX_CACHE_MEMORY_COPY, 32 MiB):
+// the copy fits in the margin the 10 MiB leaves over the measured 8.2 (1.8 MiB a connection, 56 MiB
+// at 512 MB).
 var handlerMemoryPerRequestMiB = 10
 var functionsHostReserveMiB = 200
 // Connections the handler accepts beyond the requests Flex Consumption sends it at once: the host's

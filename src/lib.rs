@@ -15,9 +15,11 @@
 //!   client understands (see `docs/` and the shared client contract). Uses storage, limits,
 //!   telemetry, metrics, config, auth, key.
 //! - [`storage`]: the one [`storage::Store`] interface and the backends behind it (embedded,
-//!   Azure), with what each entry records about its writer and what acts on them (health watch,
-//!   retention, usage, entries and purge). Uses limits (body pace, the stream type), metrics
-//!   (store figures), config (its settings), auth (the `*` patterns of `--claim`), key.
+//!   Azure), with what each entry records about its writer, what acts on them (health watch,
+//!   retention, usage, entries and purge) and what makes reads safe to repeat (inline reads of
+//!   small entries: retries, single flight, the memory copy). Uses limits (body pace, the stream
+//!   type), metrics (store figures), config (its settings), auth (the `*` patterns of
+//!   `--claim`), key.
 //! - [`limits`]: what one client can make the server hold: the pace of request bodies, drains
 //!   of refused uploads, the send timeout of a client that stops reading. Uses config (the
 //!   numbers).

@@ -161,8 +161,8 @@ pub struct NamespaceCounts {
     pub hits: u64,
     pub misses: u64,
     pub bytes_stored: u64,
-    /// Bytes that went through the handler (embedded store, proxy mode); redirected hits are
-    /// served by storage.
+    /// Bytes that went through the handler (embedded store, small entries and proxy mode on
+    /// Azure); redirected hits are served by storage.
     pub bytes_served: u64,
 }
 
@@ -290,7 +290,7 @@ impl Metrics {
             ),
             (
                 "nx_cache_namespace_bytes_served_total",
-                "bytes streamed by the handler by namespace (embedded store, proxy mode)",
+                "bytes sent by the handler by namespace (embedded store; on Azure small entries and proxy mode)",
                 |c: &NamespaceCounts| c.bytes_served,
             ),
         ] {

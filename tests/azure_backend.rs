@@ -84,7 +84,14 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
 async fn connection_string_mode_stores_blobs_and_redirects_to_read_only_single_blob_sas() {
     let azurite = Azurite::start();
     azurite.create_container(CONTAINER, None).await;
-    let handler = Handler::start_with(&key_mode_env(&azurite), &[("NX_CACHE_SAS_TTL", "2m")]);
+    // Every hit redirected, the small one too (by default it would be answered inline).
+    let handler = Handler::start_with(
+        &key_mode_env(&azurite),
+        &[
+            ("NX_CACHE_SAS_TTL", "2m"),
+            ("NX_CACHE_DOWNLOAD", "redirect"),
+        ],
+    );
     let org = issue_token(&["--org"]);
     let web = issue_token(&["--team", "web"]);
     let base = &handler.base_url;
@@ -753,7 +760,14 @@ async fn a_revoked_delegation_key_is_replaced_within_one_health_interval() {
     let upstream = format!("https://127.0.0.1:{}", azurite.port);
     let proxy = RevokingProxy::start(&tls, &upstream).await;
     let env = identity.handler_env(proxy.endpoint(), CONTAINER, &tls);
-    let handler = Handler::start_with(&env, &[("NX_CACHE_HEALTH_INTERVAL", "1s")]);
+    // Redirect mode: the entry below is small, and the test is about the URLs clients get.
+    let handler = Handler::start_with(
+        &env,
+        &[
+            ("NX_CACHE_HEALTH_INTERVAL", "1s"),
+            ("NX_CACHE_DOWNLOAD", "redirect"),
+        ],
+    );
     handler
         .wait_for_log(Duration::from_secs(30), |l| l.contains("storage ready"))
         .unwrap_or_else(|| panic!("{}", handler.logs().join("\n")));
@@ -858,6 +872,7 @@ async fn exact_hit_checks_tell_hits_from_misses_and_none_makes_no_storage_call()
     let handler = Handler::start_with(
         &key_mode_env(&azurite),
         &[
+            ("NX_CACHE_DOWNLOAD", "redirect"),
             ("NX_CACHE_STORAGE_TIMEOUT", "2s"),
             // The watch probes rarely: the frozen-storage miss below is the GET's own doing.
             ("NX_CACHE_HEALTH_INTERVAL", "5m"),
@@ -1134,11 +1149,11 @@ async fn legacy_plugin_entries_are_counted_and_reported_never_served() {
         .send()
         .await
         .unwrap();
-    assert_eq!(hit.status(), 307);
-    let location = hit.headers()["location"].to_str().unwrap();
-    assert!(
-        location.contains(&format!("/{CONTAINER}/org/4809188201876735999?")),
-        "{location}"
+    assert_eq!(hit.status(), 200);
+    assert_eq!(
+        hit.bytes().await.unwrap().as_ref(),
+        [2u8; 10],
+        "the org namespace's entry, not the plugin's blob"
     );
     let miss = client
         .get(format!("{}/v1/cache/7", handler.base_url))
@@ -1203,7 +1218,8 @@ async fn a_service_principal_from_the_environment_reaches_storage() {
     for (index, (name, proof, setting)) in cases.into_iter().enumerate() {
         let entra = EntraTokenEndpoint::start(&tls, proof).await;
         let env = entra.handler_env(azurite.endpoint(), CONTAINER, &tls, setting);
-        let handler = Handler::start_with(&env, &[]);
+        // Redirect mode: the test follows a user-delegation SAS for a small entry.
+        let handler = Handler::start_with(&env, &[("NX_CACHE_DOWNLOAD", "redirect")]);
         let ready = handler.wait_for_log(Duration::from_secs(30), |l| {
             l.contains("storage ready") || l.contains("storage not ready")
         });

@@ -128,8 +128,9 @@ fn missing_token_gets_the_unauthorized_message() {
 }
 
 mod azure {
-    //! The same round trip with the Azure Blob backend on Azurite: downloads are redirects that
-    //! the Nx client follows to storage, and storage going away never fails the build.
+    //! The same round trip with the Azure Blob backend on Azurite: small entries are answered
+    //! with their bytes by the handler, the large one is a redirect that the Nx client follows
+    //! to storage, and storage going away never fails the build.
 
     use super::*;
     use common::azurite::{Azurite, IdentityEndpoint, Tls};
@@ -145,8 +146,9 @@ mod azure {
         runtime.block_on(azurite.list_blobs(CONTAINER, tls)).len()
     }
 
-    /// Builds, forgets local results, builds again: every task a remote hit, served by redirect.
-    fn round_trip_by_redirect(
+    /// Builds, forgets local results, builds again: every task a remote hit, the small entries
+    /// answered inline, the large one (gamma's, 6 MB) by redirect.
+    fn round_trip(
         runtime: &tokio::runtime::Runtime,
         azurite: &Azurite,
         tls: Option<&Tls>,
@@ -178,16 +180,20 @@ mod azure {
 
         // Hits and misses are counted exactly (exact hit checks, the default): the handler's
         // log agrees with what nx printed. The first run's GETs were misses, answered by the
-        // handler itself; the second run's were hits, redirected; every blob download Azurite
-        // served was the Nx client following one of those redirects.
-        let outcomes: Vec<String> = handler
+        // handler itself; the second run's were hits, inline or redirected. Every blob download
+        // Azurite served was either the handler reading a small entry (once each: repeated
+        // GETs are answered from its memory copy) or the Nx client following a redirect.
+        let gets: Vec<serde_json::Value> = handler
             .logs()
             .iter()
             .filter(|l| l.contains("\"method\":\"GET\"") && l.contains("/v1/cache/"))
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .map(|v| v["outcome"].as_str().unwrap_or("").to_owned())
             .collect();
-        let count = |name: &str| outcomes.iter().filter(|o| *o == name).count();
+        let outcomes: Vec<&str> = gets
+            .iter()
+            .map(|v| v["outcome"].as_str().unwrap_or(""))
+            .collect();
+        let count = |name: &str| outcomes.iter().filter(|o| **o == name).count();
         assert_eq!(
             count("miss"),
             PROJECTS.len() - remote_hits(&first),
@@ -195,16 +201,27 @@ mod azure {
         );
         assert_eq!(count("hit"), remote_hits(&second), "{outcomes:?}");
         assert_eq!(count("hit") + count("miss"), outcomes.len(), "{outcomes:?}");
+        let redirected = gets
+            .iter()
+            .filter(|v| v["outcome"] == "hit" && v["redirected"] == true)
+            .count();
+        assert!(
+            (1..count("hit")).contains(&redirected),
+            "the large entry redirected, the small ones inline: {gets:?}"
+        );
+        let metrics = runtime.block_on(common::metrics_text(&handler.base_url, METRICS_TOKEN));
+        let read_inline =
+            common::metric_value(&metrics, "nx_cache_inline_hits_storage_total").unwrap();
+        assert_eq!(read_inline, 2, "alpha's and beta's entries, read once each");
         runtime.block_on(azurite.settle(tls));
         let blob_gets =
             azurite.requests_matching(&format!("\"GET /devstoreaccount1/{CONTAINER}/org/"));
         assert_eq!(
-            blob_gets,
-            count("hit"),
-            "blob reads are exactly the followed redirects"
+            blob_gets as u64,
+            redirected as u64 + read_inline,
+            "blob reads are the handler's inline reads and the followed redirects"
         );
         // So does /metrics, per namespace.
-        let metrics = runtime.block_on(common::metrics_text(&handler.base_url, METRICS_TOKEN));
         for line in [
             format!(
                 "nx_cache_namespace_hits_total{{namespace=\"org\"}} {}",
@@ -220,7 +237,7 @@ mod azure {
     }
 
     #[test]
-    fn connection_string_every_task_is_a_hit_by_redirect_and_a_dead_store_never_fails_the_build() {
+    fn connection_string_every_task_is_a_hit_and_a_dead_store_never_fails_the_build() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let mut azurite = Azurite::start();
         runtime.block_on(azurite.create_container(CONTAINER, None));
@@ -234,7 +251,7 @@ mod azure {
             ("NX_CACHE_METRICS_TOKEN", METRICS_TOKEN),
         ]);
         let workspace = Workspace::new();
-        round_trip_by_redirect(&runtime, &azurite, None, &handler, &workspace);
+        round_trip(&runtime, &azurite, None, &handler, &workspace);
 
         // Storage stops between runs: misses, uploads not stored, and the build succeeds.
         azurite.kill();
@@ -291,10 +308,102 @@ mod azure {
         );
         let workspace = Workspace::new();
         workspace.trust_ca(&ca);
-        round_trip_by_redirect(&runtime, &azurite, Some(&tls), &handler, &workspace);
+        round_trip(&runtime, &azurite, Some(&tls), &handler, &workspace);
         assert!(
             azurite.requests_matching("comp=userdelegationkey") <= 2,
             "the delegation key is cached"
+        );
+    }
+}
+
+mod faults {
+    //! The issue's table, run again: the real Nx CLI against Azurite behind a front that fails
+    //! blob reads the way Azure documents them (`common::faulty_storage`), on handlers started
+    //! with default settings. Every run exits 0 with complete outputs.
+
+    use super::*;
+    use common::azurite::Azurite;
+    use common::faulty_storage::{Fault, FaultyStorage};
+
+    #[test]
+    fn storage_faults_and_an_outage_never_fail_a_build() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let azurite = Azurite::start();
+        runtime.block_on(azurite.create_container("nx-cache", None));
+        let front = runtime.block_on(FaultyStorage::start(azurite.port));
+        let settings = [
+            ("AZURE_STORAGE_CONNECTION_STRING", front.connection_string()),
+            ("AZURE_STORAGE_CONTAINER", "nx-cache".to_string()),
+        ];
+        let writer = Handler::start_with(&settings, &[]);
+        let workspace = Workspace::new();
+        // Every entry of this workspace is answered inline (gamma's output shrunk below the
+        // inline limit): a large entry is redirected, the Nx client reads it from storage
+        // itself, and a failure of that read still aborts its run (docs/security.md).
+        workspace.set_output_size("gamma", 300_000);
+        let token = issue_token(&["--org"]);
+        let (ok, first) = workspace.build(&writer.base_url, Some(&token));
+        assert!(ok, "first build failed:\n{first}");
+        let built = workspace.outputs();
+        assert_eq!(built.len(), 2 * PROJECTS.len());
+
+        for fault in [
+            Fault::ServerBusy,
+            Fault::OperationTimedOut,
+            Fault::Closed,
+            Fault::HalfBody,
+        ] {
+            // The first two reads of each blob fail. A new instance remembers nothing and holds
+            // nothing in memory, so every hit is read from storage through the front.
+            front.fail_reads(fault, 2);
+            let injected = front.injected();
+            let handler = Handler::start_with(&settings, &[]);
+            workspace.forget_local_results(&handler.base_url);
+            let (ok, output) = workspace.build(&handler.base_url, Some(&token));
+            assert!(ok, "{fault:?}: the build must not fail:\n{output}");
+            assert_eq!(remote_hits(&output), PROJECTS.len(), "{fault:?}:\n{output}");
+            assert!(
+                workspace.outputs() == built,
+                "{fault:?}: outputs restored byte for byte"
+            );
+            assert_eq!(
+                front.injected() - injected,
+                2 * PROJECTS.len(),
+                "{fault:?}: two failed reads of each entry"
+            );
+        }
+
+        // An outage that starts a second before the run, on the instance that stored the
+        // entries (it knows them all, so no existence check stands between a GET and the
+        // failing read). The second is the scenario's timing, not a synchronisation.
+        front.heal();
+        workspace.forget_local_results(&writer.base_url);
+        front.outage(true);
+        std::thread::sleep(Duration::from_secs(1));
+        let (ok, output) = workspace.build(&writer.base_url, Some(&token));
+        assert!(ok, "an outage must not fail the build:\n{output}");
+        assert_eq!(remote_hits(&output), 0, "{output}");
+        assert!(
+            workspace.outputs().keys().eq(built.keys()),
+            "every output is there, built again"
+        );
+        let gets: Vec<String> = writer
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("\"method\":\"GET\"") && l.contains("/v1/cache/"))
+            .collect();
+        assert!(
+            gets.iter()
+                .all(|l| l.contains("\"status\":200") || l.contains("\"status\":404")),
+            "{gets:#?}"
+        );
+        assert!(
+            gets.iter().any(|l| l.contains("storage-error")),
+            "{gets:#?}"
         );
     }
 }

@@ -1,7 +1,8 @@
 //! The HTTP API: routes, handlers, and the answers the Nx client understands.
 //!
 //! This is the only module that knows the Nx contract's status codes:
-//! - GET: 200 with the bytes (or 307 to a URL the client fetches itself), 404 for a miss. Any
+//! - GET: 200 with the bytes (or 307 to a URL the client fetches itself; which one is the
+//!   store's decision, see [`crate::storage::inline`]), 404 for a miss. Any
 //!   other GET answer aborts the user's whole build, so storage trouble and namespaces a token may
 //!   not read are answered as misses; only a bad token gets 401 (`text/plain`, exactly).
 //! - PUT: 200 stored, 409 exists, 403 not stored (read-only token or server, too large, storage
@@ -251,7 +252,34 @@ async fn read_admitted(state: &AppState, key: &CacheKey, grant: &Grant) -> Respo
         return miss(Outcome::Denied);
     }
     match state.store.get(key).await {
-        Ok(Some(Fetched::Stream { len, body })) => {
+        Ok(Some(fetched)) => render_hit(state, key, fetched),
+        Ok(None) => miss(Outcome::Miss),
+        Err(e) => {
+            tracing::error!(error = %e, namespace = %key.namespace, hash = key.hash.as_str(),
+                "storage read failed");
+            if state.strict_storage {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cache storage unavailable".into(),
+                )
+                .with(Outcome::StorageError);
+            }
+            miss(Outcome::StorageError)
+        }
+    }
+}
+
+/// A found entry in the Nx contract's terms. How it reaches the client was decided by the store
+/// (the same for every front door); this only renders it: `200` with the whole entry, `200`
+/// streamed, or `307` to storage.
+fn render_hit(state: &AppState, key: &CacheKey, fetched: Fetched) -> Response {
+    match fetched {
+        Fetched::Bytes(bytes) => {
+            // Already whole in memory (bounded by the store): no download permit needed.
+            let len = bytes.len() as u64;
+            hit_with_bytes(Body::from(bytes), len)
+        }
+        Fetched::Stream { len, body } => {
             // Each streamed download holds a connection and some buffers until its client has
             // read it: a bounded number at once, and a miss (not an error) past the bound.
             let Ok(permit) = state.downloads.clone().try_acquire_owned() else {
@@ -263,16 +291,9 @@ async fn read_admitted(state: &AppState, key: &CacheKey, grant: &Grant) -> Respo
                 let _held_until_the_body_ends = &permit;
                 chunk
             });
-            let mut response = Response::new(Body::from_stream(body));
-            let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, octet_stream());
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            response.with(Outcome::Hit {
-                bytes: len,
-                redirected: false,
-            })
+            hit_with_bytes(Body::from_stream(body), len)
         }
-        Ok(Some(Fetched::Redirect { url, len })) => match HeaderValue::try_from(url) {
+        Fetched::Redirect { url, len } => match HeaderValue::try_from(url) {
             Ok(location) => {
                 let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
                 response.headers_mut().insert(header::LOCATION, location);
@@ -289,20 +310,19 @@ async fn read_admitted(state: &AppState, key: &CacheKey, grant: &Grant) -> Respo
                 miss(Outcome::StorageError)
             }
         },
-        Ok(None) => miss(Outcome::Miss),
-        Err(e) => {
-            tracing::error!(error = %e, namespace = %key.namespace, hash = key.hash.as_str(),
-                "storage read failed");
-            if state.strict_storage {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "cache storage unavailable".into(),
-                )
-                .with(Outcome::StorageError);
-            }
-            miss(Outcome::StorageError)
-        }
     }
+}
+
+/// `200` with an entry's `len` bytes in `body`.
+fn hit_with_bytes(body: Body, len: u64) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, octet_stream());
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    response.with(Outcome::Hit {
+        bytes: len,
+        redirected: false,
+    })
 }
 
 async fn write_entry(

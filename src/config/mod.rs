@@ -5,13 +5,15 @@
 //! reading the process environment directly, so the rules are unit-tested without touching it.
 //!
 //! One file per section, each with its types and its loader: [`tokens`] (token secrets and the
-//! trust policy), [`limits`], [`storage`] (the embedded store or Azure), [`retention`],
+//! trust policy), [`limits`], [`storage`] (the embedded store or Azure), [`downloads`] (which
+//! hits the Azure backend answers itself), [`retention`],
 //! [`telemetry`] (logs and metrics); the parsers they share (durations, sizes, counts, choices)
 //! are written once in [`parse`]. [`Config`] gathers the sections, plus where the server listens
 //! and what it lets clients do. [`env_file`] reads the settings files `handler check` checks
 //! before a deployment.
 
 pub mod connection_string;
+pub mod downloads;
 pub mod env_file;
 pub mod limits;
 pub mod parse;
@@ -25,6 +27,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use downloads::Inline;
 pub use limits::{DEFAULT_MAX_ARTIFACT_BYTES, Limits, Pace};
 pub use parse::{Env, parse_size};
 pub use retention::RetentionConfig;

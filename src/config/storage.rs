@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::ConfigError;
 use super::connection_string::ConnectionString;
+use super::downloads::{self, Inline};
 use super::parse::Env;
 
 /// Default data directory of the embedded store, relative to the working directory.
@@ -16,13 +17,17 @@ pub const DEFAULT_DATA_DIR: &str = "nx-cache-data";
 /// How GET hits reach the client from Azure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Download {
-    /// `307` to a short-lived read-only SAS URL: bytes go straight from storage to the client.
+    /// By size (the default): an entry of at most `NX_CACHE_INLINE_MAX` bytes is read whole by
+    /// the handler and answered with its bytes, a larger one is redirected as in `Redirect`.
+    Auto,
+    /// `307` to a short-lived read-only SAS URL for every hit: bytes go straight from storage to
+    /// the client.
     Redirect,
     /// The handler streams the blob itself, for clients that cannot reach the storage account.
     Proxy,
 }
 
-/// Whether a GET in redirect mode first checks that the entry exists.
+/// Whether a GET (auto and redirect modes) first checks that the entry exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HitCheck {
     /// A miss is the handler's own 404, a hit a 307; what is known to exist is remembered, so a
@@ -56,7 +61,9 @@ pub struct AzureConfig {
     /// Prepended to every blob name (`{prefix}org/{hash}`, `{prefix}teams/{team}/{hash}`).
     pub prefix: String,
     pub download: Download,
-    /// Redirect mode: check existence first (`NX_CACHE_HIT_CHECK`).
+    /// Auto mode: which entries the handler answers itself, and the memory that may take.
+    pub inline: Inline,
+    /// Auto and redirect modes: check existence first (`NX_CACHE_HIT_CHECK`).
     pub hit_check: HitCheck,
     /// Lifetime of a download URL.
     pub sas_ttl: Duration,
@@ -99,6 +106,7 @@ pub fn load_backend(env: &Env) -> Result<Backend, ConfigError> {
     let account = env.get("AZURE_STORAGE_ACCOUNT");
     let endpoint = env.get("AZURE_STORAGE_BLOB_ENDPOINT");
     if connection_string.is_none() && account.is_none() && endpoint.is_none() {
+        downloads::refuse_on_embedded(env)?;
         return Ok(Backend::Local);
     }
     let container = env.get("AZURE_STORAGE_CONTAINER").ok_or_else(|| {
@@ -166,9 +174,14 @@ pub fn load_backend(env: &Env) -> Result<Backend, ConfigError> {
     let download = env
         .choice(
             "NX_CACHE_DOWNLOAD",
-            &[("redirect", Download::Redirect), ("proxy", Download::Proxy)],
+            &[
+                ("auto", Download::Auto),
+                ("redirect", Download::Redirect),
+                ("proxy", Download::Proxy),
+            ],
         )?
-        .unwrap_or(Download::Redirect);
+        .unwrap_or(Download::Auto);
+    let inline = downloads::load_inline(env, download)?;
     let hit_check = env
         .choice(
             "NX_CACHE_HIT_CHECK",
@@ -200,6 +213,7 @@ pub fn load_backend(env: &Env) -> Result<Backend, ConfigError> {
         auth,
         prefix,
         download,
+        inline,
         hit_check,
         sas_ttl,
         timeout,
@@ -279,7 +293,7 @@ mod tests {
         };
         assert_eq!(azure.endpoint, "https://acme.blob.core.windows.net");
         assert!(matches!(azure.auth, AzureAuth::Token { client_id: Some(ref id) } if id == "abc"));
-        assert_eq!(azure.download, Download::Redirect);
+        assert_eq!(azure.download, Download::Auto);
         assert_eq!(azure.sas_ttl, Duration::from_secs(300));
 
         let by_endpoint = load(

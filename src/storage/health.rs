@@ -1,5 +1,9 @@
 //! Whether the store can serve, as last seen: kept by a background watch that probes the store
-//! every few seconds, and by failed storage calls on the request path.
+//! every few seconds, and by failed storage calls on the request path. A storage error seen by
+//! a request also wakes the watch ([`Health::wake`]): it probes at once instead of at its next
+//! interval, so an outage is confirmed (and redirects stop) a round trip after the first failure,
+//! and a passing error is cleared as fast. Woken probes are at least [`WOKEN_PROBE_GAP`] apart,
+//! so a flood of failing requests costs storage at most one probe a second.
 //!
 //! `GET /health` answers from here, never from a storage call of its own, so nobody can turn it
 //! into storage traffic. The Azure backend also reads it on every GET: while storage is down, a
@@ -10,7 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
 use super::{Store, StoreError};
+
+/// The least time between the start of one probe and a probe woken by a request's error.
+pub const WOKEN_PROBE_GAP: Duration = Duration::from_secs(1);
 
 /// The last known health of a store. Transitions are logged, once each.
 #[derive(Debug)]
@@ -18,6 +28,9 @@ pub struct Health {
     healthy: AtomicBool,
     /// Why the store is not healthy; for the log and `handler doctor`, not for `/health`.
     reason: RwLock<Option<String>>,
+    /// Wakes the watch for a probe now. Shared with the watch, which waits on it without holding
+    /// the store (so the watch ends when the store is dropped).
+    woken: Arc<Notify>,
 }
 
 impl Default for Health {
@@ -25,6 +38,7 @@ impl Default for Health {
         Self {
             healthy: AtomicBool::new(true),
             reason: RwLock::new(None),
+            woken: Arc::new(Notify::new()),
         }
     }
 }
@@ -61,14 +75,32 @@ impl Health {
         }
     }
 
-    /// Probes `store` every `every` for as long as the store exists.
+    /// Asks the watch for a probe now: a request saw storage fail. Cheap and never waits; wakes
+    /// that come while a probe runs give one more probe after it.
+    pub fn wake(&self) {
+        self.woken.notify_one();
+    }
+
+    /// Probes `store` every `every`, and when woken ([`Health::wake`]), for as long as the store
+    /// exists.
     pub fn spawn_watch(store: Weak<dyn Store>, every: Duration) {
+        let Some(woken) = store.upgrade().map(|s| s.health().woken.clone()) else {
+            return;
+        };
         tokio::spawn(async move {
+            let mut last = Instant::now();
             loop {
-                tokio::time::sleep(every).await;
+                let woke = tokio::select! {
+                    _ = tokio::time::sleep_until(last + every) => false,
+                    _ = woken.notified() => true,
+                };
+                if woke {
+                    tokio::time::sleep_until(last + WOKEN_PROBE_GAP).await;
+                }
+                last = Instant::now();
                 let Some(store) = store.upgrade() else { return };
                 let result = store.ready().await;
-                tracing::debug!(ok = result.is_ok(), "storage probe");
+                tracing::debug!(ok = result.is_ok(), woken = woke, "storage probe");
                 store.health().record(&result);
             }
         });

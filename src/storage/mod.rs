@@ -2,7 +2,9 @@
 //!
 //! The HTTP layer only ever talks to [`Store`]; a backend is added without touching it. The
 //! interface is shaped by what a cache needs and by the Nx contract:
-//! - reads are streams (or a redirect the client follows on its own), never whole buffers;
+//! - reads are streams, a redirect the client follows on its own, or (for small entries) the
+//!   whole entry already in memory: how a hit reaches the client is decided here, below the
+//!   front doors, so every client API answers it alike (see [`inline`]);
 //! - writes are *put-if-absent* from a stream: an entry is written once and never overwritten,
 //!   and it becomes visible only when complete;
 //! - `exists` lets the API refuse a duplicate upload before reading its body;
@@ -19,12 +21,14 @@ use std::io;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::key::{CacheKey, Namespace};
 
 pub mod azure;
 pub mod entries;
 pub mod health;
+pub mod inline;
 pub mod known;
 pub mod local;
 pub mod record;
@@ -47,9 +51,14 @@ pub use crate::limits::ByteStream;
 /// anything that wraps a backend and remembers entries or their bytes must keep to it.
 pub const CONFIRMED_FOR: Duration = Duration::from_secs(30);
 
-/// A found entry: bytes to stream to the client, or a URL the client fetches directly (with the
-/// entry's size when the backend checked that it exists; `None` when it redirects unchecked).
+/// A found entry, in one of three shapes:
+/// - `Bytes`: the whole entry, read before the answer starts (all or nothing: a read that fails
+///   is a miss, never a `200` with a short body);
+/// - `Stream`: bytes to stream to the client as they are read;
+/// - `Redirect`: a URL the client fetches directly, with the entry's size when the backend
+///   checked that it exists (`None` when it redirects unchecked).
 pub enum Fetched {
+    Bytes(Bytes),
     Stream { len: u64, body: ByteStream },
     Redirect { url: String, len: Option<u64> },
 }

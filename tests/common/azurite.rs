@@ -283,7 +283,7 @@ impl Azurite {
     }
 
     /// Deletes a blob directly (not through the handler): someone in the portal, the lifecycle
-    /// policy.
+    /// policy, retention, a purge from another machine.
     pub async fn delete_blob(&self, client: &reqwest::Client, container: &str, name: &str) {
         let url = format!(
             "{}/{container}/{name}?{}",
@@ -345,6 +345,11 @@ impl Azurite {
             .iter()
             .filter(|l| l.contains(needle))
             .count()
+    }
+
+    /// The emulator's process id (for its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Freezes the process (SIGSTOP): connections are accepted by the kernel, never answered.

@@ -1,8 +1,9 @@
 //! Helpers shared by the integration tests: start the real `handler` binary on a loopback port,
-//! issue tokens with it, install the pinned npm tools, run Azurite.
+//! issue tokens with it, install the pinned npm tools, run Azurite (and fronts that fail it).
 #![allow(dead_code)]
 
 pub mod azurite;
+pub mod faulty_storage;
 pub mod front;
 pub mod nx;
 pub mod oidc;

@@ -139,6 +139,20 @@ impl Workspace {
         }
     }
 
+    /// Makes `project`'s build write `bytes` random bytes, instead of the template's size.
+    pub fn set_output_size(&self, project: &str, bytes: usize) {
+        let path = self
+            .root()
+            .join("packages")
+            .join(project)
+            .join("project.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let command = format!("node tools/build.js packages/{project} ");
+        let start = text.find(&command).expect("the template's build command") + command.len();
+        let end = start + text[start..].find('"').unwrap();
+        std::fs::write(&path, format!("{}{bytes}{}", &text[..start], &text[end..])).unwrap();
+    }
+
     /// Changes every project's sources, so the next run computes new hashes.
     pub fn touch_sources(&self, marker: &str) {
         for project in PROJECTS {

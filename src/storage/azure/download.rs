@@ -1,6 +1,10 @@
-//! Proxied downloads (`NX_CACHE_DOWNLOAD=proxy`): one plain streamed GET of the blob through a
-//! short-lived read-only SAS URL (the same URL redirect mode hands to clients), read with a small
-//! fixed buffer.
+//! The handler's own reads of blobs, by plain GET (or HEAD) of a short-lived read-only SAS URL
+//! (the same URL redirect mode hands to clients):
+//! - proxied downloads (`NX_CACHE_DOWNLOAD=proxy`): one streamed GET, read with a small fixed
+//!   buffer ([`Downloader::get`]);
+//! - inline reads of small entries (`NX_CACHE_DOWNLOAD=auto`): single attempts at reading a whole
+//!   blob or its version, each failure marked transient or not, for the retries of
+//!   [`crate::storage::inline`] ([`Downloader::read_whole`], [`Downloader::version`]).
 //!
 //! Why not the SDK's `download()`: it is a partitioned transfer that keeps `2 × parallel`
 //! partitions in memory, and its HTTP client (reqwest) grows each connection's read buffer to
@@ -21,6 +25,7 @@ use rustls_platform_verifier::BuilderVerifierExt;
 
 use super::StoreError;
 use crate::limits::Pace;
+use crate::storage::inline::{Failure, Version, Whole};
 use crate::storage::{ByteStream, DOWNLOAD_CHUNK};
 
 /// Idle connections kept per storage host, for the next downloads.
@@ -97,6 +102,147 @@ impl Downloader {
             Box::pin(Pace::idle_only(self.timeout).apply(body)),
         )))
     }
+}
+
+impl Downloader {
+    /// One GET of a whole blob that should be `len` bytes: its bytes and version tag (ETag), or
+    /// `None` when storage says it does not exist. The whole attempt is bounded by the storage
+    /// timeout. A body that ends early is a transient failure (the next attempt reads it again);
+    /// a blob of another length was replaced since its size was learnt: a permanent failure.
+    pub async fn read_whole(&self, url: &str, len: u64) -> Result<Option<Whole>, Failure> {
+        let read = async {
+            let response = self.send(hyper::Method::GET, url).await?;
+            if response.status() == hyper::StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            let response = success(response)?;
+            let tag = etag(&response);
+            if content_length(&response) != Some(len) {
+                return Err(Failure::permanent(StoreError::Backend(format!(
+                    "the blob is not the {len} bytes it was found to be (replaced since?)"
+                ))));
+            }
+            let mut body = response.into_body();
+            let mut bytes = Vec::with_capacity(len as usize);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|_| {
+                    Failure::transient(StoreError::Backend(format!(
+                        "the read broke off after {} of {len} bytes",
+                        bytes.len()
+                    )))
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    bytes.extend_from_slice(&data);
+                }
+            }
+            if bytes.len() as u64 != len {
+                return Err(Failure::transient(StoreError::Backend(format!(
+                    "the read ended after {} of {len} bytes",
+                    bytes.len()
+                ))));
+            }
+            Ok(Some(Whole { bytes, tag }))
+        };
+        self.bounded(read).await
+    }
+
+    /// One HEAD of a blob: its length and version tag now, or `None` when it does not exist.
+    pub async fn version(&self, url: &str) -> Result<Option<Version>, Failure> {
+        let head = async {
+            let response = self.send(hyper::Method::HEAD, url).await?;
+            if response.status() == hyper::StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            let response = success(response)?;
+            let len = content_length(&response).ok_or_else(|| {
+                Failure::permanent(StoreError::Backend(
+                    "blob properties without a length".into(),
+                ))
+            })?;
+            Ok(Some(Version {
+                len,
+                tag: etag(&response),
+            }))
+        };
+        self.bounded(head).await
+    }
+
+    async fn send(
+        &self,
+        method: hyper::Method,
+        url: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Failure> {
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(url)
+            .body(Empty::new())
+            .map_err(|_| Failure::permanent(StoreError::Backend("invalid download URL".into())))?;
+        self.client.request(request).await.map_err(|e| {
+            Failure::transient(StoreError::Backend(format!(
+                "storage read failed: {}",
+                without_url(&e)
+            )))
+        })
+    }
+
+    async fn bounded<T>(
+        &self,
+        attempt: impl std::future::Future<Output = Result<T, Failure>>,
+    ) -> Result<T, Failure> {
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failure::transient(StoreError::Backend(format!(
+                    "storage read: no answer within {:?}",
+                    self.timeout
+                ))))
+            })
+    }
+}
+
+/// The response if it is a `200`, else a failure naming Azure's status and error code: transient
+/// for what Azure asks clients to retry (408, 429, 5xx but 501 and 505), permanent for the rest.
+fn success(
+    response: hyper::Response<hyper::body::Incoming>,
+) -> Result<hyper::Response<hyper::body::Incoming>, Failure> {
+    let status = response.status();
+    if status == hyper::StatusCode::OK {
+        return Ok(response);
+    }
+    let code = response
+        .headers()
+        .get("x-ms-error-code")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let error = StoreError::Backend(format!("Azure answered {} {code}", status.as_u16()));
+    let transient = matches!(status.as_u16(), 408 | 429)
+        || (status.is_server_error() && !matches!(status.as_u16(), 501 | 505));
+    Err(if transient {
+        Failure::transient(error)
+    } else {
+        Failure::permanent(error)
+    })
+}
+
+fn content_length<B>(response: &hyper::Response<B>) -> Option<u64> {
+    response
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn etag<B>(response: &hyper::Response<B>) -> Option<String> {
+    Some(
+        response
+            .headers()
+            .get(hyper::header::ETAG)?
+            .to_str()
+            .ok()?
+            .to_owned(),
+    )
 }
 
 /// A client error's description without the source chain's URL (hyper-util errors do not carry

@@ -1,9 +1,13 @@
 //! The Azure Blob Storage backend: an existing container, reached with Microsoft Entra tokens
 //! (managed identity) or, for Azurite and custom endpoints, an account key.
 //!
-//! - Downloads: a `307` to a short-lived, read-only SAS URL for the one blob (a user-delegation
-//!   SAS with tokens, a service SAS with a key), built without any storage round trip; or, with
-//!   `NX_CACHE_DOWNLOAD=proxy`, the handler streams the blob itself.
+//! - Downloads: by size (`NX_CACHE_DOWNLOAD=auto`, the default), an entry of at most
+//!   `NX_CACHE_INLINE_MAX` bytes is read whole by the handler and answered with its bytes
+//!   ([`crate::storage::inline`]: retries, single flight, the memory copy), a larger one gets a
+//!   `307` to a short-lived, read-only SAS URL for the one blob (a user-delegation SAS with
+//!   tokens, a service SAS with a key), built without any storage round trip. With
+//!   `NX_CACHE_DOWNLOAD=redirect` every hit is redirected; with `proxy` the handler streams
+//!   every blob itself.
 //! - Uploads: the request body is cut into blocks that are staged one after another, then
 //!   committed with `If-None-Match: *`. Staged blocks are invisible, so a cut-off upload leaves
 //!   no blob, and the conditional commit makes create-if-absent race-safe. A body that fits in
@@ -54,6 +58,7 @@ use time::OffsetDateTime;
 
 use self::delegation::DelegationKeys;
 use self::sas::{BlobSas, Protocols, SAS_VERSION, encode_blob_path};
+use super::inline::{self, Failure, Found, InlineReads, Size, Version, Whole};
 use super::known::KnownEntries;
 use super::record::Record;
 use super::usage::{Usage, is_legacy_name};
@@ -90,9 +95,23 @@ enum Access {
     },
     Token {
         service: Arc<BlobServiceClient>,
+        /// The same, tried once ([`Tries::Once`]).
+        service_once: Arc<BlobServiceClient>,
         keys: Arc<DelegationKeys>,
         credential: Arc<credential::CredentialChain>,
     },
+}
+
+/// How many times the SDK tries a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tries {
+    /// As its retry policy says (up to 8 retries of 408, 429 and 5xx answers): uploads,
+    /// listings, the exact checks of redirect mode and of uploads.
+    Retried,
+    /// Once: the health probe, which must say what storage does now (retried, a probe met by
+    /// 503s takes the whole storage timeout to report an outage), and the checks of inline reads,
+    /// which retry within their own budget.
+    Once,
 }
 
 pub struct AzureStore {
@@ -100,10 +119,14 @@ pub struct AzureStore {
     access: Access,
     /// Shared by every client, so connections are pooled across requests.
     client_options: ClientOptions,
+    /// The same, without the SDK's retries ([`Tries::Once`]).
+    once_options: ClientOptions,
     /// Proxied downloads, by plain GET of a read-only SAS URL.
     downloads: download::Downloader,
     /// Entries seen to exist, so a repeated hit costs no storage call (exact hit checks).
     known: KnownEntries,
+    /// Small entries read whole and answered with their bytes (auto mode).
+    inline: InlineReads,
     /// Whether storage answered lately. While it does not, GETs are misses instead of redirects:
     /// a client sent to an unreachable store would abort the whole build.
     health: Health,
@@ -118,6 +141,10 @@ impl AzureStore {
             })))),
             ..Default::default()
         };
+        let once_options = ClientOptions {
+            retry: azure_core::http::RetryOptions::none(),
+            ..client_options.clone()
+        };
         let access = match &config.auth {
             AzureAuth::Key(connection) => Access::Key {
                 key: connection.key.clone(),
@@ -130,32 +157,39 @@ impl AzureStore {
                 tracing::info!(chain = ?credential.names(), "Azure credentials, tried in this order");
                 let url = Url::parse(&config.endpoint)
                     .map_err(|e| format!("invalid blob endpoint '{}': {e}", config.endpoint))?;
-                let service = Arc::new(
+                let service_with = |options: &ClientOptions| {
                     BlobServiceClient::new(
-                        url,
+                        url.clone(),
                         Some(credential.clone()),
                         Some(BlobServiceClientOptions {
-                            client_options: client_options.clone(),
+                            client_options: options.clone(),
                             ..Default::default()
                         }),
                     )
-                    .map_err(|e| format!("cannot create the blob client: {e}"))?,
-                );
+                    .map(Arc::new)
+                    .map_err(|e| format!("cannot create the blob client: {e}"))
+                };
+                let service = service_with(&client_options)?;
+                let service_once = service_with(&once_options)?;
                 let keys = Arc::new(DelegationKeys::new(service.clone(), config.timeout));
                 Access::Token {
                     service,
+                    service_once,
                     keys,
                     credential,
                 }
             }
         };
         let downloads = download::Downloader::new(config.timeout)?;
+        let inline = InlineReads::new(config.inline);
         Ok(Self {
             config,
             access,
             client_options,
+            once_options,
             downloads,
             known: KnownEntries::new(KNOWN_ENTRIES, CONFIRMED_FOR),
+            inline,
             health: Health::default(),
         })
     }
@@ -242,12 +276,14 @@ impl AzureStore {
         }
     }
 
-    /// Passes a storage result through, marking storage unhealthy when it failed.
+    /// Passes a storage result through, marking storage unhealthy when it failed and waking the
+    /// health watch, whose probe at once confirms the outage or clears a passing error.
     fn observe<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(e) = &result
             && !e.is_client_fault()
         {
             self.health.record(&Err(StoreError::Backend(e.to_string())));
+            self.health.wake();
         }
         result
     }
@@ -290,8 +326,17 @@ impl AzureStore {
 
     /// A client for one blob. In key mode its URL carries a service SAS with `permissions`.
     fn blob_client(&self, name: &str, permissions: &str) -> Result<BlobClient, StoreError> {
+        self.blob_client_tried(name, permissions, Tries::Retried)
+    }
+
+    fn blob_client_tried(
+        &self,
+        name: &str,
+        permissions: &str,
+        tries: Tries,
+    ) -> Result<BlobClient, StoreError> {
         let options = BlobClientOptions {
-            client_options: self.client_options.clone(),
+            client_options: self.options(tries).clone(),
             ..Default::default()
         };
         match &self.access {
@@ -303,7 +348,25 @@ impl AzureStore {
                     .map_err(|e| StoreError::Backend(format!("invalid blob URL: {e}")))?;
                 BlobClient::new(url, None, Some(options)).map_err(backend)
             }
-            Access::Token { service, .. } => Ok(service.blob_client(&self.config.container, name)),
+            Access::Token {
+                service,
+                service_once,
+                ..
+            } => {
+                let service = if tries == Tries::Once {
+                    service_once
+                } else {
+                    service
+                };
+                Ok(service.blob_client(&self.config.container, name))
+            }
+        }
+    }
+
+    fn options(&self, tries: Tries) -> &ClientOptions {
+        match tries {
+            Tries::Retried => &self.client_options,
+            Tries::Once => &self.once_options,
         }
     }
 
@@ -462,7 +525,11 @@ impl AzureStore {
                 ))
             })?;
         }
-        let probe = self.blob_client(&format!("{}{PROBE_BLOB}", self.config.prefix), "r")?;
+        let probe = self.blob_client_tried(
+            &format!("{}{PROBE_BLOB}", self.config.prefix),
+            "r",
+            Tries::Once,
+        )?;
         let outcome = self
             .bounded("probe", probe.get_properties(None))
             .await
@@ -544,7 +611,7 @@ impl AzureStore {
         let url = Url::parse(&url)
             .map_err(|e| StoreError::Backend(format!("invalid download URL: {e}")))?;
         let options = BlobClientOptions {
-            client_options: self.client_options.clone(),
+            client_options: self.once_options.clone(),
             ..Default::default()
         };
         // No credential: the URL's signature is what is being tested.
@@ -580,6 +647,24 @@ async fn fill_block(
     }
     let take = buffer.len().min(BLOCK_SIZE);
     Ok(Some(buffer.split_to(take).freeze()))
+}
+
+/// An SDK error as an attempt's failure: transient without an answer (connection trouble) and
+/// for what Azure asks clients to retry (408, 429, 5xx but 501 and 505).
+fn sdk_failure(error: azure_core::Error) -> Failure {
+    let transient = match error.http_status().map(u16::from) {
+        None => true,
+        Some(status) => {
+            matches!(status, 408 | 429)
+                || (500..600).contains(&status) && !matches!(status, 501 | 505)
+        }
+    };
+    let error = backend(error);
+    if transient {
+        Failure::transient(error)
+    } else {
+        Failure::permanent(error)
+    }
 }
 
 fn error_code(error: &azure_core::Error) -> Option<String> {
@@ -627,8 +712,12 @@ impl Store for AzureStore {
             Access::Token { .. } => "Microsoft Entra token (user-delegation SAS)",
         };
         let download = match self.config.download {
-            Download::Redirect => "redirect",
-            Download::Proxy => "proxy",
+            Download::Auto => format!(
+                "size (entries up to {} bytes answered by the handler, larger ones redirected)",
+                self.config.inline.max
+            ),
+            Download::Redirect => "redirect".into(),
+            Download::Proxy => "proxy".into(),
         };
         format!(
             "Azure Blob container '{}' at {} ({auth}, downloads by {download}, blob prefix '{}')",
@@ -638,6 +727,16 @@ impl Store for AzureStore {
 
     async fn get(&self, key: &CacheKey) -> Result<Option<Fetched>, StoreError> {
         let name = self.blob_name(key);
+        if self.config.download == Download::Auto {
+            return match self.inline.fetch(self, &name).await? {
+                Found::Missing => Ok(None),
+                Found::Whole(bytes) => Ok(Some(Fetched::Bytes(bytes))),
+                Found::Large(len) => Ok(Some(Fetched::Redirect {
+                    url: self.download_url(&name)?,
+                    len,
+                })),
+            };
+        }
         if self.config.download == Download::Redirect {
             if !self.health.is_healthy() {
                 return Err(StoreError::Backend(
@@ -686,6 +785,13 @@ impl Store for AzureStore {
 
     fn health(&self) -> &Health {
         &self.health
+    }
+
+    fn figures(&self) -> Vec<crate::metrics::Figure> {
+        match self.config.download {
+            Download::Auto => self.inline.figures(),
+            Download::Redirect | Download::Proxy => Vec::new(),
+        }
     }
 
     async fn usage(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<Usage, StoreError> {
@@ -901,31 +1007,44 @@ impl AzureStore {
     /// The size of blob `name` if it exists: remembered (confirmed within
     /// [`CONFIRMED_FOR`]), or asked of storage ([`Self::blob_size`]).
     async fn known_size(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        if let Some(len) = self.known.get(name) {
-            return Ok(Some(len));
-        }
-        self.blob_size(name).await
+        let checked = self.check_size(name, Tries::Retried).await;
+        self.observe(checked.map_err(|f| f.error))
     }
 
     /// The size of blob `name` if it exists, asked of storage now (bounded by the storage
     /// timeout; any trouble is an error, which the API answers as a miss or "not stored" at
     /// once). The answer is remembered, a missing blob forgotten.
     async fn blob_size(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        let client = self.blob_client(name, "r")?;
+        let asked = self.ask_size(name, Tries::Retried).await;
+        self.observe(asked.map_err(|f| f.error))
+    }
+
+    /// [`AzureStore::known_size`] unobserved, its failure marked transient or not: tried once
+    /// by auto mode, which retries it itself.
+    async fn check_size(&self, name: &str, tries: Tries) -> Result<Option<u64>, Failure> {
+        if let Some(len) = self.known.get(name) {
+            return Ok(Some(len));
+        }
+        self.ask_size(name, tries).await
+    }
+
+    /// [`AzureStore::blob_size`] unobserved, its failure marked transient or not.
+    async fn ask_size(&self, name: &str, tries: Tries) -> Result<Option<u64>, Failure> {
+        let client = self
+            .blob_client_tried(name, "r", tries)
+            .map_err(Failure::permanent)?;
         let properties = self
             .bounded("get blob properties", client.get_properties(None))
-            .await;
-        let result = match properties {
-            Err(timeout) => Err(timeout),
-            Ok(Ok(response)) => response
+            .await
+            .map_err(Failure::transient)?;
+        let len = match properties {
+            Ok(response) => response
                 .content_length()
-                .map(|len| len.unwrap_or(0))
-                .map(Some)
-                .map_err(backend),
-            Ok(Err(e)) if e.http_status() == Some(StatusCode::NotFound) => Ok(None),
-            Ok(Err(e)) => Err(backend(e)),
+                .map(|len| Some(len.unwrap_or(0)))
+                .map_err(|e| Failure::permanent(backend(e)))?,
+            Err(e) if e.http_status() == Some(StatusCode::NotFound) => None,
+            Err(e) => return Err(sdk_failure(e)),
         };
-        let len = self.observe(result)?;
         match len {
             Some(len) => self.known.insert(name, len),
             None => self.known.remove(name),
@@ -974,5 +1093,46 @@ impl AzureStore {
             });
         }
         self.upload_single(&client, first, record).await
+    }
+}
+
+/// Single attempts at the storage calls of inline reads (auto mode); [`InlineReads`] retries
+/// them, so none of them marks storage unhealthy (the health watch, woken by each failure,
+/// decides that).
+#[async_trait]
+impl inline::Source for AzureStore {
+    async fn size(&self, name: &str) -> Result<Size, Failure> {
+        match self.config.hit_check {
+            HitCheck::Exact => Ok(match self.check_size(name, Tries::Once).await? {
+                Some(len) => Size::Known(len),
+                None => Size::Missing,
+            }),
+            HitCheck::None => Ok(self.known.get(name).map_or(Size::Unchecked, Size::Known)),
+        }
+    }
+
+    async fn version(&self, name: &str) -> Result<Option<Version>, Failure> {
+        let url = self.download_url(name).map_err(Failure::permanent)?;
+        self.downloads.version(&url).await
+    }
+
+    async fn read(&self, name: &str, len: u64) -> Result<Option<Whole>, Failure> {
+        let url = self.download_url(name).map_err(Failure::permanent)?;
+        let read = self.downloads.read_whole(&url, len).await;
+        if let Err(failure) = &read
+            && !failure.transient
+        {
+            // Replaced since its size was learnt, or refused: learn it again next time.
+            self.known.remove(name);
+        }
+        read
+    }
+
+    fn forget(&self, name: &str) {
+        self.known.remove(name);
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
     }
 }
