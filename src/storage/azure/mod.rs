@@ -774,7 +774,9 @@ impl Store for AzureStore {
     ) -> Result<Stored, StoreError> {
         let stored = self.observe(self.upload(key, len, body, record).await)?;
         if stored == Stored::Created {
-            self.known.insert(&self.blob_name(key), len);
+            let name = self.blob_name(key);
+            self.inline.discard(&name);
+            self.known.insert(&name, len);
         }
         Ok(stored)
     }
@@ -1047,7 +1049,10 @@ impl AzureStore {
         };
         match len {
             Some(len) => self.known.insert(name, len),
-            None => self.known.remove(name),
+            None => {
+                self.known.remove(name);
+                self.inline.discard(name);
+            }
         }
         Ok(len)
     }

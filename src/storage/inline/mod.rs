@@ -291,6 +291,16 @@ impl InlineReads {
         self.memory.clone().try_acquire_many_owned(kib).ok()
     }
 
+    /// Drops the memory copy of `name`, if one is kept: the instance has just learnt that the
+    /// entry is gone from storage, or has stored it anew (a hash purged and stored again may
+    /// carry other bytes, e.g. a poisoned entry replaced by a good one). Other instances learn
+    /// it within [`CONFIRMED_FOR`](super::CONFIRMED_FOR).
+    pub fn discard(&self, name: &str) {
+        if let Some(copy) = &self.copy {
+            copy.remove(name);
+        }
+    }
+
     fn forget(&self, source: &dyn Source, name: &str) {
         if let Some(copy) = &self.copy {
             copy.remove(name);
