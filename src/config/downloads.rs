@@ -1,8 +1,8 @@
-//! The downloads section: how the Azure backend answers a hit in `NX_CACHE_DOWNLOAD=auto` (the
-//! default): an entry of at most `NX_CACHE_INLINE_MAX` bytes is read by the handler and answered
-//! with its bytes, a larger one is redirected to storage. The reads themselves (retries, single
-//! flight, the memory copy) are in `storage::inline`; the numbers live here, beside their
-//! settings.
+//! The downloads section: how the Azure backend answers a hit (`NX_CACHE_DOWNLOAD`). In auto
+//! mode (the default) an entry of at most `NX_CACHE_INLINE_MAX` bytes is read by the handler and
+//! answered with its bytes, a larger one is redirected to storage. The reads themselves
+//! (retries, single flight, the memory copy) are in `storage::inline`; the numbers live here,
+//! beside their settings.
 //!
 //! The four settings mean something only in auto mode on Azure, so elsewhere they are refused:
 //! an operator who sets `NX_CACHE_INLINE_MAX` with `NX_CACHE_DOWNLOAD=redirect` expects small
@@ -12,7 +12,19 @@ use std::time::Duration;
 
 use super::ConfigError;
 use super::parse::{Env, parse_size};
-use super::storage::Download;
+
+/// How GET hits reach the client from Azure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Download {
+    /// By size (the default): an entry of at most `NX_CACHE_INLINE_MAX` bytes is read whole by
+    /// the handler and answered with its bytes, a larger one is redirected as in `Redirect`.
+    Auto,
+    /// `307` to a short-lived read-only SAS URL for every hit: bytes go straight from storage to
+    /// the client.
+    Redirect,
+    /// The handler streams the blob itself, for clients that cannot reach the storage account.
+    Proxy,
+}
 
 /// Default largest entry answered inline: 1 MiB (see docs/benchmarks.md, "Downloads by size").
 pub const DEFAULT_INLINE_MAX: u64 = 1 << 20;

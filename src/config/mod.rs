@@ -27,11 +27,11 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use downloads::Inline;
+pub use downloads::{Download, Inline};
 pub use limits::{DEFAULT_MAX_ARTIFACT_BYTES, Limits, Pace};
 pub use parse::{Env, parse_size};
 pub use retention::RetentionConfig;
-pub use storage::{AzureAuth, AzureConfig, Backend, DEFAULT_DATA_DIR, Download, HitCheck};
+pub use storage::{AzureAuth, AzureConfig, Backend, DEFAULT_DATA_DIR, HitCheck};
 pub use telemetry::{LogFormat, SecretText};
 pub use tokens::{
     DEFAULT_AUDIENCE, DEFAULT_EXPIRED_GRACE, DEFAULT_ISSUER, DEFAULT_MAX_EXCHANGE_TTL,

@@ -8,24 +8,11 @@ use std::time::Duration;
 
 use super::ConfigError;
 use super::connection_string::ConnectionString;
-use super::downloads::{self, Inline};
+use super::downloads::{self, Download, Inline};
 use super::parse::Env;
 
 /// Default data directory of the embedded store, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "nx-cache-data";
-
-/// How GET hits reach the client from Azure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Download {
-    /// By size (the default): an entry of at most `NX_CACHE_INLINE_MAX` bytes is read whole by
-    /// the handler and answered with its bytes, a larger one is redirected as in `Redirect`.
-    Auto,
-    /// `307` to a short-lived read-only SAS URL for every hit: bytes go straight from storage to
-    /// the client.
-    Redirect,
-    /// The handler streams the blob itself, for clients that cannot reach the storage account.
-    Proxy,
-}
 
 /// Whether a GET (auto and redirect modes) first checks that the entry exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
