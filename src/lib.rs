@@ -11,9 +11,10 @@
 //! - [`server`]: binds the listener, serves the router, shuts down gracefully on SIGTERM;
 //!   `handler doctor`, `handler usage`, `handler entries` and `handler purge`. May use every
 //!   module below.
-//! - [`api`]: the axum router and handlers; the only module that knows the status codes the Nx
-//!   client understands (see `docs/` and the shared client contract). Uses storage, limits,
-//!   telemetry, metrics, config, auth, key.
+//! - [`api`]: the axum router and the front doors, one per client API (`api/nx.rs`), over what
+//!   they share (`api/cache.rs`: admission, the read, the upload's checks and drains); the only
+//!   module that knows the status codes a client understands (see `docs/` and the shared client
+//!   contracts). Uses storage, limits, telemetry, metrics, config, auth, key.
 //! - [`storage`]: the one [`storage::Store`] interface and the backends behind it (embedded,
 //!   Azure), with what each entry records about its writer, what acts on them (health watch,
 //!   retention, usage, entries and purge) and what makes reads safe to repeat (inline reads of

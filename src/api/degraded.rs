@@ -22,7 +22,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use super::{HEALTH_ROUTE, METRICS_ROUTE, ORG_ROUTE, TEAM_ROUTE, TOKEN_ROUTE, WithOutcome, text};
+use super::nx::{ORG_ROUTE, TEAM_ROUTE};
+use super::{HEALTH_ROUTE, METRICS_ROUTE, TOKEN_ROUTE, WithOutcome, text};
 use crate::limits::{Bodies, Drain};
 use crate::metrics::{Metrics, Outcome};
 use crate::telemetry;

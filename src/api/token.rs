@@ -53,7 +53,7 @@ pub(super) async fn exchange(
             if axum::body::HttpBody::size_hint(&body).exact() == Some(0) {
                 return response;
             }
-            return super::refuse_upload(&state, body, response, Drain::Brief);
+            return super::cache::refuse_upload(&state, body, response, Drain::Brief);
         }
     };
     let ask = match read_ask(&state, body).await {
