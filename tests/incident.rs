@@ -384,6 +384,8 @@ async fn azure_entries_record_their_writer_in_metadata_and_purge_deletes_a_selec
 
 /// A blob deleted behind a running instance's back (exact hit checks remember it) is stored
 /// again by the next upload at once: a `409 exists` is answered only after storage confirmed it.
+/// In redirect mode, where every hit is the remembered check and a redirect (small entries
+/// answered inline are the memory copy's, which tests/downloads.rs covers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_deleted_behind_a_running_instance_is_stored_again() {
     let azurite = Azurite::start();
@@ -394,6 +396,7 @@ async fn a_blob_deleted_behind_a_running_instance_is_stored_again() {
             azurite.connection_string(),
         ),
         ("AZURE_STORAGE_CONTAINER", CONTAINER.to_string()),
+        ("NX_CACHE_DOWNLOAD", "redirect".to_string()),
     ];
     let handler = Handler::start_with(&env, &[]);
     let token = issue_token(&["--org"]);

@@ -17,7 +17,7 @@ use crate::key::{CacheKey, Namespace};
 use crate::limits::Drain;
 use crate::metrics::Outcome;
 use crate::storage::record::{Record, Writer, WriterKind};
-use crate::storage::{Fetched, StoreError, Stored};
+use crate::storage::{Fetched, Hit, StoreError, Stored};
 
 /// Why a request was not served as asked. The message is for the user (never a token or a
 /// signature); the front door picks the status its client understands.
@@ -85,7 +85,7 @@ pub(super) fn admit(
 
 /// What a read found, before any client's terms.
 pub(super) enum Read {
-    Hit(Fetched),
+    Hit(Hit),
     /// A miss, or a read that is answered as one: no access, an expired token, storage trouble.
     Miss(Outcome),
     /// Storage failed and `NX_CACHE_STRICT_STORAGE` asks to say so (503) rather than miss.
@@ -266,6 +266,7 @@ pub(super) fn record_of(grant: &Grant) -> Record {
     };
     Record {
         writer: Some(writer.bounded()),
+        turbo: None,
     }
 }
 

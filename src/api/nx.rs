@@ -87,7 +87,7 @@ async fn read_entry(
         Err(refused) => return answer(refused),
     };
     let mut response = match cache::read(&state, &key, &grant).await {
-        Read::Hit(fetched) => cache::render_hit(&state, &key, fetched).unwrap_or_else(miss),
+        Read::Hit(hit) => cache::render_hit(&state, &key, hit.fetched).unwrap_or_else(miss),
         Read::Miss(outcome) => miss(outcome),
         Read::Unavailable => text(
             StatusCode::SERVICE_UNAVAILABLE,
