@@ -54,7 +54,7 @@ impl fmt::Display for TeamName {
 }
 
 /// A validated cache hash: 1 to [`MAX_HASH_LEN`] ASCII alphanumerics.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Hash(String);
 
 impl Hash {

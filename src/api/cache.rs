@@ -92,22 +92,41 @@ pub(super) enum Read {
     Unavailable,
 }
 
-/// A read whose key and token are valid: the entry, or why it is a miss.
-pub(super) async fn read(state: &AppState, key: &CacheKey, grant: &Grant) -> Read {
+/// Whether `grant` may read `namespace` now: `Err` with the outcome of the miss the read is
+/// answered with, and why in words.
+pub(super) fn may_read(
+    state: &AppState,
+    namespace: &Namespace,
+    grant: &Grant,
+) -> Result<(), (Outcome, &'static str)> {
     if grant.expired {
         // Expired during the build: no access, but no 401 (it would abort an Nx build).
         warn_expired(grant);
-        return Read::Miss(Outcome::Expired);
+        return Err((
+            Outcome::Expired,
+            "the access token has expired; ask for a new one",
+        ));
     }
-    if !grant.covers(&key.namespace) {
+    if !grant.covers(namespace) {
         // A miss, not an error: any non-404 GET failure aborts an Nx build, and a miss does not
         // reveal whether the other namespace holds the entry.
         tracing::warn!(subject = %grant.subject, token_id = %grant.token_id,
-            namespace = %key.namespace, "token has no access to this namespace; answering a miss");
-        return Read::Miss(Outcome::Denied);
+            namespace = %namespace, "token has no access to this namespace; answering a miss");
+        return Err((Outcome::Denied, "this token has no access to this cache"));
     }
     if state.mode == Mode::NoCache {
-        return Read::Miss(Outcome::Miss);
+        return Err((
+            Outcome::Miss,
+            "this cache server answers every read with a miss (NX_CACHE_MODE=no-cache)",
+        ));
+    }
+    Ok(())
+}
+
+/// A read whose key and token are valid: the entry, or why it is a miss.
+pub(super) async fn read(state: &AppState, key: &CacheKey, grant: &Grant) -> Read {
+    if let Err((outcome, _)) = may_read(state, &key.namespace, grant) {
+        return Read::Miss(outcome);
     }
     match state.store.get(key).await {
         Ok(Some(hit)) => Read::Hit(hit),
@@ -247,6 +266,35 @@ pub(super) async fn upload(
         }
         Err(e) => Err(storage_failed(key, e)),
     }
+}
+
+/// A small request body (JSON), read whole: at most `limit` bytes, held to the body pace. Past
+/// the limit the rest is not read (dropping the body closes the connection after the answer).
+pub(super) async fn read_body(
+    state: &AppState,
+    body: Body,
+    limit: usize,
+) -> Result<Vec<u8>, Refused> {
+    let mut stream = state.bodies.paced(body);
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            Refused::new(
+                Why::BadRequest,
+                format!("reading the body failed: {e}"),
+                Outcome::BadRequest,
+            )
+        })?;
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() > limit {
+            return Err(Refused::new(
+                Why::TooLarge,
+                format!("the request body is limited to {limit} bytes"),
+                Outcome::BadRequest,
+            ));
+        }
+    }
+    Ok(bytes)
 }
 
 /// What an entry stored with `grant` records: its writer, now.

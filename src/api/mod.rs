@@ -4,7 +4,8 @@
 //! [`cache`] (admission: the key, then the token; the read; the upload's checks, the upload, the
 //! drain of a refused body) -> storage -> the front door again (the result in the client's
 //! terms). Each client API is one front door, and neither knows the other:
-//! - [`nx`]: Nx's `/v1/cache/{hash}` and `/teams/{team}/v1/cache/{hash}`.
+//! - [`nx`]: Nx's `/v1/cache/{hash}` and `/teams/{team}/v1/cache/{hash}`;
+//! - [`turbo`]: Turborepo's `/v8/artifacts/...`, the team named by `?slug=` / `?teamId=`.
 //!
 //! `POST /token` (keyless access: an identity token in, a cache token out) is in [`token`];
 //! what the handler answers when its configuration was refused under the Functions host is in
@@ -14,6 +15,7 @@ mod cache;
 pub mod degraded;
 pub mod nx;
 mod token;
+pub mod turbo;
 
 use std::sync::Arc;
 
@@ -27,7 +29,7 @@ use tokio::sync::Semaphore;
 use crate::auth::TokenAuthority;
 use crate::auth::exchange::Exchange;
 use crate::config::Mode;
-use crate::limits::Bodies;
+use crate::limits::{Bodies, Gate};
 use crate::metrics::{Metrics, Outcome};
 use crate::storage::Store;
 use crate::telemetry;
@@ -47,6 +49,9 @@ pub struct AppState {
     pub bodies: Arc<Bodies>,
     /// Permits for downloads streamed through the handler (`NX_CACHE_MAX_DOWNLOADS`).
     pub downloads: Arc<Semaphore>,
+    /// The storage checks of turbo's dry-run queries, a bounded number at once
+    /// ([`turbo::checks_gate`]).
+    pub checks: Arc<Gate>,
     pub metrics: Arc<Metrics>,
     /// The bearer token `/metrics` requires; `None`: the endpoint answers 404.
     pub metrics_token: Option<Arc<str>>,
@@ -62,9 +67,13 @@ pub const TOKEN_ROUTE: &str = "/token";
 /// Every route with its methods, apart from `GET /` (liveness), which the Functions host calls
 /// on the handler directly. `function-configs/*/function.json` must declare exactly these; the
 /// packaging test checks that the two agree.
-pub const ROUTES: [(&str, &[&str]); 5] = [
+pub const ROUTES: [(&str, &[&str]); 9] = [
     nx::ROUTES[0],
     nx::ROUTES[1],
+    turbo::ROUTES[0],
+    turbo::ROUTES[1],
+    turbo::ROUTES[2],
+    turbo::ROUTES[3],
     (HEALTH_ROUTE, &["GET"]),
     (METRICS_ROUTE, &["GET"]),
     (TOKEN_ROUTE, &["POST"]),
@@ -78,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route(METRICS_ROUTE, get(metrics))
         .route(TOKEN_ROUTE, post(token::exchange))
         .merge(nx::routes())
+        .merge(turbo::routes())
         // Bodies are streamed to storage with our own size check, never buffered by axum.
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
@@ -110,6 +120,12 @@ async fn health(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let mut figures = state.store.figures();
     figures.extend(telemetry::figures());
+    figures.push(crate::metrics::Figure {
+        name: "nx_cache_turbo_query_checks_peak",
+        help: "the most storage checks turbo's dry-run queries ran at once (bounded by the handler)",
+        kind: "gauge",
+        value: state.checks.peak() as u64,
+    });
     metrics_answer(
         &state.metrics,
         state.metrics_token.as_deref(),
