@@ -249,7 +249,7 @@ async fn azurite_redirects_large_artifacts_and_turbo_follows() {
         assert_eq!(line["redirected"], true);
     }
     // Storage's answer cannot carry turbo's duration: a redirected hit saves time turbo does not
-    // count (docs/turbo.md says so).
+    // count (README says so).
     for (task, _, _, saved) in restored.tasks() {
         assert_eq!(saved, 0, "{task}");
     }

@@ -183,12 +183,13 @@ async fn status(State(state): State<AppState>, pairs: Pairs, headers: HeaderMap)
         Ok(grant) => grant,
         Err(refused) => return answer(refused),
     };
-    let (status, why) = match namespace_of(&pairs) {
+    let namespace = namespace_of(&pairs);
+    let (status, why) = match &namespace {
         Err(problem) => {
             tracing::warn!(subject = %grant.subject, %problem, "turbo named no team this cache has");
-            ("disabled", Some(problem))
+            ("disabled", Some(problem.clone()))
         }
-        Ok(namespace) => match cache::may_read(&state, &namespace, &grant) {
+        Ok(namespace) => match cache::may_read(&state, namespace, &grant) {
             Ok(()) => ("enabled", None),
             Err((_, why)) => ("disabled", Some(format!("{why} ({})", access_of(&grant)))),
         },
@@ -199,6 +200,9 @@ async fn status(State(state): State<AppState>, pairs: Pairs, headers: HeaderMap)
     }
     let mut response = json(StatusCode::OK, &body);
     response.extensions_mut().insert(Caller::of(&grant));
+    if let Ok(namespace) = &namespace {
+        response.extensions_mut().insert(team_target(namespace));
+    }
     response
 }
 

@@ -129,7 +129,7 @@ impl Workspace {
 
     /// `turbo run build --summarize ARGS` with exactly `env`'s remote cache variables
     /// (`TURBO_API`, `TURBO_TOKEN`, `TURBO_TEAM`, ...), as a CI job that exported them.
-    pub fn build(&self, args: &[&str], env: &[(&str, String)]) -> Run {
+    pub fn build<K: AsRef<str>, V: AsRef<str>>(&self, args: &[&str], env: &[(K, V)]) -> Run {
         let runs = self.root().join(".turbo/runs");
         let _ = std::fs::remove_dir_all(&runs);
         let mut command = Command::new(self.root().join("node_modules/.bin/turbo"));
@@ -145,7 +145,7 @@ impl Workspace {
             .env("DO_NOT_TRACK", "1")
             .env("TURBO_NO_UPDATE_NOTIFIER", "1")
             .env("CI", "true")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+            .envs(env.iter().map(|(k, v)| (k.as_ref(), v.as_ref())));
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let _ = tx.send(command.output());
