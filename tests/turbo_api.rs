@@ -205,6 +205,18 @@ async fn artifacts_are_stored_and_read_back_with_turbo_s_headers() {
             .all(|l| !l["path"].as_str().unwrap().contains('?')),
         "query strings are not logged"
     );
+    let hit = lines
+        .iter()
+        .find(|l| l["method"] == "GET" && l["outcome"] == "hit")
+        .unwrap();
+    assert_eq!(hit["time_saved_ms"], 1234, "the time the hit saved: {hit}");
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l["outcome"] != "hit")
+            .all(|l| l["time_saved_ms"] == 0),
+        "only hits save time"
+    );
     let metrics = metrics_text(&handler.base_url, METRICS).await;
     assert_eq!(
         metric_value(

@@ -217,14 +217,17 @@ async fn get_artifact(
         Ok(admitted) => admitted,
         Err(refused) => return answer(refused),
     };
+    let mut saved = None;
     let mut response = match cache::read(&state, &key, &grant).await {
         Read::Hit(hit) => match cache::render_hit(&state, &key, hit.fetched) {
             Ok(mut response) => {
                 // A redirect's answer comes from storage; it carries none of these (and an
-                // artifact with a tag is never redirected).
+                // artifact with a tag is never redirected). The log line has the time saved
+                // either way.
                 if response.status() == StatusCode::OK {
                     add_fields(response.headers_mut(), hit.turbo.as_deref());
                 }
+                saved = hit.turbo.as_deref().and_then(|t| t.duration_ms);
                 response
             }
             Err(outcome) => miss(outcome),
@@ -233,7 +236,10 @@ async fn get_artifact(
         Read::Unavailable => unavailable(),
     };
     response.extensions_mut().insert(Caller::of(&grant));
-    response.extensions_mut().insert(target(&key));
+    response.extensions_mut().insert(Target {
+        time_saved_ms: saved,
+        ..target(&key)
+    });
     response
 }
 
@@ -697,6 +703,7 @@ fn target(key: &CacheKey) -> Target {
     Target {
         namespace: key.label(),
         hash: Some(key.hash.as_str().to_owned()),
+        time_saved_ms: None,
     }
 }
 
@@ -704,6 +711,7 @@ fn team_target(namespace: &Namespace) -> Target {
     Target {
         namespace: label_of(Client::Turbo, namespace),
         hash: None,
+        time_saved_ms: None,
     }
 }
 

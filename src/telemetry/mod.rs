@@ -2,8 +2,9 @@
 //!
 //! The per-request line carries the request id (the Functions host's
 //! `X-Azure-Functions-InvocationId` when present), method, path, the client API (`nx`, `turbo`),
-//! the namespace and hash, status, outcome, bytes and duration. Headers and query strings are
-//! never logged: the `Authorization` header holds a token.
+//! the namespace and hash, status, outcome, bytes, duration and, for a Turborepo hit, the time it
+//! saved (`time_saved_ms`: the task's duration turbo stored with the artifact). Headers and query
+//! strings are never logged: the `Authorization` header holds a token.
 //!
 //! **Serving never waits on logging.** Lines go through a bounded in-memory queue to a writer
 //! thread ([`queue`]); when the queue is full the line is dropped, never waited for,
@@ -66,6 +67,9 @@ impl Caller {
 pub struct Target {
     pub namespace: String,
     pub hash: Option<String>,
+    /// For a hit of an artifact stored with the task's duration: that duration, in milliseconds
+    /// (the time the hit saved, whether it was answered or redirected).
+    pub time_saved_ms: Option<u64>,
 }
 
 /// How often the drop counters are looked at for the one-line report.
@@ -167,11 +171,15 @@ pub async fn log_request(
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let outcome = response.extensions().get::<Outcome>().copied();
-    let (namespace, hash) = match response.extensions_mut().remove::<Target>() {
-        Some(target) => (target.namespace, target.hash.unwrap_or_else(|| "-".into())),
+    let (namespace, hash, time_saved_ms) = match response.extensions_mut().remove::<Target>() {
+        Some(target) => (
+            target.namespace,
+            target.hash.unwrap_or_else(|| "-".into()),
+            target.time_saved_ms.unwrap_or(0),
+        ),
         None => {
             let (namespace, hash) = cache_key_of(&path);
-            (namespace, hash.to_owned())
+            (namespace, hash.to_owned(), 0)
         }
     };
     if let Some(outcome) = outcome {
@@ -200,6 +208,7 @@ pub async fn log_request(
                 Some(Outcome::Hit { redirected: true, .. } | Outcome::Redirect)
             ),
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            time_saved_ms,
             "request"
         )
     });
