@@ -186,10 +186,11 @@ enum TokenCommand {
 
 #[derive(Args)]
 struct IssueArgs {
-    /// Grant the org-wide cache (`/v1/cache/...`).
+    /// Grant the org-wide cache (Nx: `/v1/cache/...`; turbo: `TURBO_TEAM=_org`).
     #[arg(long)]
     org: bool,
-    /// Grant a team's cache (`/teams/NAME/v1/cache/...`); repeat for several teams.
+    /// Grant a team's cache (Nx: `/teams/NAME/v1/cache/...`; turbo: `TURBO_TEAM=NAME`); repeat
+    /// for several teams.
     #[arg(long = "team", value_name = "NAME")]
     teams: Vec<String>,
     /// Read-only: the token can fetch entries but never store them.
