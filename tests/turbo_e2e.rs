@@ -230,20 +230,50 @@ async fn embedded_store_in_signature_mode_returns_the_tag() {
     assert!(run.ok, "{}", run.output);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn azurite_redirects_large_artifacts_and_turbo_follows() {
+/// A handler on Azurite and a workspace whose builds write `LARGE` random bytes (signed when
+/// `signed`), after [`stores_then_restores`]: the second run, and the hits' request lines.
+struct OnAzurite {
+    azurite: Azurite,
+    handler: Handler,
+    workspace: Workspace,
+    env: Vec<(&'static str, String)>,
+    restored: Run,
+    hits: Vec<Value>,
+}
+
+async fn large_artifacts_on_azurite(signed: bool) -> OnAzurite {
     let azurite = Azurite::start();
     azurite.create_container(CONTAINER, None).await;
     let handler = Handler::start_with(&azurite_env(&azurite), &[]);
     let token = issue_token(&["--team", "web"]);
     let env = env_of(remote(&handler.base_url, &token, "web"), LARGE);
-    let workspace = Workspace::new(false);
+    let workspace = Workspace::new(signed);
     let restored = stores_then_restores(&workspace, &env);
-    let gets: Vec<Value> = artifact_lines(&handler, "GET")
+    let hits: Vec<Value> = artifact_lines(&handler, "GET")
         .into_iter()
         .filter(|l| l["status"] != 404)
         .collect();
-    assert_eq!(gets.len(), PACKAGES.len(), "{gets:#?}");
+    assert_eq!(hits.len(), PACKAGES.len(), "{hits:#?}");
+    OnAzurite {
+        azurite,
+        handler,
+        workspace,
+        env,
+        restored,
+        hits,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azurite_redirects_large_artifacts_and_turbo_follows() {
+    let OnAzurite {
+        azurite,
+        handler,
+        workspace,
+        env,
+        restored,
+        hits: gets,
+    } = large_artifacts_on_azurite(false).await;
     for line in &gets {
         assert_eq!(line["status"], 307, "redirected to storage: {line}");
         assert_eq!(line["redirected"], true);
@@ -271,19 +301,9 @@ async fn azurite_redirects_large_artifacts_and_turbo_follows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azurite_streams_large_tagged_artifacts_in_signature_mode() {
-    let azurite = Azurite::start();
-    azurite.create_container(CONTAINER, None).await;
-    let handler = Handler::start_with(&azurite_env(&azurite), &[]);
-    let token = issue_token(&["--team", "web"]);
-    let env = env_of(remote(&handler.base_url, &token, "web"), LARGE);
-    let workspace = Workspace::new(true);
-    let restored = stores_then_restores(&workspace, &env);
-    let gets: Vec<Value> = artifact_lines(&handler, "GET")
-        .into_iter()
-        .filter(|l| l["status"] != 404)
-        .collect();
-    assert_eq!(gets.len(), PACKAGES.len(), "{gets:#?}");
-    for line in &gets {
+    let on_azurite = large_artifacts_on_azurite(true).await;
+    let (restored, gets) = (&on_azurite.restored, &on_azurite.hits);
+    for line in gets {
         assert_eq!(line["status"], 200, "a tagged artifact is streamed: {line}");
         assert!(line["bytes"].as_u64().unwrap() > 256 * 1024, "{line}");
     }
