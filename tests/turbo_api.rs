@@ -929,6 +929,22 @@ async fn entries_usage_and_purge_tell_artifacts_apart() {
             "artifacts are not legacy entries"
         );
         assert_eq!(usage["total"]["entries"], 4);
+        if env[0].0 != "NX_CACHE_DIR" {
+            // handler doctor's look for @nx/azure-cache entries at the container root.
+            let doctor = std::process::Command::new(env!("CARGO_BIN_EXE_handler"))
+                .arg("doctor")
+                .env_clear()
+                .env("NX_CACHE_JWT_SECRET", common::TEST_SECRET)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .output()
+                .unwrap();
+            let report = String::from_utf8_lossy(&doctor.stdout).into_owned()
+                + &String::from_utf8_lossy(&doctor.stderr);
+            assert!(
+                report.contains("no @nx/azure-cache entries at the container root"),
+                "{report}"
+            );
+        }
 
         let purged = handler_cli(&env, &["purge", "--turbo", "--yes"]);
         assert!(purged.contains("deleted 2 of 2"), "{purged}");
