@@ -87,6 +87,7 @@ fn writer() -> Record {
             }
             .bounded(),
         ),
+        turbo: None,
     }
 }
 
@@ -159,7 +160,7 @@ fn entries(c: &mut Criterion) {
     // A hot entry on an exact hit check: remembered, its confirmation younger than the bound.
     let known = KnownEntries::new(50_000, CONFIRMED_FOR);
     for i in 0..50_000 {
-        known.insert(&format!("teams/web/{i}"), 1024);
+        known.insert(&format!("teams/web/{i}"), 1024, None);
     }
     c.bench_function("remembered entry lookup (with its age check)", |b| {
         b.iter(|| known.get(std::hint::black_box("teams/web/4242")).unwrap())

@@ -11,7 +11,7 @@
 //   - optionally a user-assigned managed identity
 //
 // Only references, never creates: the cache storage account and its blob container, which hold
-// the cache entries (`org/{hash}`, `teams/{team}/{hash}`). They may live in another resource group
+// the cache entries (`org/{hash}`, `teams/{team}/{hash}`, Turborepo's under `turbo/`). They may live in another resource group
 // of the same subscription (cacheStorageResourceGroup); modules/cache-access.bicep is deployed
 // into that group to grant the app's identity its two roles there, and (only when asked) to write
 // the cache account's lifecycle management policy: retention of this cache's entries

@@ -16,7 +16,12 @@
 --   BENCH_LOCATION    GET 307: a substring the Location header must contain (e.g. "/nx-cache/org/")
 --   BENCH_NO_RESPONSE 1: do not define response() (wrk then neither buffers bodies nor parses
 --                     headers); statuses are then checked from wrk's own counters and the byte
---                     total by scripts/bench-load (used for 50 MiB downloads only)
+--                     total by scripts/bench-load (used for the largest downloads only)
+--   BENCH_TURBO       1: the requests turbo makes (workload 6): its User-Agent and Accept on
+--                     every request, and on a PUT its x-artifact-duration and x-artifact-sha
+--   BENCH_TAG         with BENCH_TURBO, a PUT also carries this x-artifact-tag (signature mode)
+--   BENCH_HASH_WIDTH  16: hashes are 16 digits, as turbo's are 16 characters: a GET's is its
+--                     number zero-padded, a PUT's RUN(4) .. thread(2) .. counter(10)
 --
 -- GET bodies are compared with the seeded body in full: "nx-bench HASH\n" padded with "x". In
 -- LuaJIT strings are interned, so the comparison is a pointer compare after wrk pushed the body.
@@ -32,6 +37,18 @@ local hash_count = tonumber(os.getenv("BENCH_HASH_COUNT") or "1")
 local run = os.getenv("BENCH_RUN") or "9"
 local location_part = os.getenv("BENCH_LOCATION") or ""
 local no_response = os.getenv("BENCH_NO_RESPONSE") == "1"
+local turbo = os.getenv("BENCH_TURBO") == "1"
+local tag = os.getenv("BENCH_TAG") or ""
+local width = tonumber(os.getenv("BENCH_HASH_WIDTH") or "0")
+-- What turbo 2.11 sends (shared/docs/turbo-client-contract.md).
+local TURBO_AGENT = "User-Agent: turbo 2.11.13 1.98.0-nightly linux x86_64\r\nAccept: */*\r\n"
+local TURBO_SHA = "5a4da53a169cb32458e42e7c65f20e4664bc7cfa"
+
+-- A GET's hash: its number, zero-padded to BENCH_HASH_WIDTH digits.
+local function get_hash(n)
+   if width > 0 then return string.format("%0" .. width .. "d", n) end
+   return tostring(n)
+end
 
 -- The body scripts/bench-load seeds (and PUTs): a first line naming it, padded with "x".
 function bench_body(hash, size)
@@ -84,13 +101,14 @@ function init(args)
    host = wrk.headers["Host"]
    math.randomseed(os.time() * 1000 + (id or 0))
    local common = "Host: " .. host .. "\r\nAuthorization: Bearer " .. token .. "\r\n"
+   if turbo then common = common .. TURBO_AGENT end
    if mode == "root" then
       hash_count = 1
       get_requests[1] = "GET / HTTP/1.1\r\nHost: " .. host .. "\r\n\r\n"
    elseif mode == "get" then
       -- Every request prebuilt: request() only picks one.
       for i = 1, hash_count do
-         local hash = tostring(hash_base + i)
+         local hash = get_hash(hash_base + i)
          get_requests[i] = "GET " .. prefix .. hash .. query .. " HTTP/1.1\r\n" .. common .. "\r\n"
          if expect == 200 and bytes > 0 then
             expected_bodies[hash] = bench_body(hash, bytes)
@@ -99,7 +117,12 @@ function init(args)
    else
       -- The body is built once; each request is head .. hash .. mid .. body (one concatenation).
       put_head = "PUT " .. prefix
-      put_mid = query .. " HTTP/1.1\r\n" .. common
+      local extra = ""
+      if turbo then
+         extra = "x-artifact-duration: 1234\r\nx-artifact-sha: " .. TURBO_SHA .. "\r\n"
+         if tag ~= "" then extra = extra .. "x-artifact-tag: " .. tag .. "\r\n" end
+      end
+      put_mid = query .. " HTTP/1.1\r\n" .. common .. extra
          .. "Content-Type: application/octet-stream\r\nContent-Length: " .. bytes .. "\r\n\r\n"
       put_body = bench_body("put", bytes)
    end
@@ -110,7 +133,12 @@ function request()
       return get_requests[math.random(hash_count)]
    end
    counter = counter + 1
-   local hash = string.format("%s%02d%010d", run, id or 0, counter)
+   local hash
+   if width == 16 then
+      hash = string.format("%04d%02d%010d", tonumber(run), id or 0, counter)
+   else
+      hash = string.format("%s%02d%010d", run, id or 0, counter)
+   end
    return put_head .. hash .. put_mid .. put_body
 end
 

@@ -54,7 +54,7 @@ impl fmt::Display for TeamName {
 }
 
 /// A validated cache hash: 1 to [`MAX_HASH_LEN`] ASCII alphanumerics.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Hash(String);
 
 impl Hash {
@@ -101,35 +101,120 @@ impl fmt::Display for Namespace {
     }
 }
 
+/// The client API an entry was stored through. Each client's entries have names of their own
+/// (see [`CacheKey::object_name`]): a request through one API never reads an entry of the other,
+/// whose bytes it could not use (a Turborepo hash of 16 digits is also a valid Nx hash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Client {
+    Nx,
+    Turbo,
+}
+
+impl Client {
+    pub const ALL: [Client; 2] = [Client::Nx, Client::Turbo];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Client::Nx => "nx",
+            Client::Turbo => "turbo",
+        }
+    }
+
+    /// Where this client's namespaces live, relative to the store's root: at the root for Nx
+    /// (whose entries were the first), under `turbo/` for Turborepo.
+    pub fn root(self) -> &'static str {
+        match self {
+            Client::Nx => "",
+            Client::Turbo => "turbo/",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Client::ALL.into_iter().find(|c| c.as_str() == text)
+    }
+}
+
+impl fmt::Display for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One cache entry's address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
+    pub client: Client,
     pub namespace: Namespace,
     pub hash: Hash,
 }
 
 impl CacheKey {
-    /// Builds a key from raw URL segments (already percent-decoded by the router).
+    /// An Nx key from raw URL segments (already percent-decoded by the router).
     pub fn parse(team: Option<&str>, hash: &str) -> Result<Self, KeyError> {
+        Self::parse_for(Client::Nx, team, hash)
+    }
+
+    /// A key of `client` from a raw team name (`None`: the org-wide cache) and hash.
+    pub fn parse_for(client: Client, team: Option<&str>, hash: &str) -> Result<Self, KeyError> {
         let namespace = match team {
             None => Namespace::Org,
             Some(team) => Namespace::Team(TeamName::parse(team)?),
         };
         Ok(Self {
+            client,
             namespace,
             hash: Hash::parse(hash)?,
         })
     }
 
-    /// The entry's name relative to the store's root: `org/{hash}` or `teams/{team}/{hash}`.
+    /// The folder of the entry's namespace, relative to the store's root: `org`, `teams/{team}`,
+    /// `turbo/org`, `turbo/teams/{team}`.
+    pub fn folder(&self) -> String {
+        folder_of(self.client, &self.namespace)
+    }
+
+    /// The entry's name relative to the store's root: `org/{hash}` or `teams/{team}/{hash}` for
+    /// Nx, the same under `turbo/` for Turborepo.
     ///
     /// Both backends use it (file path under the data directory, blob name under the container's
-    /// prefix), so one team's entries can never share a name with another's or with the org's.
+    /// prefix), so one team's entries can never share a name with another's or with the org's,
+    /// nor one client's with the other's.
     pub fn object_name(&self) -> String {
-        match &self.namespace {
-            Namespace::Org => format!("org/{}", self.hash.as_str()),
-            Namespace::Team(team) => format!("teams/{}/{}", team, self.hash.as_str()),
+        format!("{}/{}", self.folder(), self.hash.as_str())
+    }
+
+    /// The key an object name (as [`CacheKey::object_name`] makes it) belongs to; `None` for a
+    /// name that is no cache entry (a probe blob, a record file, a stray).
+    pub fn from_object_name(name: &str) -> Option<Self> {
+        let (client, rest) = match name.strip_prefix(Client::Turbo.root()) {
+            Some(rest) => (Client::Turbo, rest),
+            None => (Client::Nx, name),
+        };
+        let segments: Vec<&str> = rest.split('/').collect();
+        match segments.as_slice() {
+            ["org", hash] => Self::parse_for(client, None, hash).ok(),
+            ["teams", team, hash] => Self::parse_for(client, Some(team), hash).ok(),
+            _ => None,
         }
+    }
+
+    /// How the entry's namespace is named in logs, metrics and `handler usage`: `org` and
+    /// `team:NAME` for Nx, `turbo:org` and `turbo:team:NAME` for Turborepo.
+    pub fn label(&self) -> String {
+        label_of(self.client, &self.namespace)
+    }
+}
+
+/// The folder of `client`'s `namespace`: see [`CacheKey::folder`].
+pub fn folder_of(client: Client, namespace: &Namespace) -> String {
+    format!("{}{}", client.root(), namespace.folder())
+}
+
+/// The label of `client`'s `namespace`: see [`CacheKey::label`].
+pub fn label_of(client: Client, namespace: &Namespace) -> String {
+    match client {
+        Client::Nx => namespace.to_string(),
+        Client::Turbo => format!("turbo:{namespace}"),
     }
 }
 
@@ -178,5 +263,38 @@ mod tests {
         assert_eq!(org.object_name(), "org/42");
         assert_eq!(web.object_name(), "teams/web/42");
         assert_ne!(web.object_name(), api.object_name());
+    }
+
+    /// A Turborepo hash is never an Nx entry's name, even when it is all digits.
+    #[test]
+    fn each_client_has_names_of_its_own() {
+        let hash = "1234567890123456";
+        for team in [None, Some("web"), Some("turbo")] {
+            let nx = CacheKey::parse(team, hash).unwrap();
+            let turbo = CacheKey::parse_for(Client::Turbo, team, hash).unwrap();
+            assert_ne!(nx.object_name(), turbo.object_name());
+            assert_ne!(nx.label(), turbo.label());
+            for key in [nx, turbo] {
+                assert_eq!(CacheKey::from_object_name(&key.object_name()), Some(key));
+            }
+        }
+        let turbo = CacheKey::parse_for(Client::Turbo, Some("web"), "abc").unwrap();
+        assert_eq!(turbo.object_name(), "turbo/teams/web/abc");
+        assert_eq!(turbo.folder(), "turbo/teams/web");
+        assert_eq!(turbo.label(), "turbo:team:web");
+        // A team named `turbo` is an Nx namespace like any other.
+        let team_turbo = CacheKey::parse(Some("turbo"), "1").unwrap();
+        assert_eq!(team_turbo.object_name(), "teams/turbo/1");
+        for stray in [
+            ".nx-cache-probe",
+            "org/1/2",
+            "turbo/1",
+            "turbo/turbo/org/1",
+            "teams/Web/1",
+            "org/1.77.record",
+            "turbo/org/",
+        ] {
+            assert_eq!(CacheKey::from_object_name(stray), None, "{stray}");
+        }
     }
 }

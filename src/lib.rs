@@ -1,4 +1,5 @@
-//! A self-hosted remote cache for Nx, built to run as an Azure Functions custom handler.
+//! A self-hosted remote cache for Nx and Turborepo, built to run as an Azure Functions custom
+//! handler.
 //!
 //! # Layout
 //!
@@ -11,18 +12,20 @@
 //! - [`server`]: binds the listener, serves the router, shuts down gracefully on SIGTERM;
 //!   `handler doctor`, `handler usage`, `handler entries` and `handler purge`. May use every
 //!   module below.
-//! - [`api`]: the axum router and handlers; the only module that knows the status codes the Nx
-//!   client understands (see `docs/` and the shared client contract). Uses storage, limits,
+//! - [`api`]: the axum router and the front doors, one per client API (`api/nx.rs`,
+//!   `api/turbo.rs`; neither uses the other), over what they share (`api/cache.rs`: admission,
+//!   the read, the upload's checks and drains); the only module that knows the status codes a
+//!   client understands (see `docs/` and the shared client contracts). Uses storage, limits,
 //!   telemetry, metrics, config, auth, key.
 //! - [`storage`]: the one [`storage::Store`] interface and the backends behind it (embedded,
-//!   Azure), with what each entry records about its writer, what acts on them (health watch,
-//!   retention, usage, entries and purge) and what makes reads safe to repeat (inline reads of
-//!   small entries: retries, single flight, the memory copy). Uses limits (body pace, the stream
+//!   Azure), with what each entry records (its writer, turbo's fields), what acts on them
+//!   (health watch, retention, usage, entries and purge) and what makes reads safe to repeat
+//!   (inline reads of small entries: retries, single flight, the memory copy). Uses limits (body pace, the stream
 //!   type), metrics (store figures), config (its settings), auth (the `*` patterns of
 //!   `--claim`), key.
 //! - [`limits`]: what one client can make the server hold: the pace of request bodies, drains
-//!   of refused uploads, the send timeout of a client that stops reading. Uses config (the
-//!   numbers).
+//!   of refused uploads, the send timeout of a client that stops reading, the gate of storage
+//!   calls one request fans out into. Uses config (the numbers).
 //! - [`telemetry`]: log setup and the per-request log line. Uses metrics (outcomes are counted
 //!   as they are logged), config (the log format), auth (the caller of a grant).
 //! - [`metrics`]: request outcomes and their counters, at `/metrics` and in the logs. Uses
@@ -33,8 +36,8 @@
 //! - [`auth`]: this cache's bearer tokens (issue, verify, rotation, grace period) and keyless
 //!   access: the trust policy and the exchange of verified identity tokens (`POST /token`). The
 //!   API layer sees only a [`auth::Grant`]. Uses key.
-//! - [`key`]: the cache key (namespace + hash) and the rules that validate it before anything
-//!   touches storage. Uses nothing of the crate.
+//! - [`key`]: the cache key (client API + namespace + hash), its object name, and the rules that
+//!   validate it before anything touches storage. Uses nothing of the crate.
 
 pub mod api;
 pub mod auth;

@@ -15,11 +15,15 @@
 //!   KiB, a few seconds) and its connection is closed. Full drains running at once are capped.
 //! - [`SendTimeout`]: a connection whose client reads nothing of its answer for a while is
 //!   closed, so a stalled download releases its connection slot and its buffers.
+//! - [`Gate`]: storage calls that one request fans out into (turbo's dry-run query: one
+//!   existence check per hash) run at most a fixed number at once across all requests, so a
+//!   client with a read-only token cannot turn one request into thousands of calls in flight.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -284,6 +288,64 @@ async fn read_away(mut stream: ByteStream, limit: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// At most `limit` calls of one kind at once, across all requests; a call waits for its turn
+/// (the wait is bounded by the request's connection, itself capped). Keeps the most that ran at
+/// once, for `/metrics` and the tests that show the bound holds.
+pub struct Gate {
+    permits: Arc<Semaphore>,
+    limit: usize,
+    running: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// A call let through a [`Gate`]; its place is given back when this is dropped.
+pub struct Passed<'a> {
+    gate: &'a Gate,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Passed<'_> {
+    fn drop(&mut self) {
+        self.gate.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Gate {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+            running: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits for a place, and holds it until the result is dropped.
+    pub async fn pass(&self) -> Passed<'_> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let running = self.running.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(running, Ordering::Relaxed);
+        Passed {
+            gate: self,
+            _permit: permit,
+        }
+    }
+
+    /// The most calls that ran at once so far.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
 /// A connection whose writes make no progress for `limit` fails with `TimedOut`: its client has
 /// stopped reading, and the connection's slot and buffers go back to other clients.
 pub struct SendTimeout<T> {
@@ -472,6 +534,30 @@ mod tests {
             outcome(Pace::idle_only(Duration::from_secs(5)).apply(body)).await,
             Ok(10)
         );
+    }
+
+    #[tokio::test]
+    async fn a_gate_lets_through_its_limit_at_once() {
+        let gate = Arc::new(Gate::new(3));
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                let gate = gate.clone();
+                tokio::spawn(async move {
+                    let _passed = gate.pass().await;
+                    tokio::task::yield_now().await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                })
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap();
+        }
+        assert_eq!(
+            gate.peak(),
+            3,
+            "as many as the limit ran at once, never more"
+        );
+        assert_eq!(gate.running.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,10 +2,12 @@
 //! `/metrics` (off unless `NX_CACHE_METRICS_TOKEN` is set, and then only for that bearer token)
 //! and written to the log once a minute while they change, where Application Insights picks them up.
 //!
-//! Besides the totals, hits, misses and bytes are counted per namespace (`org`, `team:NAME`).
-//! Namespaces come from validated, authorized requests only, and at most
-//! [`MAX_NAMESPACES`] are told apart (the rest add up under `other`), so a flood of team names
-//! can neither grow memory nor the scrape.
+//! Besides the totals, hits, misses and bytes are counted per namespace (`org`, `team:NAME`, and
+//! `turbo:org`, `turbo:team:NAME` for Turborepo artifacts), and so are the cache events turbo
+//! reports (`POST /v8/artifacts/events`: hits and misses, local and remote, and the time remote
+//! hits saved, as turbo measured the tasks). Namespaces come from validated, authorized
+//! requests only, and at most [`MAX_NAMESPACES`] are told apart (the rest add up under
+//! `other`), so a flood of team names can neither grow memory nor the scrape.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -164,6 +166,34 @@ pub struct NamespaceCounts {
     /// Bytes that went through the handler (embedded store, small entries and proxy mode on
     /// Azure); redirected hits are served by storage.
     pub bytes_served: u64,
+    /// The cache events turbo reported for this namespace.
+    pub turbo: TurboEvents,
+}
+
+/// Cache events turbo reports (`POST /v8/artifacts/events`), added up: what its runs found in
+/// their local and remote caches, and the time the remote hits saved (the durations turbo sent
+/// with them, in milliseconds).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TurboEvents {
+    pub remote_hits: u64,
+    pub remote_misses: u64,
+    pub local_hits: u64,
+    pub local_misses: u64,
+    pub time_saved_ms: u64,
+}
+
+impl TurboEvents {
+    fn add(&mut self, other: &TurboEvents) {
+        self.remote_hits += other.remote_hits;
+        self.remote_misses += other.remote_misses;
+        self.local_hits += other.local_hits;
+        self.local_misses += other.local_misses;
+        self.time_saved_ms = self.time_saved_ms.saturating_add(other.time_saved_ms);
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == TurboEvents::default()
+    }
 }
 
 impl Metrics {
@@ -215,14 +245,24 @@ impl Metrics {
             outcome,
             Outcome::Hit { .. } | Outcome::Miss | Outcome::Stored { .. }
         ) {
-            let mut namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
-            let key = if namespaces.contains_key(namespace) || namespaces.len() < MAX_NAMESPACES {
-                namespace
-            } else {
-                "other"
-            };
-            update(namespaces.entry(key.to_owned()).or_default());
+            self.in_namespace(namespace, update);
         }
+    }
+
+    /// Adds the cache events turbo reported for `namespace` (one the request's token covers).
+    pub fn turbo_events(&self, namespace: &str, events: &TurboEvents) {
+        self.in_namespace(namespace, |counts| counts.turbo.add(events));
+    }
+
+    /// Updates `namespace`'s counts, or `other`'s once [`MAX_NAMESPACES`] are told apart.
+    fn in_namespace(&self, namespace: &str, update: impl FnOnce(&mut NamespaceCounts)) {
+        let mut namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        let key = if namespaces.contains_key(namespace) || namespaces.len() < MAX_NAMESPACES {
+            namespace
+        } else {
+            "other"
+        };
+        update(namespaces.entry(key.to_owned()).or_default());
     }
 
     /// Counts a token exchange under `rule`.
@@ -298,6 +338,7 @@ impl Metrics {
             let values: Vec<(&str, u64)> = values.iter().map(|(l, v)| (l.as_str(), *v)).collect();
             counter(&mut out, name, help, &values);
         }
+        turbo_counters(&mut out, &namespaces);
         drop(namespaces);
         let exchanges = self.exchanges.lock().unwrap_or_else(|e| e.into_inner());
         let values: Vec<(String, u64)> = exchanges
@@ -387,6 +428,48 @@ impl Metrics {
             }
         });
     }
+}
+
+/// turbo's events by namespace (only namespaces that reported any): the four kinds of event,
+/// and the time remote hits saved.
+fn turbo_counters(out: &mut String, namespaces: &BTreeMap<String, NamespaceCounts>) {
+    let reporting: Vec<(&String, &TurboEvents)> = namespaces
+        .iter()
+        .map(|(ns, counts)| (ns, &counts.turbo))
+        .filter(|(_, events)| !events.is_empty())
+        .collect();
+    let mut events = Vec::new();
+    for (ns, counts) in &reporting {
+        for (source, event, value) in [
+            ("remote", "hit", counts.remote_hits),
+            ("remote", "miss", counts.remote_misses),
+            ("local", "hit", counts.local_hits),
+            ("local", "miss", counts.local_misses),
+        ] {
+            events.push((
+                format!("namespace=\"{ns}\",source=\"{source}\",event=\"{event}\""),
+                value,
+            ));
+        }
+    }
+    let events: Vec<(&str, u64)> = events.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    counter(
+        out,
+        "nx_cache_turbo_events_total",
+        "cache events turbo reported (POST /v8/artifacts/events), by namespace, source and event",
+        &events,
+    );
+    let saved: Vec<(String, u64)> = reporting
+        .iter()
+        .map(|(ns, counts)| (format!("namespace=\"{ns}\""), counts.time_saved_ms))
+        .collect();
+    let saved: Vec<(&str, u64)> = saved.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    counter(
+        out,
+        "nx_cache_turbo_time_saved_ms_total",
+        "time saved by remote hits, as turbo reported it (the sum of the durations of its REMOTE HIT events), in milliseconds, by namespace",
+        &saved,
+    );
 }
 
 /// Writes one counter family: `values` are (labels, value), labels empty for an unlabelled one.
@@ -484,6 +567,39 @@ mod tests {
         // A namespace already counted keeps its own line.
         metrics.record(Outcome::Miss, Some("team:t0"));
         assert_eq!(metrics.namespace("team:t0").misses, 2);
+    }
+
+    #[test]
+    fn turbo_events_add_up_per_namespace_with_the_time_saved() {
+        let metrics = Metrics::default();
+        let batch = TurboEvents {
+            remote_hits: 2,
+            remote_misses: 1,
+            local_hits: 3,
+            local_misses: 0,
+            time_saved_ms: 1500,
+        };
+        metrics.turbo_events("turbo:team:web", &batch);
+        metrics.turbo_events("turbo:team:web", &batch);
+        metrics.record(hit(10), Some("org"));
+        let text = metrics.prometheus(&[]);
+        for line in [
+            "nx_cache_turbo_events_total{namespace=\"turbo:team:web\",source=\"remote\",event=\"hit\"} 4",
+            "nx_cache_turbo_events_total{namespace=\"turbo:team:web\",source=\"remote\",event=\"miss\"} 2",
+            "nx_cache_turbo_events_total{namespace=\"turbo:team:web\",source=\"local\",event=\"hit\"} 6",
+            "nx_cache_turbo_time_saved_ms_total{namespace=\"turbo:team:web\"} 3000",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        assert!(
+            !text.contains("nx_cache_turbo_time_saved_ms_total{namespace=\"org\"}"),
+            "a namespace without events has no event lines"
+        );
+        // The events' namespaces are bounded with the others.
+        for i in 0..(MAX_NAMESPACES + 10) {
+            metrics.turbo_events(&format!("turbo:team:t{i}"), &batch);
+        }
+        assert_eq!(metrics.namespace("other").turbo.remote_hits, 2 * 12);
     }
 
     #[test]

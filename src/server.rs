@@ -125,6 +125,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, NotPrepared> {
             config.max_artifact_bytes.saturating_mul(2),
         )),
         downloads: Arc::new(tokio::sync::Semaphore::new(limits.max_downloads)),
+        checks: api::turbo::checks_gate(),
         metrics: Arc::new(Metrics::default()),
         metrics_token: config.metrics_token.as_ref().map(|t| Arc::from(t.expose())),
     };

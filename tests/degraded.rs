@@ -125,6 +125,52 @@ async fn a_refused_configuration_under_functions_answers_misses_and_every_build_
         Some((gets.len() + puts.len() + 1) as u64)
     );
     assert_eq!(metric_value(&metrics, "nx_cache_hits_total"), Some(0));
+
+    // turbo's API: the status says the cache is off (turbo's banner shows it), reads miss, an
+    // upload gets the 403 after which turbo uploads nothing more, events are taken and ignored.
+    let token = issue_token(&["--team", "web"]);
+    let turbo = |method: reqwest::Method, path: &str| {
+        client
+            .request(method, format!("{base}/v8/artifacts{path}?slug=web"))
+            .bearer_auth(&token)
+    };
+    let status = turbo(reqwest::Method::GET, "/status").send().await.unwrap();
+    assert_eq!(status.status(), 200);
+    let status: serde_json::Value = serde_json::from_slice(&status.bytes().await.unwrap()).unwrap();
+    assert_eq!(status["status"], "disabled");
+    for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+        let miss = turbo(method.clone(), "/0123456789abcdef")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(miss.status(), 404, "{method}");
+    }
+    let upload = turbo(reqwest::Method::PUT, "/0123456789abcdef")
+        .body("artifact")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), 403);
+    let body: serde_json::Value = serde_json::from_slice(&upload.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "forbidden");
+    let query = turbo(reqwest::Method::POST, "")
+        .body(r#"{"hashes": ["0123456789abcdef"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(query.status(), 404, "turbo then asks one HEAD at a time");
+    let events = turbo(reqwest::Method::POST, "/events")
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    let preflight = turbo(reqwest::Method::OPTIONS, "/0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 200);
+    assert_eq!(handler.entries("turbo/teams/web"), 0, "nothing is stored");
 }
 
 #[test]

@@ -95,11 +95,57 @@ fn served_routes() -> BTreeSet<(String, String)> {
         .collect()
 }
 
-/// A concrete path for a route template.
+/// A concrete path for a route template (turbo's routes name their team in the query).
 fn concrete(route: &str) -> String {
-    route
+    let path = route
         .replace("{hash}", "4809188201876735999")
-        .replace("{team}", "web")
+        .replace("{team}", "web");
+    match route.starts_with("/v8/") {
+        true => format!("{path}?slug=web"),
+        false => path,
+    }
+}
+
+/// The body a route is called with: turbo's query and events are JSON.
+fn body_for(route: &str) -> &'static str {
+    match route {
+        "/v8/artifacts" => r#"{"hashes": ["4809188201876735999"]}"#,
+        "/v8/artifacts/events" => {
+            r#"[{"sessionId": "s", "source": "REMOTE", "event": "HIT", "hash": "4809188201876735999", "duration": 5}]"#
+        }
+        _ => "artifact",
+    }
+}
+
+/// The functions (folder names) whose route template and methods match a request, as the
+/// Functions host matches them: literal segments without regard to case, `{name}` one segment.
+fn matching_functions(root: &Path, path: &str, method: &str) -> Vec<String> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(root).unwrap() {
+        let dir = entry.unwrap().path();
+        let Ok(text) = std::fs::read(dir.join("function.json")) else {
+            continue;
+        };
+        let function: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        let trigger = &function["bindings"][0];
+        let template: Vec<&str> = trigger["route"].as_str().unwrap().split('/').collect();
+        let methods = trigger["methods"].as_array().unwrap();
+        let same_path = template.len() == segments.len()
+            && template.iter().zip(&segments).all(|(t, s)| {
+                (t.starts_with('{') && t.ends_with('}') && !s.is_empty())
+                    || t.eq_ignore_ascii_case(s)
+            });
+        if same_path
+            && methods
+                .iter()
+                .any(|m| m.as_str().unwrap().eq_ignore_ascii_case(method))
+        {
+            found.push(dir.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    found.sort();
+    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,32 +234,18 @@ async fn the_package_serves_exactly_what_its_functions_declare() {
             "/token" => identity.as_str(),
             _ => token.as_str(),
         };
-        let status = match method.as_str() {
-            "PUT" => client
-                .put(&url)
-                .bearer_auth(token)
-                .body("artifact")
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            "GET" => client
-                .get(&url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            "POST" => client
-                .post(&url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            other => panic!("unexpected method {other}"),
-        };
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = client.request(method.clone(), &url).bearer_auth(token);
+        if matches!(method.as_str(), "PUT" | "POST") && route != "/token" {
+            request = request.body(body_for(route));
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
         assert!(status.is_success(), "{method} {route}: {status}");
+        if method == reqwest::Method::GET && route.contains("{hash}") {
+            let body = response.bytes().await.unwrap();
+            assert_eq!(body.as_ref(), b"artifact", "GET {route} is a hit");
+        }
         // A method no function declares is not served either.
         let delete = client.delete(&url).bearer_auth(token).send().await.unwrap();
         assert_eq!(
@@ -222,6 +254,45 @@ async fn the_package_serves_exactly_what_its_functions_declare() {
             "DELETE {route}"
         );
     }
+
+    // The host tries functions in an order of its own (by function name; literal segments are not
+    // preferred: azure-functions-host#3153, #9876), so turbo's `status` and `events` also match
+    // the `{hash}` function. With enableProxyingHttpRequest every function forwards the request
+    // unchanged to this one handler, which routes by its path: whichever function the host
+    // picks, the request gets the same answer. Each request turbo makes is matched by at least
+    // one function, and answered as what it is.
+    for (path, method, wanted) in [
+        ("/v8/artifacts/status", "GET", "turbo-status"),
+        ("/v8/artifacts/events", "POST", "turbo-events"),
+        ("/v8/artifacts", "POST", "turbo-query"),
+        ("/v8/artifacts/0123456789abcdef", "HEAD", "turbo-artifact"),
+        ("/v1/cache/42", "GET", "cache-org"),
+    ] {
+        let matched = matching_functions(unpacked.path(), path, method);
+        assert!(
+            matched.contains(&wanted.to_string()),
+            "{method} {path}: {matched:?}"
+        );
+    }
+    assert_eq!(
+        matching_functions(unpacked.path(), "/v8/artifacts/status", "GET"),
+        ["turbo-artifact", "turbo-status"],
+        "the host may hand turbo's status to either function"
+    );
+    let status = client
+        .get(format!("{}/v8/artifacts/status?slug=web", handler.base_url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+    assert_eq!(
+        status["status"], "enabled",
+        "the status, not an artifact named status"
+    );
 
     // The host's invocation id becomes the request id of the log line (JSON under Functions).
     let response = client

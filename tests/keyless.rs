@@ -1,6 +1,7 @@
 //! Keyless access end to end: `POST /token` against stand-in identity issuers on loopback
 //! (discovery, a JWKS of RS256 keys generated here, rotated mid-test), the real `nx` CLI using
-//! the exchanged tokens, and every client snippet of `docs/keyless.md` run as written there.
+//! the exchanged tokens, and every client snippet of `docs/keyless.md` run as written there (the
+//! Turborepo ones with the real `turbo` CLI).
 //!
 //! The identity tokens have the shapes their vendors document:
 //! - GitHub Actions: github/docs `content/actions/reference/security/oidc.md` (claims, all strings;
@@ -22,6 +23,7 @@ use std::process::Command;
 use base64::Engine;
 use common::nx::{PROJECTS, Workspace, remote_hits};
 use common::oidc::{Issuer, RUNNER_REQUEST_TOKEN};
+use common::turbo::{PACKAGES as TURBO_PACKAGES, Run as TurboRun, Workspace as TurboWorkspace};
 use common::{Handler, issue_token};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -2350,4 +2352,275 @@ fn a_bucket_cache_package_keeps_nx_off_this_cache_until_it_steps_aside() {
         "every task from this cache:\n{output}"
     );
     assert!(cache_requests() > before);
+}
+
+// The Turborepo snippets of docs/keyless.md, run as written there, then the real turbo CLI with
+// what they exported.
+
+/// A clean turbo run with `env`; it must succeed.
+fn turbo_build(workspace: &TurboWorkspace, env: &[(String, String)]) -> TurboRun {
+    workspace.clean();
+    let run = workspace.build(&[], env);
+    assert!(run.ok, "the turbo build must succeed:\n{}", run.output);
+    run
+}
+
+/// What a snippet exported gives turbo a working remote cache: the first run stores, a second
+/// clean one restores every task from it.
+fn assert_turbo_stores_and_hits(
+    workspace: &TurboWorkspace,
+    env: &[(String, String)],
+    handler: &Handler,
+) {
+    turbo_build(workspace, env);
+    assert_eq!(handler.entries("turbo/teams/web"), TURBO_PACKAGES.len());
+    let run = turbo_build(workspace, env);
+    assert_eq!(run.remote_hits(), TURBO_PACKAGES.len(), "{}", run.output);
+}
+
+/// A job whose snippet turned turbo's remote cache off: even with `TURBO_API` and `TURBO_TEAM`
+/// set by the job's own configuration, turbo builds and sends the cache nothing.
+fn assert_turbo_off(workspace: &TurboWorkspace, exported: &[(String, String)], handler: &Handler) {
+    let mut env = vars(&[("TURBO_API", &handler.base_url), ("TURBO_TEAM", "web")]);
+    env.extend_from_slice(exported);
+    let before = handler.logs().iter().filter(|l| l.contains("/v8/")).count();
+    let run = turbo_build(workspace, &env);
+    assert!(
+        run.output.contains("Remote caching disabled"),
+        "{}",
+        run.output
+    );
+    assert_eq!(run.remote_hits(), 0);
+    let after = handler.logs().iter().filter(|l| l.contains("/v8/")).count();
+    assert_eq!(before, after, "no cache request with the cache off");
+}
+
+#[test]
+fn the_github_actions_turbo_snippet_works_as_documented() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let issuers = runtime.block_on(Issuers::start());
+    let handler = issuers.handler(&[]);
+    let workflow = doc_snippet("yaml github-workflow-turbo");
+    let script = block_scalar(
+        &workflow,
+        Some("name: Turborepo remote cache token"),
+        "run:",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let script_file = dir.path().join("step.sh");
+    std::fs::write(&script_file, &script).unwrap();
+    let request_url = format!("{}/github/token?api-version=2.0", issuers.github.base);
+    let step = |name: &str, with_id_token: bool| {
+        let github_env_file = dir.path().join(name);
+        let mut env = vars(&[
+            ("REMOTE_CACHE_URL", &handler.base_url),
+            ("REMOTE_CACHE_TEAM", "web"),
+            (
+                "REMOTE_CACHE_TOKEN_URL",
+                &format!("{}/token", handler.base_url),
+            ),
+            ("REMOTE_CACHE_AUDIENCE", AUDIENCE),
+            ("GITHUB_ENV", github_env_file.to_str().unwrap()),
+        ]);
+        if with_id_token {
+            env.extend(vars(&[
+                ("ACTIONS_ID_TOKEN_REQUEST_URL", &request_url),
+                ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", RUNNER_REQUEST_TOKEN),
+            ]));
+        }
+        let (ok, stdout, stderr) = run(
+            "bash",
+            &[
+                "--noprofile",
+                "--norc",
+                "-eo",
+                "pipefail",
+                script_file.to_str().unwrap(),
+            ],
+            &env,
+            None,
+        );
+        assert!(ok, "the step must never fail the job:\n{stdout}\n{stderr}");
+        (stdout, github_env(&github_env_file))
+    };
+    let workspace = TurboWorkspace::new(false);
+
+    // A push to main: read-write; turbo stores, then restores every task.
+    issuers
+        .github
+        .set_ci_claims(github_claims("acme/web", "refs/heads/main"));
+    let (stdout, env) = step("env-main", true);
+    let token = value_of(&env, "TURBO_TOKEN").expect("a token");
+    assert!(
+        stdout.contains(&format!("::add-mask::{token}")),
+        "the token is masked"
+    );
+    assert_eq!(value_of(&env, "TURBO_API"), Some(handler.base_url.as_str()));
+    assert_eq!(value_of(&env, "TURBO_TEAM"), Some("web"));
+    assert_turbo_stores_and_hits(&workspace, &env, &handler);
+
+    // A pull request: read-only; every task restored, uploads of new ones refused, green.
+    issuers
+        .github
+        .set_ci_claims(github_claims("acme/web", "refs/pull/7/merge"));
+    let (_, env) = step("env-pr", true);
+    let run = turbo_build(&workspace, &env);
+    assert_eq!(run.remote_hits(), TURBO_PACKAGES.len(), "{}", run.output);
+    let mut changed = env.clone();
+    changed.push(("BUILD_BYTES".into(), "2048".into()));
+    turbo_build(&workspace, &changed);
+    assert_eq!(
+        handler.entries("turbo/teams/web"),
+        TURBO_PACKAGES.len(),
+        "nothing stored"
+    );
+
+    // A pull request from a fork gets no identity token: the cache is off, the job goes on.
+    let (stdout, env) = step("env-fork", false);
+    assert!(
+        stdout.contains("::warning::Turborepo remote cache is off"),
+        "{stdout}"
+    );
+    assert_eq!(value_of(&env, "TURBO_TOKEN"), Some(""));
+    assert_turbo_off(&workspace, &env, &handler);
+}
+
+#[test]
+fn the_gitlab_ci_turbo_snippet_works_as_documented() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let issuers = runtime.block_on(Issuers::start());
+    let handler = issuers.handler(&[]);
+    let pipeline = doc_snippet("yaml gitlab-ci-turbo");
+    let before_script = block_scalar(&pipeline, Some("before_script:"), "-");
+    let gitlab = &issuers.gitlab;
+    // GitLab runs before_script and script in one shell: the exports reach turbo. The probe
+    // prints what a later `script` line would see (an empty value too).
+    let probe = "\nfor v in TURBO_API TURBO_TEAM TURBO_TOKEN; do\n  if eval \"[ -n \\\"\\${$v+set}\\\" ]\"; then eval \"echo \\\"$v=\\${$v}\\\"\"; fi\ndone\n";
+    let job = |identity: Option<String>, shell: &str| {
+        let mut env = vars(&[
+            ("REMOTE_CACHE_URL", &handler.base_url),
+            ("REMOTE_CACHE_TEAM", "web"),
+            (
+                "REMOTE_CACHE_TOKEN_URL",
+                &format!("{}/token", handler.base_url),
+            ),
+        ]);
+        if let Some(identity) = identity {
+            env.push(("REMOTE_CACHE_ID_TOKEN".into(), identity));
+        }
+        let script = format!("{before_script}{probe}");
+        let (ok, stdout, stderr) = run(shell, &["-e", "-c", &script], &env, None);
+        assert!(
+            ok,
+            "before_script must never fail the job:\n{stdout}\n{stderr}"
+        );
+        let exported: Vec<(String, String)> = stdout
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, _)| k.starts_with("TURBO_"))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        (stdout, exported)
+    };
+    let protected = gitlab.sign(&gitlab.claims(AUDIENCE, gitlab_claims("acme/web", "main", true)));
+    for shell in ["bash", "sh"] {
+        let (_, env) = job(Some(protected.clone()), shell);
+        assert!(
+            value_of(&env, "TURBO_TOKEN").is_some_and(|t| !t.is_empty()),
+            "{shell}: {env:?}"
+        );
+        assert_eq!(value_of(&env, "TURBO_TEAM"), Some("web"));
+    }
+    let workspace = TurboWorkspace::new(false);
+    let (_, env) = job(Some(protected), "bash");
+    assert_turbo_stores_and_hits(&workspace, &env, &handler);
+
+    // An unprotected branch: no rule, said so, the cache off, the build goes on.
+    let feature =
+        gitlab.sign(&gitlab.claims(AUDIENCE, gitlab_claims("acme/web", "feature", false)));
+    let (stdout, env) = job(Some(feature), "bash");
+    assert!(
+        stdout.contains("token exchange refused: no trust rule matches"),
+        "{stdout}"
+    );
+    assert_turbo_off(&workspace, &env, &handler);
+    let (_, env) = job(None, "sh");
+    assert_turbo_off(&workspace, &env, &handler);
+}
+
+/// The variables an Azure Pipelines step set, as the build step's environment gets them, with
+/// its `env:` mapping of the secret (`$(REMOTE_CACHE_TOKEN)` stays literal when it was never
+/// set, as Azure Pipelines leaves unknown macros).
+fn azure_turbo_step_env(stdout: &str) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let mut token = "$(REMOTE_CACHE_TOKEN)".to_owned();
+    for line in stdout.lines() {
+        let Some(rest) = line.strip_prefix("##vso[task.setvariable variable=") else {
+            continue;
+        };
+        let (properties, value) = rest.split_once(']').unwrap();
+        let name = properties.split(';').next().unwrap();
+        if properties.contains("issecret=true") {
+            if name == "REMOTE_CACHE_TOKEN" {
+                token = value.to_owned();
+            }
+        } else {
+            env.push((name.to_owned(), value.to_owned()));
+        }
+    }
+    env.push(("TURBO_TOKEN".into(), token));
+    env
+}
+
+#[test]
+fn the_azure_pipelines_turbo_snippet_works_as_documented() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let issuers = runtime.block_on(Issuers::start());
+    let handler = issuers.handler(&[]);
+    let pipeline = doc_snippet("yaml azure-pipelines-turbo");
+    let script = block_scalar(&pipeline, Some("task: AzureCLI@2"), "inlineScript:");
+    let bin = tempfile::tempdir().unwrap();
+    let v1 = &issuers.entra_v1;
+    v1.install_az(bin.path());
+    v1.set_ci_claims(entra_pipeline_claims(&v1.issuer()));
+    let step = |extra: &[(&str, &str)]| {
+        let mut env = vars(&[
+            ("REMOTE_CACHE_URL", &handler.base_url),
+            ("REMOTE_CACHE_TEAM", "web"),
+            (
+                "REMOTE_CACHE_TOKEN_URL",
+                &format!("{}/token", handler.base_url),
+            ),
+            ("REMOTE_CACHE_APP_ID_URI", &cache_app_uri()),
+        ]);
+        env.extend(vars(extra));
+        let (ok, stdout, stderr) = run(
+            "bash",
+            &["--noprofile", "--norc", "-c", &script],
+            &env,
+            Some(bin.path()),
+        );
+        assert!(ok, "the step must never fail the job:\n{stdout}\n{stderr}");
+        stdout
+    };
+    let stdout = step(&[]);
+    assert!(
+        stdout.contains("##vso[task.setvariable variable=REMOTE_CACHE_TOKEN;issecret=true]"),
+        "{stdout}"
+    );
+    let env = azure_turbo_step_env(&stdout);
+    assert_eq!(value_of(&env, "TURBO_TEAM"), Some("web"));
+    let workspace = TurboWorkspace::new(false);
+    assert_turbo_stores_and_hits(&workspace, &env, &handler);
+
+    // The service connection cannot sign in: a warning, the cache off, the job goes on.
+    let stdout = step(&[("AZ_STANDIN_LOGGED_OUT", "1")]);
+    assert!(
+        stdout.contains("##vso[task.logissue type=warning]Turborepo remote cache is off"),
+        "{stdout}"
+    );
+    let env = azure_turbo_step_env(&stdout);
+    assert_eq!(value_of(&env, "TURBO_TOKEN"), Some("$(REMOTE_CACHE_TOKEN)"));
+    assert_eq!(value_of(&env, "TURBO_TEAM"), Some(""));
+    assert_turbo_off(&workspace, &env, &handler);
 }

@@ -94,6 +94,22 @@ async fn every_field_the_workbook_queries_is_a_field_of_the_request_log_line() {
         .await
         .unwrap();
     client.get(url("/v1/cache/3")).send().await.unwrap();
+    // turbo's: a stored artifact and its hit (the time it saved).
+    let artifact = url("/v8/artifacts/0123456789abcdef?slug=web");
+    client
+        .put(&artifact)
+        .bearer_auth(&token)
+        .header("x-artifact-duration", "1500")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    client
+        .get(&artifact)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     let lines: Vec<serde_json::Value> = handler
         .logs()
         .iter()
@@ -101,7 +117,13 @@ async fn every_field_the_workbook_queries_is_a_field_of_the_request_log_line() {
         // Not `GET /`: `logs()` makes one to know every earlier line is in.
         .filter(|v| v["message"] == "request" && v["path"] != "/")
         .collect();
-    assert_eq!(lines.len(), 5, "one line per request");
+    assert_eq!(lines.len(), 7, "one line per request");
+    let turbo_hit = lines
+        .iter()
+        .find(|l| l["client"] == "turbo" && l["outcome"] == "hit")
+        .expect("turbo's hit");
+    assert_eq!(turbo_hit["namespace"], "turbo:team:web");
+    assert_eq!(turbo_hit["time_saved_ms"], 1500);
     let written: BTreeSet<String> = lines
         .iter()
         .flat_map(|v| v.as_object().unwrap().keys().cloned())

@@ -48,6 +48,7 @@ pub fn state(
         strict_storage: false,
         bodies: Arc::new(Bodies::new(Limits::default().body, 64, 2 << 30)),
         downloads: Arc::new(tokio::sync::Semaphore::new(128)),
+        checks: nx_azure_cache::api::turbo::checks_gate(),
         metrics: Arc::new(Metrics::default()),
         metrics_token: None,
     }

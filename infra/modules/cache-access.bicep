@@ -93,8 +93,8 @@ resource accountDelegator 'Microsoft.Authorization/roleAssignments@2022-04-01' =
 //
 // Retention (retentionDays > 0). Entries are immutable: an entry deleted by this rule is simply a
 // miss next time, and the next build that produces it uploads it again. Blob names are org/{hash}
-// and teams/{team}/{hash}, so the rule matches those two prefixes of this container and nothing else
-// in the account.
+// and teams/{team}/{hash} for Nx, the same under turbo/ for Turborepo (src/key.rs), so the rule
+// matches those three prefixes of this container and nothing else in the account.
 var retentionRules = (retentionDays > 0) ? [
   {
     name: 'nxCacheRetention'
@@ -108,6 +108,7 @@ var retentionRules = (retentionDays > 0) ? [
         prefixMatch: [
           '${containerName}/org/'
           '${containerName}/teams/'
+          '${containerName}/turbo/'
         ]
       }
       actions: {

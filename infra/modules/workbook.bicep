@@ -11,8 +11,9 @@
 // and ERROR lines about storage.
 //
 // Fields of the log line the queries use, always as e.FIELD (never e["..."], never through another
-// name; tests/infra and tests/workbook.rs check this): e.message, e.level, e.target, e.namespace,
-// e.outcome, e.bytes, e.subject, e.rule.
+// name; tests/infra and tests/workbook.rs check this): e.message, e.level, e.target, e.client,
+// e.namespace, e.outcome, e.bytes, e.time_saved_ms, e.subject, e.rule. e.client is nx or turbo;
+// e.time_saved_ms is, on a Turborepo hit, the task's duration turbo stored with the artifact.
 //
 // The workbook itself is ../workbook.json (the "Notebook/1.0" serializedData); this module adds only
 // fallbackResourceIds (the Application Insights resource), so its queries have their data source

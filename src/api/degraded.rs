@@ -8,6 +8,9 @@
 //! - `GET /` answers, so the host keeps the handler;
 //! - every cache GET is a miss (404), every PUT is refused (403, its body read away so Nx sees
 //!   no reset), `POST /token` is 503 (the snippets then turn the remote cache off);
+//! - for turbo: the status is `disabled` (its banner says so), `GET`/`HEAD` and the dry-run
+//!   query miss (404; turbo then asks one `HEAD` at a time), an upload gets the 403 after which
+//!   turbo uploads nothing more this run, events are ignored;
 //! - `GET /health` is 503, and `/metrics` (when its own setting parsed) reports
 //!   `nx_cache_configuration_refused 1`.
 //!
@@ -22,7 +25,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use super::{HEALTH_ROUTE, METRICS_ROUTE, ORG_ROUTE, TEAM_ROUTE, TOKEN_ROUTE, WithOutcome, text};
+use super::nx::{ORG_ROUTE, TEAM_ROUTE};
+use super::turbo::{ARTIFACT_ROUTE, EVENTS_ROUTE, QUERY_ROUTE, STATUS_ROUTE};
+use super::{HEALTH_ROUTE, METRICS_ROUTE, TOKEN_ROUTE, WithOutcome, text};
 use crate::limits::{Bodies, Drain};
 use crate::metrics::{Metrics, Outcome};
 use crate::telemetry;
@@ -48,6 +53,16 @@ pub fn router(state: DegradedState) -> Router {
         .route(TOKEN_ROUTE, post(token))
         .route(ORG_ROUTE, get(miss).put(refuse))
         .route(TEAM_ROUTE, get(miss).put(refuse))
+        .route(STATUS_ROUTE, get(turbo_status))
+        .route(
+            ARTIFACT_ROUTE,
+            get(turbo_miss)
+                .head(turbo_miss)
+                .put(turbo_refuse)
+                .options(turbo_preflight),
+        )
+        .route(QUERY_ROUTE, post(turbo_query).options(turbo_preflight))
+        .route(EVENTS_ROUTE, post(turbo_events).options(turbo_preflight))
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
@@ -68,12 +83,63 @@ async fn miss() -> Response {
 }
 
 async fn refuse(State(state): State<DegradedState>, body: Body) -> Response {
-    let mut response = text(
+    let response = text(
         StatusCode::FORBIDDEN,
         "not stored: this cache server's configuration was refused; its operator must fix it"
             .into(),
     )
     .with(Outcome::Unconfigured);
+    drained(&state, body, response)
+}
+
+/// The message of every turbo answer while the configuration is refused.
+const TURBO_REFUSED: &str =
+    "this cache server's configuration was refused; its operator must fix it";
+
+async fn turbo_status() -> Response {
+    super::turbo::json(
+        StatusCode::OK,
+        &serde_json::json!({ "status": "disabled", "message": TURBO_REFUSED }),
+    )
+}
+
+async fn turbo_miss() -> Response {
+    super::turbo::error(StatusCode::NOT_FOUND, "not_found", TURBO_REFUSED)
+        .with(Outcome::Unconfigured)
+}
+
+async fn turbo_refuse(State(state): State<DegradedState>, body: Body) -> Response {
+    let message = format!("not stored: {TURBO_REFUSED}");
+    let response = super::turbo::error(StatusCode::FORBIDDEN, "forbidden", &message);
+    drained(&state, body, response.with(Outcome::Unconfigured))
+}
+
+/// The query: a miss (turbo then asks one `HEAD` at a time, each a miss).
+async fn turbo_query(State(state): State<DegradedState>, body: Body) -> Response {
+    state.bodies.drain(body, Drain::Brief);
+    let mut response = turbo_miss().await;
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+async fn turbo_events(State(state): State<DegradedState>, body: Body) -> Response {
+    state.bodies.drain(body, Drain::Brief);
+    let mut response = super::turbo::json(StatusCode::OK, &serde_json::json!({}));
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+async fn turbo_preflight() -> Response {
+    super::turbo::preflight_answer()
+}
+
+/// `response`, with `body` read away (as for a valid token), and the connection closed when the
+/// drain had to be brief.
+fn drained(state: &DegradedState, body: Body, mut response: Response) -> Response {
     if state.bodies.drain(body, Drain::Full) == Drain::Brief {
         response
             .headers_mut()

@@ -14,7 +14,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -53,7 +52,7 @@ pub(super) async fn exchange(
             if axum::body::HttpBody::size_hint(&body).exact() == Some(0) {
                 return response;
             }
-            return super::refuse_upload(&state, body, response, Drain::Brief);
+            return super::cache::refuse_upload(&state, body, response, Drain::Brief);
         }
     };
     let ask = match read_ask(&state, body).await {
@@ -101,19 +100,9 @@ fn refuse(state: &AppState, refusal: Refusal) -> Response {
 
 /// The optional body: at most [`MAX_BODY`] bytes of JSON, held to the body pace.
 async fn read_ask(state: &AppState, body: Body) -> Result<Ask, Refusal> {
-    let mut stream = state.bodies.paced(body);
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| Refusal::bad_request(format!("reading the body failed: {e}")))?;
-        bytes.extend_from_slice(&chunk);
-        if bytes.len() > MAX_BODY {
-            // The rest is not read: dropping the body closes the connection after the answer.
-            return Err(Refusal::bad_request(format!(
-                "the request body is limited to {MAX_BODY} bytes"
-            )));
-        }
-    }
+    let bytes = super::cache::read_body(state, body, MAX_BODY)
+        .await
+        .map_err(|refused| Refusal::bad_request(refused.message))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Ask::default());
     }

@@ -9,7 +9,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use nx_azure_cache::auth::{Access, TokenRequest};
 use nx_azure_cache::config::{self, Config, Flags, LogFormat};
-use nx_azure_cache::key::{Hash, Namespace, TeamName};
+use nx_azure_cache::key::{Client, Hash, Namespace, TeamName};
 use nx_azure_cache::storage::Entry;
 use nx_azure_cache::storage::entries::{self, ClaimFilter, Filter};
 use nx_azure_cache::{api, server, telemetry};
@@ -74,10 +74,16 @@ struct UsageArgs {
     json: bool,
 }
 
-/// The filters of `handler entries` and `handler purge`. Namespaces are alternatives; every
-/// other filter must hold.
+/// The filters of `handler entries` and `handler purge`. Clients are alternatives, and so are
+/// namespaces; every other filter must hold.
 #[derive(Args)]
 struct FilterArgs {
+    /// Entries stored through Nx's API (`/v1/cache`).
+    #[arg(long)]
+    nx: bool,
+    /// Artifacts stored through Turborepo's API (`/v8/artifacts`).
+    #[arg(long)]
+    turbo: bool,
     /// Entries of the org-wide cache.
     #[arg(long)]
     org: bool,
@@ -153,7 +159,12 @@ impl FilterArgs {
         if self.org {
             namespaces.insert(0, Namespace::Org);
         }
+        let clients = [(self.nx, Client::Nx), (self.turbo, Client::Turbo)]
+            .into_iter()
+            .filter_map(|(chosen, client)| chosen.then_some(client))
+            .collect();
         Filter {
+            clients,
             namespaces,
             hash: self.hash,
             token_id: self.token_id,
@@ -175,10 +186,11 @@ enum TokenCommand {
 
 #[derive(Args)]
 struct IssueArgs {
-    /// Grant the org-wide cache (`/v1/cache/...`).
+    /// Grant the org-wide cache (Nx: `/v1/cache/...`; turbo: `TURBO_TEAM=_org`).
     #[arg(long)]
     org: bool,
-    /// Grant a team's cache (`/teams/NAME/v1/cache/...`); repeat for several teams.
+    /// Grant a team's cache (Nx: `/teams/NAME/v1/cache/...`; turbo: `TURBO_TEAM=NAME`); repeat
+    /// for several teams.
     #[arg(long = "team", value_name = "NAME")]
     teams: Vec<String>,
     /// Read-only: the token can fetch entries but never store them.
@@ -430,7 +442,7 @@ fn checked_purge(args: PurgeArgs) -> PurgeArgs {
         usage_error(message);
     }
     if filter.is_empty() && !args.all {
-        usage_error("purge needs a filter (--org, --team, --hash, --token-id, --subject, --rule, --claim, --since, --until, --no-writer), or --all to purge every entry".into());
+        usage_error("purge needs a filter (--nx, --turbo, --org, --team, --hash, --token-id, --subject, --rule, --claim, --since, --until, --no-writer), or --all to purge every entry".into());
     }
     args
 }
@@ -438,6 +450,8 @@ fn checked_purge(args: PurgeArgs) -> PurgeArgs {
 /// The filter of `args`, for checks before they are consumed.
 fn filter_of(args: &FilterArgs) -> Filter {
     FilterArgs {
+        nx: args.nx,
+        turbo: args.turbo,
         org: args.org,
         teams: args.teams.clone(),
         hash: args.hash.clone(),

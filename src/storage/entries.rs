@@ -1,6 +1,6 @@
-//! `handler entries` and `handler purge`: which entries a filter selects (by namespace, hash,
-//! writer, identity claim and time), how they are printed, and the purge of a selection, on any
-//! [`Store`]. The CLI only parses flags into a [`Filter`] and prints what comes back.
+//! `handler entries` and `handler purge`: which entries a filter selects (by client, namespace,
+//! hash, writer, identity claim and time), how they are printed, and the purge of a selection,
+//! on any [`Store`]. The CLI only parses flags into a [`Filter`] and prints what comes back.
 //!
 //! A purge deletes each selected entry in the version that was listed ([`Store::delete`]), so
 //! an entry stored again after the listing stays. It stops at the first refusal for lack of a
@@ -15,7 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use super::record::{Writer, rfc3339};
 use super::{Deleted, Entry, Store, StoreError};
 use crate::auth::conditions::glob;
-use crate::key::{Hash, Namespace};
+use crate::key::{Client, Hash, Namespace};
 
 /// `--claim NAME=VALUE`: the writer's identity claim `NAME` matches `VALUE` (`*` matches any
 /// run of characters).
@@ -54,10 +54,13 @@ pub fn parse_time(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Str
     }
 }
 
-/// What `handler entries` and `handler purge` select. Namespaces are alternatives (an entry in
-/// any of them); every other condition must hold. Nothing set selects every entry.
+/// What `handler entries` and `handler purge` select. Clients are alternatives, and so are
+/// namespaces (an entry in any of them); every other condition must hold. Nothing set selects
+/// every entry.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
+    /// `--nx`, `--turbo`: empty for both clients' entries.
+    pub clients: Vec<Client>,
     /// `--org`, `--team NAME`: empty for every namespace.
     pub namespaces: Vec<Namespace>,
     pub hash: Option<Hash>,
@@ -74,7 +77,8 @@ pub struct Filter {
 impl Filter {
     /// Whether no condition is set (a purge then needs `--all`).
     pub fn is_empty(&self) -> bool {
-        self.namespaces.is_empty()
+        self.clients.is_empty()
+            && self.namespaces.is_empty()
             && self.hash.is_none()
             && !self.selects_by_writer()
             && self.since.is_none()
@@ -108,6 +112,9 @@ impl Filter {
 
     /// Whether `entry` is selected.
     pub fn selects(&self, entry: &Entry) -> bool {
+        if !self.clients.is_empty() && !self.clients.contains(&entry.key.client) {
+            return false;
+        }
         if !self.namespaces.is_empty() && !self.namespaces.contains(&entry.key.namespace) {
             return false;
         }
@@ -155,6 +162,7 @@ pub async fn list(
 ) -> Result<(), StoreError> {
     store
         .list(
+            &filter.clients,
             &filter.namespaces,
             &mut |entry| {
                 if filter.selects(&entry) {
@@ -166,8 +174,10 @@ pub async fn list(
         .await
 }
 
-/// One entry as a JSON object: `namespace` (`org` or `teams/NAME`), `hash`, `bytes`, `created`
-/// and `writer` (`null`, or `token_id`, `subject`, `kind`, `rule`, `issuer`, `claims`).
+/// One entry as a JSON object: `client` (`nx` or `turbo`), `namespace` (its folder: `org`,
+/// `teams/NAME`, `turbo/org`, `turbo/teams/NAME`), `hash`, `bytes`, `created`, `writer`
+/// (`null`, or `token_id`, `subject`, `kind`, `rule`, `issuer`, `claims`) and, for a Turborepo
+/// artifact, `turbo` (`duration_ms`, `sha`, `tag`, each `null` when turbo sent none).
 pub fn json(entry: &Entry) -> serde_json::Value {
     let writer = entry.record.writer.as_ref().map(|w| {
         serde_json::json!({
@@ -179,13 +189,23 @@ pub fn json(entry: &Entry) -> serde_json::Value {
             "claims": w.claims,
         })
     });
-    serde_json::json!({
-        "namespace": entry.key.namespace.folder(),
+    let mut value = serde_json::json!({
+        "client": entry.key.client.as_str(),
+        "namespace": entry.key.folder(),
         "hash": entry.key.hash.as_str(),
         "bytes": entry.bytes,
         "created": entry.created.map(rfc3339),
         "writer": writer,
-    })
+    });
+    if entry.key.client == Client::Turbo {
+        let turbo = entry.record.turbo.clone().unwrap_or_default();
+        value["turbo"] = serde_json::json!({
+            "duration_ms": turbo.duration_ms,
+            "sha": turbo.sha,
+            "tag": turbo.tag,
+        });
+    }
+    value
 }
 
 /// The header of [`table_row`]'s table.
@@ -209,7 +229,7 @@ pub fn table_row(entry: &Entry) -> String {
     };
     format!(
         "{:<20} {:<24} {:>12}  {:<20}  {:<9}  {:<32}  {:<16}  {}",
-        entry.key.namespace.folder(),
+        entry.key.folder(),
         entry.key.hash.as_str(),
         entry.bytes,
         entry.created.map(rfc3339).unwrap_or_else(|| "-".into()),
@@ -320,6 +340,7 @@ mod tests {
 
     fn entry(team: Option<&str>, hash: &str, writer: Option<(&str, &str, Option<&str>)>) -> Entry {
         let record = Record {
+            turbo: None,
             writer: writer.map(|(token_id, subject, rule)| Writer {
                 token_id: token_id.into(),
                 subject: subject.into(),
@@ -352,7 +373,9 @@ mod tests {
             Some(("t2", "github:acme/web", Some("web-main"))),
         );
         let bare = entry(Some("web"), "3", None);
-        let all = [&issued, &exchanged, &bare];
+        let mut artifact = entry(Some("web"), "4", Some(("t4", "turbo-ci", None)));
+        artifact.key.client = Client::Turbo;
+        let all = [&issued, &exchanged, &bare, &artifact];
         let picks = |filter: Filter| -> Vec<&str> {
             filter.check().unwrap();
             all.iter()
@@ -360,7 +383,33 @@ mod tests {
                 .map(|e| e.key.hash.as_str())
                 .collect()
         };
-        assert_eq!(picks(Filter::default()), ["1", "2", "3"]);
+        assert_eq!(picks(Filter::default()), ["1", "2", "3", "4"]);
+        assert_eq!(
+            picks(Filter {
+                clients: vec![Client::Turbo],
+                ..Default::default()
+            }),
+            ["4"]
+        );
+        assert_eq!(
+            picks(Filter {
+                clients: vec![Client::Nx],
+                ..Default::default()
+            }),
+            ["1", "2", "3"]
+        );
+        assert!(
+            !Filter {
+                clients: vec![Client::Turbo],
+                ..Default::default()
+            }
+            .is_empty()
+        );
+        let json = json(&artifact);
+        assert_eq!(json["client"], "turbo");
+        assert_eq!(json["namespace"], "turbo/teams/web");
+        assert_eq!(json["turbo"]["duration_ms"], serde_json::Value::Null);
+        assert!(table_row(&artifact).starts_with("turbo/teams/web "));
         let web = Namespace::Team(TeamName::parse("web").unwrap());
         assert_eq!(
             picks(Filter {
@@ -374,7 +423,7 @@ mod tests {
                 namespaces: vec![web.clone()],
                 ..Default::default()
             }),
-            ["2", "3"]
+            ["2", "3", "4"]
         );
         assert_eq!(
             picks(Filter {
@@ -408,7 +457,7 @@ mod tests {
             claims: vec![ClaimFilter::parse(text).unwrap()],
             ..Default::default()
         };
-        assert_eq!(picks(claim("ref=refs/heads/*")), ["1", "2"]);
+        assert_eq!(picks(claim("ref=refs/heads/*")), ["1", "2", "4"]);
         assert_eq!(picks(claim("ref=refs/tags/*")), Vec::<&str>::new());
         assert_eq!(
             picks(claim("sha=*")),
@@ -435,7 +484,7 @@ mod tests {
                 until: at(datetime!(2026-11-02 11:00 UTC)),
                 ..Default::default()
             }),
-            ["1", "2", "3"]
+            ["1", "2", "3", "4"]
         );
     }
 

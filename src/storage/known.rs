@@ -1,4 +1,4 @@
-//! Entries known to exist, with their sizes, in bounded memory.
+//! Entries known to exist, with their sizes (and turbo's fields of their records), in bounded memory.
 //!
 //! Cache entries are immutable, so once an entry is seen (stored, or found by a check) it can be
 //! remembered: a repeated hit then costs no storage call. The memory is bounded by two
@@ -16,8 +16,10 @@
 //! storage's 404, which Nx takes as a miss).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use super::record::Turbo;
 
 pub struct KnownEntries {
     half: usize,
@@ -28,11 +30,20 @@ pub struct KnownEntries {
     generations: Mutex<Generations>,
 }
 
-/// A remembered entry: its size and when storage last confirmed it (seconds since the epoch).
-#[derive(Debug, Clone, Copy)]
+/// A remembered entry: its size, turbo's fields of its record (a Turborepo artifact's answer
+/// carries them), and when storage last confirmed it (seconds since the epoch).
+#[derive(Debug, Clone)]
 struct Seen {
     size: u64,
+    turbo: Option<Arc<Turbo>>,
     at: u32,
+}
+
+/// What is remembered of an entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    pub size: u64,
+    pub turbo: Option<Arc<Turbo>>,
 }
 
 #[derive(Default)]
@@ -53,19 +64,19 @@ impl KnownEntries {
         }
     }
 
-    /// The size of `name`, if storage confirmed it exists within the bound.
-    pub fn get(&self, name: &str) -> Option<u64> {
+    /// The size (and turbo's fields) of `name`, if storage confirmed it exists within the bound.
+    pub fn get(&self, name: &str) -> Option<Known> {
         self.get_at(name, Instant::now())
     }
 
     /// [`Self::get`] at a given time. A name confirmed too long ago is forgotten.
-    pub fn get_at(&self, name: &str, now: Instant) -> Option<u64> {
+    pub fn get_at(&self, name: &str, now: Instant) -> Option<Known> {
         let now = self.seconds(now);
         let fresh = |seen: &Seen| now.saturating_sub(seen.at) < self.fresh_for;
         let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(seen) = generations.current.get(name).copied() {
-            if fresh(&seen) {
-                return Some(seen.size);
+        if let Some(seen) = generations.current.get(name) {
+            if fresh(seen) {
+                return Some(seen.known());
             }
             generations.current.remove(name);
             return None;
@@ -74,19 +85,22 @@ impl KnownEntries {
         if !fresh(&seen) {
             return None;
         }
+        let known = seen.known();
         generations.insert(name.to_owned(), seen, self.half);
-        Some(seen.size)
+        Some(known)
     }
 
-    /// Remembers that storage confirmed just now that `name` exists with `size` bytes.
-    pub fn insert(&self, name: &str, size: u64) {
-        self.insert_at(name, size, Instant::now());
+    /// Remembers that storage confirmed just now that `name` exists with `size` bytes (and
+    /// `turbo`'s fields).
+    pub fn insert(&self, name: &str, size: u64, turbo: Option<Arc<Turbo>>) {
+        self.insert_at(name, size, turbo, Instant::now());
     }
 
     /// [`Self::insert`] at a given time.
-    pub fn insert_at(&self, name: &str, size: u64, now: Instant) {
+    pub fn insert_at(&self, name: &str, size: u64, turbo: Option<Arc<Turbo>>, now: Instant) {
         let seen = Seen {
             size,
+            turbo,
             at: self.seconds(now),
         };
         let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
@@ -117,6 +131,15 @@ impl KnownEntries {
     }
 }
 
+impl Seen {
+    fn known(&self) -> Known {
+        Known {
+            size: self.size,
+            turbo: self.turbo.clone(),
+        }
+    }
+}
+
 impl Generations {
     fn insert(&mut self, name: String, seen: Seen, half: usize) {
         if self.current.len() >= half && !self.current.contains_key(&name) {
@@ -136,22 +159,26 @@ mod tests {
     fn remembers_what_was_seen_within_its_bound() {
         let known = KnownEntries::new(4, BOUND);
         for i in 0..100 {
-            known.insert(&format!("org/{i}"), i);
+            known.insert(&format!("org/{i}"), i, None);
             assert!(known.len() <= 4, "bounded: {}", known.len());
         }
-        assert_eq!(known.get("org/99"), Some(99));
-        assert_eq!(known.get("org/98"), Some(98));
+        assert_eq!(known.get("org/99").map(|k| k.size), Some(99));
+        assert_eq!(known.get("org/98").map(|k| k.size), Some(98));
         assert_eq!(known.get("org/0"), None, "the oldest are forgotten");
     }
 
     #[test]
     fn what_is_used_stays() {
         let known = KnownEntries::new(4, BOUND);
-        known.insert("hot", 1);
+        known.insert("hot", 1, None);
         for i in 0..50 {
-            known.insert(&format!("cold/{i}"), i);
+            known.insert(&format!("cold/{i}"), i, None);
             // Read often enough, the hot entry keeps coming back to the current generation.
-            assert_eq!(known.get("hot"), Some(1), "after {i} inserts");
+            assert_eq!(
+                known.get("hot").map(|k| k.size),
+                Some(1),
+                "after {i} inserts"
+            );
         }
         known.remove("hot");
         assert_eq!(known.get("hot"), None);
@@ -161,21 +188,30 @@ mod tests {
     fn a_confirmation_holds_for_the_bound_only() {
         let known = KnownEntries::new(100, BOUND);
         let start = Instant::now();
-        known.insert_at("org/1", 7, start);
-        known.insert_at("org/2", 8, start);
+        known.insert_at("org/1", 7, None, start);
+        known.insert_at("org/2", 8, None, start);
         let almost = start + BOUND - Duration::from_secs(1);
-        assert_eq!(known.get_at("org/1", almost), Some(7), "within the bound");
+        assert_eq!(
+            known.get_at("org/1", almost).map(|k| k.size),
+            Some(7),
+            "within the bound"
+        );
         // Past the bound the caller must ask storage again, however often it was read.
         assert_eq!(known.get_at("org/1", start + BOUND), None);
         assert_eq!(known.get_at("org/1", start), None, "and it was forgotten");
         // A fresh confirmation starts a new bound.
-        known.insert_at("org/2", 8, start + BOUND);
-        assert_eq!(known.get_at("org/2", start + BOUND + BOUND / 2), Some(8));
+        known.insert_at("org/2", 8, None, start + BOUND);
+        assert_eq!(
+            known
+                .get_at("org/2", start + BOUND + BOUND / 2)
+                .map(|k| k.size),
+            Some(8)
+        );
         // Moving back from the previous generation keeps the time of the confirmation.
         let small = KnownEntries::new(2, BOUND);
         let start = Instant::now();
-        small.insert_at("a", 1, start);
-        small.insert_at("b", 2, start);
+        small.insert_at("a", 1, None, start);
+        small.insert_at("b", 2, None, start);
         assert_eq!(small.get_at("a", start + BOUND), None);
     }
 }

@@ -4,7 +4,10 @@
 //! interface is shaped by what a cache needs and by the Nx contract:
 //! - reads are streams, a redirect the client follows on its own, or (for small entries) the
 //!   whole entry already in memory: how a hit reaches the client is decided here, below the
-//!   front doors, so every client API answers it alike (see [`inline`]);
+//!   front doors, so every client API answers it alike (see [`inline`]). A Turborepo artifact's
+//!   read brings turbo's fields of its record along ([`Hit::turbo`]), from the same storage
+//!   answer, and an artifact with a signature tag is never redirected: turbo must find the tag
+//!   in the answer's headers, and a redirect to storage cannot carry it;
 //! - writes are *put-if-absent* from a stream: an entry is written once and never overwritten,
 //!   and it becomes visible only when complete;
 //! - `exists` lets the API refuse a duplicate upload before reading its body;
@@ -18,12 +21,13 @@
 //! [`CONFIRMED_FOR`], so a deleted entry never sticks in a running instance.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::key::{CacheKey, Namespace};
+use crate::key::{CacheKey, Client, Namespace};
 
 pub mod azure;
 pub mod entries;
@@ -61,6 +65,37 @@ pub enum Fetched {
     Bytes(Bytes),
     Stream { len: u64, body: ByteStream },
     Redirect { url: String, len: Option<u64> },
+}
+
+/// A found entry: how it reaches the client, and turbo's fields of its record for a Turborepo
+/// artifact (`None` for an Nx entry, whose answer carries none).
+pub struct Hit {
+    pub fetched: Fetched,
+    pub turbo: Option<Arc<record::Turbo>>,
+}
+
+impl Hit {
+    /// An entry without turbo's fields.
+    pub fn bare(fetched: Fetched) -> Self {
+        Self {
+            fetched,
+            turbo: None,
+        }
+    }
+}
+
+/// An entry's size and turbo's fields of its record, without its bytes (`HEAD`, a dry run's
+/// query).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub len: u64,
+    pub turbo: Option<Arc<record::Turbo>>,
+}
+
+/// Whether an entry is a Turborepo artifact with a signature tag: its answer must carry the
+/// tag, so it is served through the handler whatever its size, never redirected.
+pub fn must_carry_tag(turbo: Option<&record::Turbo>) -> bool {
+    turbo.is_some_and(|t| t.tag.is_some())
 }
 
 /// The result of a put-if-absent.
@@ -129,11 +164,16 @@ pub trait Store: Send + Sync + 'static {
     /// A short description for the startup log (never containing credentials).
     fn describe(&self) -> String;
 
-    /// Fetches an entry, or `None` when it does not exist.
-    async fn get(&self, key: &CacheKey) -> Result<Option<Fetched>, StoreError>;
+    /// Fetches an entry, or `None` when it does not exist. For a Turborepo key the hit carries
+    /// turbo's fields of the record, and an artifact with a tag is never redirected.
+    async fn get(&self, key: &CacheKey) -> Result<Option<Hit>, StoreError>;
 
     /// Whether an entry exists.
     async fn exists(&self, key: &CacheKey) -> Result<bool, StoreError>;
+
+    /// An entry's size and, for a Turborepo key, turbo's fields of its record, without its
+    /// bytes; `None` when it does not exist.
+    async fn head(&self, key: &CacheKey) -> Result<Option<Head>, StoreError>;
 
     /// Stores `body` under `key` unless an entry is already there, with `record` (who wrote it)
     /// visible together with the entry, never after it. `len` is the declared length: a body
@@ -161,11 +201,12 @@ pub trait Store: Send + Sync + 'static {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<usage::Usage, StoreError>;
 
-    /// Lists the entries of `namespaces` (every namespace when empty) with their records,
-    /// calling `each` per entry and `progress` with the number listed so far now and then. Lists
-    /// page by page: memory does not grow with the number of entries.
+    /// Lists the entries of `clients` (both when empty) in `namespaces` (every namespace when
+    /// empty) with their records, calling `each` per entry and `progress` with the number listed
+    /// so far now and then. Lists page by page: memory does not grow with the number of entries.
     async fn list(
         &self,
+        clients: &[Client],
         namespaces: &[Namespace],
         each: &mut (dyn FnMut(Entry) + Send),
         progress: &(dyn Fn(u64) + Send + Sync),

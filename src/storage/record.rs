@@ -1,16 +1,20 @@
-//! What an entry records besides its bytes: who wrote it (its [`Writer`]). One type, written by
-//! each backend in its own way, and read back by listing (`handler entries`, `handler purge`):
+//! What an entry records besides its bytes: who wrote it (its [`Writer`]) and, for a Turborepo
+//! artifact, what turbo sent with it ([`Turbo`]: the task's duration, the commit, the signature
+//! tag). One type, written by each backend in its own way on the request that stores the
+//! entry, and read back by listing (`handler entries`, `handler purge`) and, for turbo's
+//! fields, with the entry itself (turbo reads them on every hit):
 //! - Azure: blob metadata set by the same request that commits the blob ([`Record::metadata`]),
 //!   so no extra request and no extra role; keys are namespaced (`writer_*`), values are
 //!   percent-encoded to the printable ASCII that metadata headers allow.
 //! - Embedded store: a small JSON file beside the entry ([`Record::to_sidecar`]), versioned
 //!   (`"v": 1`) and read with unknown fields ignored.
 //!
-//! A later field of the record (e.g. Turborepo's `x-artifact-duration`, `-sha`, `-tag`) is a
-//! field of [`Record`] beside `writer`: a key namespace of its own in the metadata (`turbo_*`)
-//! and a member of its own in the sidecar, no new mechanism.
+//! Each part of the record is a field of [`Record`]: a key namespace of its own in the metadata
+//! (`writer_*`, `turbo_*`) and a member of its own in the sidecar (`writer`, `turbo`).
 //!
-//! Entries written before records existed have none: their writer is `None`.
+//! Entries written before records existed have none: their writer is `None`. What is read back
+//! is checked again as it was on the way in (a turbo field that is no longer valid is dropped),
+//! since someone with write access to storage could have changed it, and it goes into headers.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -41,12 +45,113 @@ const METADATA_VALUE: &AsciiSet = &CONTROLS.add(b'%').add(b' ').add(b'"');
 /// identity's claims hold. Longer values are cut at a character.
 const MAX_METADATA_VALUE: usize = 400;
 
+/// Metadata key prefix of turbo's fields.
+const TURBO: &str = "turbo_";
+
+/// Longest signature tag kept (`x-artifact-tag`): turbo's is 44 characters (base64 of an
+/// HMAC-SHA256); room for a longer digest, not for a payload.
+pub const MAX_TAG: usize = 256;
+/// Longest commit id kept (`x-artifact-sha`): 40 hex digits for SHA-1, 64 for SHA-256.
+pub const MAX_SHA: usize = 64;
+
 /// What an entry records besides its bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// Who stored the entry; `None` for entries stored before records existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer: Option<Writer>,
+    /// What turbo sent with a Turborepo artifact; `None` for Nx entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turbo: Option<Turbo>,
+}
+
+/// What turbo sends with an artifact (`PUT /v8/artifacts/{hash}` headers) and reads back with
+/// it: on a hit (`x-artifact-duration`, `x-artifact-tag`) and from a dry run's query
+/// (`taskDurationMs`, `tag`). Every field is checked when it arrives and when it is read back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turbo {
+    /// `x-artifact-duration`: how long the task ran, in milliseconds (what a hit saves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// `x-artifact-sha`: the git commit the artifact was built at (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha: Option<String>,
+    /// `x-artifact-tag`: the artifact's signature in signature mode (base64), returned
+    /// unchanged; turbo counts a hit without it (or with another) as a miss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+impl Turbo {
+    /// The fields from the headers of an upload; the error names the header that is wrong.
+    pub fn parse(
+        duration: Option<&str>,
+        sha: Option<&str>,
+        tag: Option<&str>,
+    ) -> Result<Self, String> {
+        let duration_ms = duration
+            .map(|text| {
+                parse_duration(text).ok_or_else(|| {
+                    format!(
+                        "x-artifact-duration must be a whole number of milliseconds, got '{}'",
+                        printable(text)
+                    )
+                })
+            })
+            .transpose()?;
+        let sha = sha
+            .map(|text| {
+                is_sha(text).then(|| text.to_owned()).ok_or_else(|| {
+                    format!("x-artifact-sha must be a commit id (1 to {MAX_SHA} hex digits)")
+                })
+            })
+            .transpose()?;
+        let tag = tag
+            .map(|text| {
+                is_tag(text).then(|| text.to_owned()).ok_or_else(|| {
+                    format!("x-artifact-tag must be base64, 1 to {MAX_TAG} characters")
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            duration_ms,
+            sha,
+            tag,
+        })
+    }
+
+    /// The same fields with every one that does not pass [`Turbo::parse`]'s checks dropped: what
+    /// is read back from storage.
+    fn checked(self) -> Self {
+        Self {
+            duration_ms: self.duration_ms,
+            sha: self.sha.filter(|s| is_sha(s)),
+            tag: self.tag.filter(|t| is_tag(t)),
+        }
+    }
+}
+
+/// A duration as turbo sends it: digits only, a `u64`.
+fn parse_duration(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn is_sha(text: &str) -> bool {
+    (1..=MAX_SHA).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Base64, standard or URL-safe alphabet, padding at the end only.
+fn is_tag(text: &str) -> bool {
+    let data = text.trim_end_matches('=');
+    (1..=MAX_TAG).contains(&text.len())
+        && text.len() - data.len() <= 2
+        && !data.is_empty()
+        && data
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_'))
 }
 
 /// Whether the token that wrote an entry was issued by an operator or exchanged.
@@ -126,11 +231,22 @@ impl Record {
     /// without a writer.
     pub fn metadata(&self) -> HashMap<String, String> {
         let mut metadata = HashMap::new();
-        let Some(writer) = &self.writer else {
-            return metadata;
-        };
         let mut put = |name: String, value: &str| {
             metadata.insert(name, encode_value(value));
+        };
+        if let Some(turbo) = &self.turbo {
+            if let Some(duration) = turbo.duration_ms {
+                put(format!("{TURBO}duration_ms"), &duration.to_string());
+            }
+            if let Some(sha) = &turbo.sha {
+                put(format!("{TURBO}sha"), sha);
+            }
+            if let Some(tag) = &turbo.tag {
+                put(format!("{TURBO}tag"), tag);
+            }
+        }
+        let Some(writer) = &self.writer else {
+            return metadata;
         };
         put(format!("{WRITER}token_id"), &writer.token_id);
         put(format!("{WRITER}subject"), &writer.subject);
@@ -149,10 +265,12 @@ impl Record {
     }
 
     /// The record read back from blob metadata (names compared without case, as the service
-    /// does). A blob without a complete writer (no token id, kind or time) has none.
+    /// does). A blob without a complete writer (no token id, kind or time) has none; one without
+    /// any `turbo_*` field has no turbo fields.
     pub fn from_metadata<'a>(metadata: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let mut fields: HashMap<String, String> = HashMap::new();
         let mut claims = BTreeMap::new();
+        let mut turbo: Option<Turbo> = None;
         for (name, value) in metadata {
             let name = name.to_ascii_lowercase();
             let value = decode_value(value);
@@ -160,6 +278,14 @@ impl Record {
                 claims.insert(claim.to_owned(), value);
             } else if let Some(field) = name.strip_prefix(WRITER) {
                 fields.insert(field.to_owned(), value);
+            } else if let Some(field) = name.strip_prefix(TURBO) {
+                let turbo = turbo.get_or_insert_with(Turbo::default);
+                match field {
+                    "duration_ms" => turbo.duration_ms = parse_duration(&value),
+                    "sha" => turbo.sha = Some(value),
+                    "tag" => turbo.tag = Some(value),
+                    _ => {}
+                }
             }
         }
         let writer = (|| {
@@ -173,14 +299,35 @@ impl Record {
                 stored: OffsetDateTime::parse(fields.get("stored")?, &Rfc3339).ok()?,
             })
         })();
-        Record { writer }
+        Record {
+            writer,
+            turbo: turbo.map(Turbo::checked),
+        }
     }
 
-    /// The sidecar file's bytes: `{"v":1,"writer":{...}}`.
+    /// Turbo's fields of a record read back from blob metadata, without the writer: what a read
+    /// of a Turborepo artifact needs (its answer carries them).
+    pub fn turbo_from_metadata<'a>(
+        metadata: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Option<Turbo> {
+        let turbo = metadata.into_iter().filter(|(name, _)| {
+            name.get(..TURBO.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(TURBO))
+        });
+        Self::from_metadata(turbo).turbo
+    }
+
+    /// Whether there is nothing to record (no writer, no turbo fields): no metadata, no sidecar.
+    pub fn is_empty(&self) -> bool {
+        self.writer.is_none() && self.turbo.is_none()
+    }
+
+    /// The sidecar file's bytes: `{"v":1,"writer":{...},"turbo":{...}}`.
     pub fn to_sidecar(&self) -> Vec<u8> {
         serde_json::to_vec(&SidecarRef {
             v: SIDECAR_VERSION,
             writer: &self.writer,
+            turbo: &self.turbo,
         })
         .unwrap_or_default()
     }
@@ -190,7 +337,10 @@ impl Record {
     pub fn from_sidecar(bytes: &[u8]) -> Option<Self> {
         serde_json::from_slice::<Sidecar>(bytes)
             .ok()
-            .map(|sidecar| sidecar.record)
+            .map(|sidecar| Record {
+                turbo: sidecar.record.turbo.map(Turbo::checked),
+                ..sidecar.record
+            })
     }
 }
 
@@ -200,6 +350,8 @@ struct SidecarRef<'a> {
     v: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     writer: &'a Option<Writer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    turbo: &'a Option<Turbo>,
 }
 
 /// RFC 3339 to the second (`2026-11-01T10:00:00Z`).
@@ -271,8 +423,11 @@ mod tests {
     fn metadata_round_trips_in_header_safe_ascii() {
         let record = Record {
             writer: Some(writer()),
+            turbo: Some(turbo()),
         };
         let metadata = record.metadata();
+        assert_eq!(metadata["turbo_duration_ms"], "1234");
+        assert_eq!(metadata["turbo_tag"], turbo().tag.unwrap());
         for (name, value) in &metadata {
             assert!(is_metadata_name(name), "{name}");
             assert!(
@@ -303,15 +458,27 @@ mod tests {
     fn the_sidecar_is_versioned_json_and_tolerates_what_it_does_not_know() {
         let record = Record {
             writer: Some(writer()),
+            turbo: Some(turbo()),
         };
         let bytes = record.to_sidecar();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["v"], 1);
         assert_eq!(json["writer"]["kind"], "exchanged");
         assert_eq!(json["writer"]["stored"], "2026-11-01T10:00:00Z");
+        assert_eq!(json["turbo"]["duration_ms"], 1234);
         assert_eq!(Record::from_sidecar(&bytes), Some(record));
-        let later = br#"{"v":2,"writer":null,"turbo":{"duration":5}}"#;
+        let later = br#"{"v":2,"writer":null,"provenance":{"slsa":5}}"#;
         assert_eq!(Record::from_sidecar(later), Some(Record::default()));
+        // A sidecar written before turbo's fields existed reads as it did.
+        let nx_only = Record {
+            writer: Some(writer()),
+            ..Record::default()
+        };
+        assert!(
+            !String::from_utf8(nx_only.to_sidecar())
+                .unwrap()
+                .contains("turbo")
+        );
         assert_eq!(Record::from_sidecar(b""), None);
         assert_eq!(Record::from_sidecar(b"{\"v\":1,\"wri"), None);
     }
@@ -329,6 +496,11 @@ mod tests {
         }
         let record = Record {
             writer: Some(wide.bounded()),
+            turbo: Some(Turbo {
+                duration_ms: Some(u64::MAX),
+                sha: Some("f".repeat(MAX_SHA)),
+                tag: Some("A".repeat(MAX_TAG)),
+            }),
         };
         let metadata = record.metadata();
         let size: usize = metadata
@@ -341,6 +513,77 @@ mod tests {
         assert!(
             subject.chars().all(|c| c == 'ü') && !subject.is_empty(),
             "cut at a character"
+        );
+    }
+
+    fn turbo() -> Turbo {
+        Turbo {
+            duration_ms: Some(1234),
+            sha: Some("5a4da53a169cb32458e42e7c65f20e4664bc7cfa".into()),
+            tag: Some("kP0XVq5Hn1h9Yc9DaeSQq0H0yq5pC7ZbZ6t1x0Yh0mA=".into()),
+        }
+    }
+
+    #[test]
+    fn turbo_fields_are_checked_on_the_way_in() {
+        let fields = turbo();
+        assert_eq!(
+            Turbo::parse(Some("1234"), fields.sha.as_deref(), fields.tag.as_deref()),
+            Ok(fields)
+        );
+        assert_eq!(Turbo::parse(None, None, None), Ok(Turbo::default()));
+        for bad in ["", "12.5", "-1", "1e3", " 1", "99999999999999999999999"] {
+            let error = Turbo::parse(Some(bad), None, None).unwrap_err();
+            assert!(error.starts_with("x-artifact-duration"), "{bad:?}: {error}");
+        }
+        for bad in ["", "xyz", "5a4d 53", &"a".repeat(MAX_SHA + 1)] {
+            let error = Turbo::parse(None, Some(bad), None).unwrap_err();
+            assert!(error.starts_with("x-artifact-sha"), "{bad:?}: {error}");
+        }
+        for bad in [
+            "",
+            "=",
+            "ab\r\nx-injected: 1",
+            "a b",
+            "ab===",
+            "a=b",
+            &"A".repeat(MAX_TAG + 1),
+        ] {
+            let error = Turbo::parse(None, None, Some(bad)).unwrap_err();
+            assert!(error.starts_with("x-artifact-tag"), "{bad:?}: {error}");
+        }
+        for good in ["AAAA", "ab-_", "YQ==", "YWI="] {
+            assert!(Turbo::parse(None, None, Some(good)).is_ok(), "{good}");
+        }
+    }
+
+    /// What comes back from storage is checked as it was on the way in: a field someone
+    /// changed in storage into something else is dropped, never put in a header.
+    #[test]
+    fn turbo_fields_read_back_are_checked_again() {
+        let metadata = [
+            ("turbo_duration_ms", "12.5"),
+            ("TURBO_SHA", "not%20hex"),
+            ("turbo_tag", "YWI%3D"),
+            ("writer_subject", "ignored without a token id"),
+        ];
+        let turbo = Record::turbo_from_metadata(metadata).unwrap();
+        assert_eq!(turbo.duration_ms, None);
+        assert_eq!(turbo.sha, None);
+        assert_eq!(turbo.tag.as_deref(), Some("YWI="));
+        assert_eq!(
+            Record::turbo_from_metadata([("writer_kind", "issued")]),
+            None
+        );
+        let sidecar = br#"{"v":1,"turbo":{"duration_ms":5,"tag":"a\nb","sha":"abc"}}"#;
+        let record = Record::from_sidecar(sidecar).unwrap();
+        assert_eq!(
+            record.turbo,
+            Some(Turbo {
+                duration_ms: Some(5),
+                sha: Some("abc".into()),
+                tag: None
+            })
         );
     }
 

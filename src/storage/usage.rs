@@ -1,6 +1,11 @@
 //! What the cache holds, per namespace (`handler usage`): entries, bytes, oldest and newest
 //! entry. Each backend lists its entries and adds them up here, one at a time, so memory stays
-//! the same whatever the number of entries.
+//! the same whatever the number of entries. Turborepo artifacts are rows of their own
+//! (`turbo:org`, `turbo:team:NAME`), apart from the Nx entries of the same team.
+//!
+//! What usage cannot show is how much a cache saved: that is a count of hits, and storage holds
+//! entries, not hits. `/metrics` (`nx_cache_turbo_time_saved_ms_total`, from the events turbo
+//! reports) and the request log (the workbook) show it.
 //!
 //! Entries of the deprecated `@nx/azure-cache` plugin, which this cache replaces, are blobs named
 //! by a bare Nx hash at the container root (this cache's are under `org/` and `teams/`): they are
@@ -153,15 +158,10 @@ impl Usage {
     }
 }
 
-/// `org/123` → `org`, `teams/web/123` → `team:web`; `None` for a name that is no cache entry.
+/// `org/123` → `org`, `teams/web/123` → `team:web`, `turbo/teams/web/abc` → `turbo:team:web`;
+/// `None` for a name that is no cache entry.
 pub fn namespace_of(name: &str) -> Option<String> {
-    let segments: Vec<&str> = name.split('/').collect();
-    let key = match segments.as_slice() {
-        ["org", hash] => CacheKey::parse(None, hash).ok()?,
-        ["teams", team, hash] => CacheKey::parse(Some(team), hash).ok()?,
-        _ => return None,
-    };
-    Some(key.namespace.to_string())
+    CacheKey::from_object_name(name).map(|key| key.label())
 }
 
 fn time_text(time: Option<OffsetDateTime>) -> String {
@@ -200,13 +200,17 @@ mod tests {
         usage.add(".nx-cache-probe", 0, None);
         usage.add("teams/Bad_Team/4", 1, None);
         usage.add("org/x/y", 1, None);
-        assert_eq!(usage.skipped, 3);
+        usage.add("turbo/teams/web/0123456789abcdef", 7, None);
+        usage.add("turbo/1", 1, None);
+        assert_eq!(usage.skipped, 4);
+        let turbo = usage.namespaces["turbo:team:web"];
+        assert_eq!((turbo.entries, turbo.bytes), (1, 7));
         let org = usage.namespaces["org"];
         assert_eq!((org.entries, org.bytes), (2, 30));
         assert_eq!(org.oldest, Some(datetime!(2026-11-01 10:00 UTC)));
         assert_eq!(org.newest, Some(datetime!(2026-11-03 10:00 UTC)));
         let total = usage.total();
-        assert_eq!((total.entries, total.bytes), (3, 35));
+        assert_eq!((total.entries, total.bytes), (4, 42));
         assert_eq!(total.oldest, Some(datetime!(2026-11-01 10:00 UTC)));
         let table = usage.table();
         assert!(
@@ -221,7 +225,8 @@ mod tests {
         );
         let json: serde_json::Value = serde_json::from_str(&usage.json()).unwrap();
         assert_eq!(json["namespaces"][1]["namespace"], "team:web");
-        assert_eq!(json["total"]["bytes"], 35);
+        assert_eq!(json["namespaces"][2]["namespace"], "turbo:team:web");
+        assert_eq!(json["total"]["bytes"], 42);
         assert_eq!(json["total"]["oldest"], "2026-11-01T10:00:00Z");
     }
 
@@ -238,6 +243,8 @@ mod tests {
             "123456789012345678901",
             "12a",
             ".nx-cache-probe",
+            "turbo/org/1234567890123456",
+            "turbo/teams/web/1234567890123456",
         ] {
             assert!(!is_legacy_name(name), "{name}");
         }

@@ -1,8 +1,10 @@
 //! Logging: subscriber setup and one structured line per request.
 //!
 //! The per-request line carries the request id (the Functions host's
-//! `X-Azure-Functions-InvocationId` when present), method, path, status, outcome, bytes and
-//! duration. Headers are never logged: the `Authorization` header holds a token.
+//! `X-Azure-Functions-InvocationId` when present), method, path, the client API (`nx`, `turbo`),
+//! the namespace and hash, status, outcome, bytes, duration and, for a Turborepo hit, the time it
+//! saved (`time_saved_ms`: the task's duration turbo stored with the artifact). Headers and query
+//! strings are never logged: the `Authorization` header holds a token.
 //!
 //! **Serving never waits on logging.** Lines go through a bounded in-memory queue to a writer
 //! thread ([`queue`]); when the queue is full the line is dropped, never waited for,
@@ -55,6 +57,19 @@ impl Caller {
             rule: grant.rule.clone(),
         }
     }
+}
+
+/// The namespace label and hash a request named, for a client API whose path does not carry
+/// them (turbo names its team in the query string): attached by the front door once it has
+/// validated them, and used by the request line and the per-namespace counters instead of the
+/// path.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub namespace: String,
+    pub hash: Option<String>,
+    /// For a hit of an artifact stored with the task's duration: that duration, in milliseconds
+    /// (the time the hit saved, whether it was answered or redirected).
+    pub time_saved_ms: Option<u64>,
 }
 
 /// How often the drop counters are looked at for the one-line report.
@@ -156,7 +171,17 @@ pub async fn log_request(
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let outcome = response.extensions().get::<Outcome>().copied();
-    let (namespace, hash) = cache_key_of(&path);
+    let (namespace, hash, time_saved_ms) = match response.extensions_mut().remove::<Target>() {
+        Some(target) => (
+            target.namespace,
+            target.hash.unwrap_or_else(|| "-".into()),
+            target.time_saved_ms.unwrap_or(0),
+        ),
+        None => {
+            let (namespace, hash) = cache_key_of(&path);
+            (namespace, hash.to_owned(), 0)
+        }
+    };
     if let Some(outcome) = outcome {
         metrics.record(outcome, (namespace != "-").then_some(namespace.as_str()));
     }
@@ -170,8 +195,9 @@ pub async fn log_request(
         tracing::info!(
             %method,
             path = %path,
+            client = client_of(&path),
             namespace = namespace.as_str(),
-            hash,
+            hash = hash.as_str(),
             status = response.status().as_u16(),
             outcome = outcome.map(|o| o.name()).unwrap_or("-"),
             subject,
@@ -182,6 +208,7 @@ pub async fn log_request(
                 Some(Outcome::Hit { redirected: true, .. } | Outcome::Redirect)
             ),
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            time_saved_ms,
             "request"
         )
     });
@@ -189,6 +216,17 @@ pub async fn log_request(
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
+}
+
+/// The client API a path belongs to: `nx`, `turbo`, or `-` (health, metrics, tokens).
+fn client_of(path: &str) -> &'static str {
+    if path == "/v8/artifacts" || path.starts_with("/v8/artifacts/") {
+        "turbo"
+    } else if path.starts_with("/v1/cache/") || path.starts_with("/teams/") {
+        "nx"
+    } else {
+        "-"
+    }
 }
 
 /// The namespace (`org`, `team:NAME`) and hash a cache path names, for the log line and the
@@ -206,7 +244,17 @@ fn cache_key_of(path: &str) -> (String, &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::cache_key_of;
+    use super::{cache_key_of, client_of};
+
+    #[test]
+    fn log_lines_name_the_client() {
+        assert_eq!(client_of("/v1/cache/42"), "nx");
+        assert_eq!(client_of("/teams/web/v1/cache/42"), "nx");
+        assert_eq!(client_of("/v8/artifacts/abc"), "turbo");
+        assert_eq!(client_of("/v8/artifacts"), "turbo");
+        assert_eq!(client_of("/v8/artifactsx"), "-");
+        assert_eq!(client_of("/health"), "-");
+    }
 
     #[test]
     fn log_lines_name_the_namespace_and_hash() {

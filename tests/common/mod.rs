@@ -8,6 +8,7 @@ pub mod front;
 pub mod nx;
 pub mod oidc;
 pub mod revoking_proxy;
+pub mod turbo;
 
 use std::io::Write;
 use std::io::{BufRead, BufReader};
@@ -23,7 +24,7 @@ pub const TEST_SECRET: &str = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz
 /// How long a test waits for the server to report its address before failing.
 const STARTUP_LIMIT: Duration = Duration::from_secs(30);
 
-/// `tests/e2e`: the pinned npm packages (nx, azurite) and the Nx workspace template.
+/// `tests/e2e`: the pinned npm packages (nx, turbo, azurite) and the workspace templates.
 pub fn e2e_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e")
 }
@@ -33,7 +34,7 @@ pub fn ensure_npm_tools() {
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let bin = e2e_dir().join("node_modules/.bin");
-    if bin.join("nx").exists() && bin.join("azurite-blob").exists() {
+    if bin.join("nx").exists() && bin.join("turbo").exists() && bin.join("azurite-blob").exists() {
         return;
     }
     let status = Command::new("npm")

@@ -181,7 +181,7 @@ impl Workspace {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -222,7 +222,7 @@ pub fn write_package(dir: &Path, name: &str, main: Option<&str>) {
     }
 }
 
-fn collect_files(dir: &Path, root: &Path, into: &mut BTreeMap<PathBuf, Vec<u8>>) {
+pub fn collect_files(dir: &Path, root: &Path, into: &mut BTreeMap<PathBuf, Vec<u8>>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

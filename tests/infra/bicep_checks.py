@@ -152,6 +152,7 @@ REQUEST_LOG_LINE = {
     "message": "request",
     "method": "GET",
     "path": "/teams/web/v1/cache/1",
+    "client": "nx",
     "namespace": "team:web",
     "hash": "1",
     "status": 200,
@@ -161,6 +162,7 @@ REQUEST_LOG_LINE = {
     "bytes": 3,
     "redirected": False,
     "duration_ms": 0.635,
+    "time_saved_ms": 0,
     "target": "nx_azure_cache::telemetry",
     "span": {"id": "a4e45952da764adea3d3d88797942f7a", "name": "request"},
     "spans": [{"id": "a4e45952da764adea3d3d88797942f7a", "name": "request"}],
@@ -195,12 +197,12 @@ CONNECTION_HEADROOM = (1, 16)
 
 # The lifecycle management policy of the cache account: retention of this cache's entries, and the
 # legacy @nx/azure-cache entries (blobs at the container root named by an Nx hash, decimal digits).
-# This cache's blobs are {NX_CACHE_BLOB_PREFIX}org/{hash} and {NX_CACHE_BLOB_PREFIX}teams/{team}/{hash}
-# (src/key.rs). A prefixMatch is a plain, case-sensitive prefix that starts with the container name,
+# This cache's blobs are {NX_CACHE_BLOB_PREFIX}org/{hash} and {NX_CACHE_BLOB_PREFIX}teams/{team}/{hash},
+# and Turborepo's artifacts the same under {NX_CACHE_BLOB_PREFIX}turbo/ (src/key.rs). A prefixMatch is a plain, case-sensitive prefix that starts with the container name,
 # at most 10 per rule (Learn: lifecycle-management-policy-structure).
 RETENTION_PARAM = "retentionDays"
 LEGACY_RETENTION_PARAM = "legacyEntriesRetentionDays"
-CACHE_NAMESPACES = ("org/", "teams/")
+CACHE_NAMESPACES = ("org/", "teams/", "turbo/")
 BLOB_PREFIX_SETTING = "NX_CACHE_BLOB_PREFIX"
 DIGITS = tuple("0123456789")
 MAX_PREFIXES_PER_RULE = 10
@@ -1624,7 +1626,7 @@ def _rule_days(rule: dict[str, Any]) -> Any:
 def lifecycle_problems(infra_dir: Path) -> list[str]:
     """The cache account's one lifecycle policy (named 'default'; an account has one, written in
     full) holds, each only when asked for: the retention rule (retentionDays > 0: this cache's
-    CONTAINER/org/ and CONTAINER/teams/ after that many days) and the legacy rule
+    CONTAINER/org/, CONTAINER/teams/ and CONTAINER/turbo/ after that many days) and the legacy rule
     (legacyEntriesRetentionDays > 0, off by default: the ten prefixes CONTAINER/0 ... CONTAINER/9,
     which match every root blob named by an Nx hash and never one of this cache's blobs, deleted
     that many days after their last modification). Both asked for: both rules in the one policy."""

@@ -135,16 +135,16 @@ def test_name_lengths_follow_the_parameters():
 
 def test_workbook_reads_the_request_line_fields():
     """The query scanner the workbook checks rely on finds every query (the namespace parameter's
-    and the seven charts and tables) and the fields they use, all fields of the request line."""
+    and the eight charts and tables) and the fields they use, all fields of the request line."""
     workbook = json.loads((INFRA / checks.WORKBOOK_FILE).read_text())
     queries = list(checks._walk_queries(workbook))
-    assert len(queries) == 8, [where for where, _ in queries]
+    assert len(queries) == 9, [where for where, _ in queries]
     used = set()
     for _, holder in queries:
         fields, problems = checks.workbook_query_fields(holder["query"])
         assert problems == []
         used |= fields
-    assert used == {"message", "level", "target", "namespace", "outcome", "bytes", "subject", "rule"}
+    assert used == {"message", "level", "target", "client", "namespace", "outcome", "bytes", "time_saved_ms", "subject", "rule"}
     assert used <= checks.REQUEST_LOG_FIELDS
 
 
@@ -753,7 +753,7 @@ def test_lifecycle_rules_share_one_policy():
     (policy,) = checks.lifecycle_policies(templates, {"retentionDays": 30, "legacyEntriesRetentionDays": 7})
     assert (policy["name"], policy["account"]) == ("default", "acmenxcache")
     prefixes = {rule["name"]: rule["definition"]["filters"]["prefixMatch"] for rule in policy["rules"]}
-    assert prefixes["nxCacheRetention"] == ["nx-cache/org/", "nx-cache/teams/"]
+    assert prefixes["nxCacheRetention"] == ["nx-cache/org/", "nx-cache/teams/", "nx-cache/turbo/"]
     assert prefixes["nxAzureCacheLegacyEntries"] == [f"nx-cache/{d}" for d in range(10)]
     (legacy_only,) = checks.lifecycle_policies(templates, {"legacyEntriesRetentionDays": 7})
     assert [rule["name"] for rule in legacy_only["rules"]] == ["nxAzureCacheLegacyEntries"]
@@ -795,7 +795,7 @@ def test_legacy_rule_matching_teams_is_caught(infra: Path):
 def test_legacy_rule_on_the_whole_container_is_caught(infra: Path):
     edit(infra, CACHE_ACCESS, "          '${containerName}/5'\n", "          '${containerName}/'\n")
     found = checks.lifecycle_problems(infra)
-    assert_found(found, "matches this cache's own entries under nx-cache/org/, nx-cache/teams/")
+    assert_found(found, "matches this cache's own entries under nx-cache/org/, nx-cache/teams/, nx-cache/turbo/")
 
 
 def test_legacy_rule_missing_a_digit_is_caught(infra: Path):
@@ -830,7 +830,7 @@ def test_legacy_rule_replacing_the_retention_rule_is_caught(infra: Path):
     """Both asked for: one policy per account, so both rules must be in it."""
     edit(infra, CACHE_ACCESS, "var lifecycleRules = concat(retentionRules, legacyRules)", "var lifecycleRules = (legacyEntriesRetentionDays > 0) ? legacyRules : retentionRules")
     found = checks.lifecycle_problems(infra)
-    assert_found(found, "with retentionDays=30, legacyEntriesRetentionDays=7: 0 retention rules (prefixes nx-cache/org/, nx-cache/teams/); expected one")
+    assert_found(found, "with retentionDays=30, legacyEntriesRetentionDays=7: 0 retention rules (prefixes nx-cache/org/, nx-cache/teams/, nx-cache/turbo/); expected one")
     assert len(found) == 1, found
 
 
@@ -845,9 +845,16 @@ def test_legacy_rule_in_a_second_policy_is_caught(infra: Path):
 
 def test_retention_rule_matching_the_legacy_entries_is_caught(infra: Path):
     """The retention rule on the whole container would delete the legacy entries (and be no retention rule)."""
-    edit(infra, CACHE_ACCESS, "          '${containerName}/org/'\n          '${containerName}/teams/'\n", "          '${containerName}/'\n")
+    edit(infra, CACHE_ACCESS, "          '${containerName}/org/'\n          '${containerName}/teams/'\n          '${containerName}/turbo/'\n", "          '${containerName}/'\n")
     found = checks.lifecycle_problems(infra)
     assert_found(found, "rule 'nxCacheRetention' (prefixes nx-cache/) is neither the retention rule nor the legacy-entries rule", "0 retention rules")
+
+
+def test_retention_rule_without_turbo_artifacts_is_caught(infra: Path):
+    """Turborepo's artifacts under turbo/ would never expire."""
+    drop_line(infra, CACHE_ACCESS, "'\\$\\{containerName\\}/turbo/'")
+    found = checks.lifecycle_problems(infra)
+    assert_found(found, "rule 'nxCacheRetention' (prefixes nx-cache/org/, nx-cache/teams/) is neither the retention rule nor the legacy-entries rule", "0 retention rules")
 
 
 def test_unknown_parameter_in_the_parameters_file_is_caught(infra: Path):

@@ -16,6 +16,8 @@ or docs/*.md whose info string is exactly one of SNIPPET_KINDS is a complete fil
   ```yaml github-workflow     a GitHub Actions workflow: the checks above
   ```yaml azure-pipelines     an azure-pipelines.yml: schema vendor.azure-pipelines
   ```yaml gitlab-ci           a .gitlab-ci.yml: schema vendor.gitlab-ci
+and the same three with `-turbo` appended (the Turborepo snippets of docs/keyless.md: tests/keyless.rs
+finds each snippet by its info string, so the Nx and the turbo one of a CI system need two).
 Each is written to a temporary file and checked there. A plain ```yaml block is not checked (use
 it for fragments, e.g. an `env:` block to paste into a job).
 
@@ -67,6 +69,9 @@ SNIPPET_KINDS = {
         ["--builtin-schema", "vendor.gitlab-ci", "--data-transform", "gitlab-ci", "--regex-variant", "nonunicode"],
     ),
 }
+# The Turborepo snippets: files of the same kinds.
+SNIPPET_KINDS.update({f"{info}-turbo": kind for info, kind in list(SNIPPET_KINDS.items())})
+
 GITHUB_SCHEMA_ARGS = SNIPPET_KINDS["yaml github-workflow"][1]
 
 USES = re.compile(r"^\s*(?:-\s+)?uses:\s*(['\"]?)(?P<ref>[^\s'\"#]+)\1\s*(?:#\s*(?P<comment>.*))?$")

@@ -12,6 +12,7 @@
 //! for as long as it keeps the connection. Here a download holds one read buffer of
 //! [`DOWNLOAD_CHUNK`] bytes besides what the client's own connection queues.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +27,7 @@ use rustls_platform_verifier::BuilderVerifierExt;
 use super::StoreError;
 use crate::limits::Pace;
 use crate::storage::inline::{Failure, Version, Whole};
+use crate::storage::record::{Record, Turbo};
 use crate::storage::{ByteStream, DOWNLOAD_CHUNK};
 
 /// Idle connections kept per storage host, for the next downloads.
@@ -58,9 +60,9 @@ impl Downloader {
         Ok(Self { client, timeout })
     }
 
-    /// GETs `url`: the blob's length and bytes, or `None` when storage says it does not exist.
-    /// Errors never contain the URL (its signature).
-    pub async fn get(&self, url: &str) -> Result<Option<(u64, ByteStream)>, StoreError> {
+    /// GETs `url`: the blob's length, turbo's fields of its record and its bytes, or `None` when
+    /// storage says it does not exist. Errors never contain the URL (its signature).
+    pub async fn get(&self, url: &str) -> Result<Option<Streamed>, StoreError> {
         let uri: hyper::Uri = url
             .parse()
             .map_err(|_| StoreError::Backend("invalid download URL".into()))?;
@@ -92,16 +94,37 @@ impl Downloader {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .ok_or_else(|| StoreError::Backend("download without a length".into()))?;
+        let turbo = turbo_of(&response);
         let body = response
             .into_body()
             .into_data_stream()
             .map_err(std::io::Error::other);
         // Storage that stops sending mid-body must not hold the client's download forever.
-        Ok(Some((
+        Ok(Some(Streamed {
             len,
-            Box::pin(Pace::idle_only(self.timeout).apply(body)),
-        )))
+            turbo,
+            body: Box::pin(Pace::idle_only(self.timeout).apply(body)),
+        }))
     }
+}
+
+/// A blob being streamed from storage.
+pub struct Streamed {
+    pub len: u64,
+    pub turbo: Option<Arc<Turbo>>,
+    pub body: ByteStream,
+}
+
+/// Turbo's fields of the blob's record, from the answer's `x-ms-meta-turbo_*` headers (Azure
+/// returns a blob's metadata with Get Blob and Get Blob Properties: no call of its own).
+fn turbo_of<B>(response: &hyper::Response<B>) -> Option<Arc<Turbo>> {
+    let metadata = response.headers().iter().filter_map(|(name, value)| {
+        Some((
+            name.as_str().strip_prefix("x-ms-meta-")?,
+            value.to_str().ok()?,
+        ))
+    });
+    Record::turbo_from_metadata(metadata).map(Arc::new)
 }
 
 impl Downloader {
@@ -117,6 +140,7 @@ impl Downloader {
             }
             let response = success(response)?;
             let tag = etag(&response);
+            let turbo = turbo_of(&response);
             if content_length(&response) != Some(len) {
                 return Err(Failure::permanent(StoreError::Backend(format!(
                     "the blob is not the {len} bytes it was found to be (replaced since?)"
@@ -141,7 +165,7 @@ impl Downloader {
                     bytes.len()
                 ))));
             }
-            Ok(Some(Whole { bytes, tag }))
+            Ok(Some(Whole { bytes, tag, turbo }))
         };
         self.bounded(read).await
     }
@@ -162,6 +186,7 @@ impl Downloader {
             Ok(Some(Version {
                 len,
                 tag: etag(&response),
+                turbo: turbo_of(&response),
             }))
         };
         self.bounded(head).await

@@ -19,7 +19,16 @@
 //! - Entries remembered as existing (exact hit checks) are asked about again once their
 //!   confirmation is older than [`super::CONFIRMED_FOR`]; an upload is answered `409` only after
 //!   storage confirmed the blob exists just now.
-//! - Blob names: `{prefix}org/{hash}` and `{prefix}teams/{team}/{hash}`.
+//! - Blob names: `{prefix}org/{hash}` and `{prefix}teams/{team}/{hash}` for Nx, the same under
+//!   `{prefix}turbo/` for Turborepo ([`CacheKey::object_name`]).
+//! - Turbo's fields of an artifact's record (duration, tag) are blob metadata too
+//!   (`x-ms-meta-turbo_*`), which Azure returns with Get Blob and Get Blob Properties: a read of
+//!   an artifact learns them from the call it makes anyway (the exact check, the inline read,
+//!   the proxied GET), and the remembered entries and the memory copy keep them with the size
+//!   and the bytes. A Turborepo artifact's size is always checked (even with
+//!   `NX_CACHE_HIT_CHECK=none`), and one with a signature tag is streamed through the handler
+//!   whatever its size: turbo must find the tag in the answer, and storage's answer to a
+//!   redirected client cannot carry it.
 //! - Every storage call is bounded by `NX_CACHE_STORAGE_TIMEOUT`.
 //!
 //! The Rust SDK (`azure_storage_blob` 1.x) has no shared-key credential: in key mode every call
@@ -59,14 +68,15 @@ use time::OffsetDateTime;
 use self::delegation::DelegationKeys;
 use self::sas::{BlobSas, Protocols, SAS_VERSION, encode_blob_path};
 use super::inline::{self, Failure, Found, InlineReads, Size, Version, Whole};
-use super::known::KnownEntries;
-use super::record::Record;
+use super::known::{Known, KnownEntries};
+use super::record::{Record, Turbo};
 use super::usage::{Usage, is_legacy_name};
 use super::{
-    ByteStream, CONFIRMED_FOR, Deleted, Entry, Fetched, Health, Store, StoreError, Stored,
+    ByteStream, CONFIRMED_FOR, Deleted, Entry, Fetched, Head, Health, Hit, Store, StoreError,
+    Stored, must_carry_tag,
 };
 use crate::config::{AzureAuth, AzureConfig, Download, HitCheck};
-use crate::key::{CacheKey, Hash, Namespace, TeamName};
+use crate::key::{CacheKey, Client, Namespace, folder_of};
 
 /// Size of one staged block, and the largest body sent as a single Put Blob.
 const BLOCK_SIZE: usize = 4 * 1024 * 1024;
@@ -725,36 +735,39 @@ impl Store for AzureStore {
         )
     }
 
-    async fn get(&self, key: &CacheKey) -> Result<Option<Fetched>, StoreError> {
+    async fn get(&self, key: &CacheKey) -> Result<Option<Hit>, StoreError> {
         let name = self.blob_name(key);
-        if self.config.download == Download::Auto {
-            return match self.inline.fetch(self, &name).await? {
+        // A Turborepo artifact's answer depends on its record (a tag must reach turbo): its
+        // size and record are always known before it is answered.
+        let exact = key.client == Client::Turbo;
+        match self.config.download {
+            Download::Auto => match self.inline.fetch(self, &name, exact).await? {
                 Found::Missing => Ok(None),
-                Found::Whole(bytes) => Ok(Some(Fetched::Bytes(bytes))),
-                Found::Large(len) => Ok(Some(Fetched::Redirect {
-                    url: self.download_url(&name)?,
-                    len,
+                Found::Whole(bytes, turbo) => Ok(Some(Hit {
+                    fetched: Fetched::Bytes(bytes),
+                    turbo,
                 })),
-            };
-        }
-        if self.config.download == Download::Redirect {
-            if !self.health.is_healthy() {
-                return Err(StoreError::Backend(
-                    "storage is unavailable (health watch)".into(),
-                ));
+                Found::Large(len, turbo) => self.large(&name, len, turbo).await,
+            },
+            Download::Redirect => {
+                if !self.health.is_healthy() {
+                    return Err(StoreError::Backend(
+                        "storage is unavailable (health watch)".into(),
+                    ));
+                }
+                let (len, turbo) = match (self.config.hit_check, exact) {
+                    // No storage round trip: a missing blob is Azure's 404, which Nx takes as a
+                    // miss.
+                    (HitCheck::None, false) => (None, None),
+                    _ => match self.known_size(&name).await? {
+                        Some(known) => (Some(known.size), known.turbo),
+                        None => return Ok(None),
+                    },
+                };
+                self.large(&name, len, turbo).await
             }
-            let len = match self.config.hit_check {
-                // No storage round trip: a missing blob is Azure's 404, which Nx takes as a miss.
-                HitCheck::None => None,
-                HitCheck::Exact => match self.known_size(&name).await? {
-                    Some(len) => Some(len),
-                    None => return Ok(None),
-                },
-            };
-            let url = self.download_url(&name)?;
-            return Ok(Some(Fetched::Redirect { url, len }));
+            Download::Proxy => self.observe(self.proxy_download(&name).await),
         }
-        self.observe(self.proxy_download(&name).await)
     }
 
     async fn exists(&self, key: &CacheKey) -> Result<bool, StoreError> {
@@ -763,6 +776,16 @@ impl Store for AzureStore {
         // instance's back). Nx uploads only what it missed, so this costs a call only when the
         // entry is stored by someone else meanwhile, or when it is new (as before).
         Ok(self.blob_size(&self.blob_name(key)).await?.is_some())
+    }
+
+    async fn head(&self, key: &CacheKey) -> Result<Option<Head>, StoreError> {
+        // Remembered (confirmed within CONFIRMED_FOR, with turbo's fields), or one Get Blob
+        // Properties, which brings the metadata along.
+        let known = self.known_size(&self.blob_name(key)).await?;
+        Ok(known.map(|known| Head {
+            len: known.size,
+            turbo: known.turbo,
+        }))
     }
 
     async fn put_if_absent(
@@ -775,8 +798,9 @@ impl Store for AzureStore {
         let stored = self.observe(self.upload(key, len, body, record).await)?;
         if stored == Stored::Created {
             let name = self.blob_name(key);
+            let turbo = record.turbo.clone().map(Arc::new);
             self.inline.discard(&name);
-            self.known.insert(&name, len);
+            self.known.insert(&name, len, turbo);
         }
         Ok(stored)
     }
@@ -826,15 +850,31 @@ impl Store for AzureStore {
 
     async fn list(
         &self,
+        clients: &[Client],
         namespaces: &[Namespace],
         each: &mut (dyn FnMut(Entry) + Send),
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), StoreError> {
-        let prefixes: Vec<String> = match namespaces {
-            [] => vec![self.config.prefix.clone()],
-            chosen => chosen
+        let prefix = &self.config.prefix;
+        let mut clients = clients.to_vec();
+        clients.sort();
+        clients.dedup();
+        if clients.is_empty() {
+            clients = Client::ALL.to_vec();
+        }
+        let prefixes: Vec<String> = match (clients.as_slice(), namespaces) {
+            // Everything under the prefix: each name is parsed into its client's key.
+            ([_, _], []) => vec![prefix.clone()],
+            // Nx's namespaces are at the prefix's root, beside `turbo/`: listed by their own.
+            ([Client::Nx], []) => vec![format!("{prefix}org/"), format!("{prefix}teams/")],
+            (chosen, []) => chosen
                 .iter()
-                .map(|n| format!("{}{}/", self.config.prefix, n.folder()))
+                .map(|c| format!("{prefix}{}", c.root()))
+                .collect(),
+            (chosen, namespaces) => chosen
+                .iter()
+                .flat_map(|c| namespaces.iter().map(|n| folder_of(*c, n)))
+                .map(|folder| format!("{prefix}{folder}/"))
                 .collect(),
         };
         let mut listed = 0u64;
@@ -972,17 +1012,7 @@ impl AzureStore {
     fn entry_of(&self, item: BlobItem) -> Option<Entry> {
         let name = item.name?;
         let relative = name.strip_prefix(&self.config.prefix)?;
-        let key = match relative.split('/').collect::<Vec<_>>().as_slice() {
-            ["org", hash] => CacheKey {
-                namespace: Namespace::Org,
-                hash: Hash::parse(hash).ok()?,
-            },
-            ["teams", team, hash] => CacheKey {
-                namespace: Namespace::Team(TeamName::parse(team).ok()?),
-                hash: Hash::parse(hash).ok()?,
-            },
-            _ => return None,
-        };
+        let key = CacheKey::from_object_name(relative)?;
         let properties = item.properties.unwrap_or_default();
         let record = item
             .metadata
@@ -1006,9 +1036,9 @@ impl AzureStore {
         })
     }
 
-    /// The size of blob `name` if it exists: remembered (confirmed within
+    /// The size (and turbo's fields) of blob `name` if it exists: remembered (confirmed within
     /// [`CONFIRMED_FOR`]), or asked of storage ([`Self::blob_size`]).
-    async fn known_size(&self, name: &str) -> Result<Option<u64>, StoreError> {
+    async fn known_size(&self, name: &str) -> Result<Option<Known>, StoreError> {
         let checked = self.check_size(name, Tries::Retried).await;
         self.observe(checked.map_err(|f| f.error))
     }
@@ -1016,22 +1046,22 @@ impl AzureStore {
     /// The size of blob `name` if it exists, asked of storage now (bounded by the storage
     /// timeout; any trouble is an error, which the API answers as a miss or "not stored" at
     /// once). The answer is remembered, a missing blob forgotten.
-    async fn blob_size(&self, name: &str) -> Result<Option<u64>, StoreError> {
+    async fn blob_size(&self, name: &str) -> Result<Option<Known>, StoreError> {
         let asked = self.ask_size(name, Tries::Retried).await;
         self.observe(asked.map_err(|f| f.error))
     }
 
     /// [`AzureStore::known_size`] unobserved, its failure marked transient or not: tried once
     /// by auto mode, which retries it itself.
-    async fn check_size(&self, name: &str, tries: Tries) -> Result<Option<u64>, Failure> {
-        if let Some(len) = self.known.get(name) {
-            return Ok(Some(len));
+    async fn check_size(&self, name: &str, tries: Tries) -> Result<Option<Known>, Failure> {
+        if let Some(known) = self.known.get(name) {
+            return Ok(Some(known));
         }
         self.ask_size(name, tries).await
     }
 
     /// [`AzureStore::blob_size`] unobserved, its failure marked transient or not.
-    async fn ask_size(&self, name: &str, tries: Tries) -> Result<Option<u64>, Failure> {
+    async fn ask_size(&self, name: &str, tries: Tries) -> Result<Option<Known>, Failure> {
         let client = self
             .blob_client_tried(name, "r", tries)
             .map_err(Failure::permanent)?;
@@ -1039,31 +1069,64 @@ impl AzureStore {
             .bounded("get blob properties", client.get_properties(None))
             .await
             .map_err(Failure::transient)?;
-        let len = match properties {
-            Ok(response) => response
-                .content_length()
-                .map(|len| Some(len.unwrap_or(0)))
-                .map_err(|e| Failure::permanent(backend(e)))?,
+        let known = match properties {
+            Ok(response) => {
+                let size = response
+                    .content_length()
+                    .map_err(|e| Failure::permanent(backend(e)))?
+                    .unwrap_or(0);
+                // The answer carries the blob's metadata: turbo's fields cost no call of their own.
+                let metadata = response.metadata().unwrap_or_default();
+                let turbo = Record::turbo_from_metadata(
+                    metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                );
+                Some(Known {
+                    size,
+                    turbo: turbo.map(Arc::new),
+                })
+            }
             Err(e) if e.http_status() == Some(StatusCode::NotFound) => None,
             Err(e) => return Err(sdk_failure(e)),
         };
-        match len {
-            Some(len) => self.known.insert(name, len),
+        match &known {
+            Some(known) => self.known.insert(name, known.size, known.turbo.clone()),
             None => {
                 self.known.remove(name);
                 self.inline.discard(name);
             }
         }
-        Ok(len)
+        Ok(known)
     }
 
-    async fn proxy_download(&self, name: &str) -> Result<Option<Fetched>, StoreError> {
+    /// One streamed GET of the blob through the handler (proxy mode, and a large Turborepo
+    /// artifact with a tag), with turbo's fields from the same answer.
+    async fn proxy_download(&self, name: &str) -> Result<Option<Hit>, StoreError> {
         let url = self.download_url(name)?;
-        Ok(self
-            .downloads
-            .get(&url)
-            .await?
-            .map(|(len, body)| Fetched::Stream { len, body }))
+        Ok(self.downloads.get(&url).await?.map(|streamed| Hit {
+            fetched: Fetched::Stream {
+                len: streamed.len,
+                body: streamed.body,
+            },
+            turbo: streamed.turbo,
+        }))
+    }
+
+    /// A hit too large to answer inline: a redirect to storage, unless its answer must carry a
+    /// tag (then streamed through the handler).
+    async fn large(
+        &self,
+        name: &str,
+        len: Option<u64>,
+        turbo: Option<Arc<Turbo>>,
+    ) -> Result<Option<Hit>, StoreError> {
+        if must_carry_tag(turbo.as_deref()) {
+            return self.observe(self.proxy_download(name).await);
+        }
+        let url = self.download_url(name)?;
+        Ok(Some(Hit {
+            fetched: Fetched::Redirect { url, len },
+            turbo,
+        }))
     }
 
     async fn upload(
@@ -1106,14 +1169,18 @@ impl AzureStore {
 /// decides that).
 #[async_trait]
 impl inline::Source for AzureStore {
-    async fn size(&self, name: &str) -> Result<Size, Failure> {
-        match self.config.hit_check {
-            HitCheck::Exact => Ok(match self.check_size(name, Tries::Once).await? {
-                Some(len) => Size::Known(len),
-                None => Size::Missing,
-            }),
-            HitCheck::None => Ok(self.known.get(name).map_or(Size::Unchecked, Size::Known)),
-        }
+    async fn size(&self, name: &str, exact: bool) -> Result<Size, Failure> {
+        let known = match (self.config.hit_check, exact) {
+            (HitCheck::None, false) => match self.known.get(name) {
+                Some(known) => Some(known),
+                None => return Ok(Size::Unchecked),
+            },
+            _ => self.check_size(name, Tries::Once).await?,
+        };
+        Ok(match known {
+            Some(known) => Size::Known(known.size, known.turbo),
+            None => Size::Missing,
+        })
     }
 
     async fn version(&self, name: &str) -> Result<Option<Version>, Failure> {

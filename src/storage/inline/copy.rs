@@ -14,12 +14,13 @@
 //! [`MemoryCopy::get`] says it is stale, and the caller checks the version with storage first.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::storage::CONFIRMED_FOR;
+use crate::storage::record::Turbo;
 
 pub struct MemoryCopy {
     half: u64,
@@ -32,13 +33,16 @@ pub struct Kept {
     pub bytes: Bytes,
     /// The version tag storage gave with the bytes; `None`: never confirmed, only re-read.
     pub tag: Option<String>,
+    /// Turbo's fields of the entry's record, read with the bytes (a Turborepo artifact's answer
+    /// carries them).
+    pub turbo: Option<Arc<Turbo>>,
     confirmed: Instant,
 }
 
 /// What the copy knows of an entry.
 pub enum Lookup {
-    /// Confirmed less than [`CONFIRMED_FOR`] ago: serve it.
-    Fresh(Bytes),
+    /// Confirmed less than [`CONFIRMED_FOR`] ago: serve it (with turbo's fields of its record).
+    Fresh(Bytes, Option<Arc<Turbo>>),
     /// Confirmed longer ago: check its version with storage before serving it.
     Stale(Kept),
     Absent,
@@ -79,7 +83,7 @@ impl MemoryCopy {
             },
         };
         if now.saturating_duration_since(kept.confirmed) < CONFIRMED_FOR {
-            Lookup::Fresh(kept.bytes)
+            Lookup::Fresh(kept.bytes, kept.turbo)
         } else {
             Lookup::Stale(kept)
         }
@@ -87,17 +91,31 @@ impl MemoryCopy {
 
     /// Keeps a copy of `bytes` (its own allocation: the answers that share `bytes` release it
     /// when they end, whatever the copy keeps) as `name`, confirmed now.
-    pub fn insert(&self, name: &str, bytes: &Bytes, tag: Option<String>) {
-        self.insert_at(name, bytes, tag, Instant::now());
+    pub fn insert(
+        &self,
+        name: &str,
+        bytes: &Bytes,
+        tag: Option<String>,
+        turbo: Option<Arc<Turbo>>,
+    ) {
+        self.insert_at(name, bytes, tag, turbo, Instant::now());
     }
 
-    fn insert_at(&self, name: &str, bytes: &Bytes, tag: Option<String>, now: Instant) {
+    fn insert_at(
+        &self,
+        name: &str,
+        bytes: &Bytes,
+        tag: Option<String>,
+        turbo: Option<Arc<Turbo>>,
+        now: Instant,
+    ) {
         if bytes.len() as u64 > self.half {
             return;
         }
         let kept = Kept {
             bytes: Bytes::copy_from_slice(bytes),
             tag,
+            turbo,
             confirmed: now,
         };
         self.lock().insert(name.to_owned(), kept, self.half);
@@ -165,16 +183,16 @@ mod tests {
     fn stays_within_its_size_and_keeps_what_is_used() {
         let copy = MemoryCopy::new(10_000);
         let now = Instant::now();
-        copy.insert_at("hot", &bytes(1000), None, now);
+        copy.insert_at("hot", &bytes(1000), None, None, now);
         for i in 0..100 {
-            copy.insert_at(&format!("cold/{i}"), &bytes(1000), None, now);
+            copy.insert_at(&format!("cold/{i}"), &bytes(1000), None, None, now);
             assert!(copy.size().1 <= 10_000, "bounded: {:?}", copy.size());
-            assert!(matches!(copy.get_at("hot", now), Lookup::Fresh(b) if b.len() == 1000));
+            assert!(matches!(copy.get_at("hot", now), Lookup::Fresh(b, _) if b.len() == 1000));
         }
         assert!(matches!(copy.get_at("cold/0", now), Lookup::Absent));
-        assert!(matches!(copy.get_at("cold/99", now), Lookup::Fresh(_)));
+        assert!(matches!(copy.get_at("cold/99", now), Lookup::Fresh(..)));
         // Larger than half the copy: not kept.
-        copy.insert_at("big", &bytes(5001), None, now);
+        copy.insert_at("big", &bytes(5001), None, None, now);
         assert!(matches!(copy.get_at("big", now), Lookup::Absent));
         copy.remove("hot");
         assert!(matches!(copy.get_at("hot", now), Lookup::Absent));
@@ -186,7 +204,7 @@ mod tests {
     fn a_copy_goes_stale_after_the_bound_until_confirmed() {
         let copy = MemoryCopy::new(1 << 20);
         let then = Instant::now();
-        copy.insert_at("org/1", &bytes(10), Some("\"0x1\"".into()), then);
+        copy.insert_at("org/1", &bytes(10), Some("\"0x1\"".into()), None, then);
         let later = then + CONFIRMED_FOR;
         match copy.get_at("org/1", later) {
             Lookup::Stale(kept) => assert_eq!(kept.tag.as_deref(), Some("\"0x1\"")),
@@ -194,7 +212,7 @@ mod tests {
         }
         assert!(matches!(
             copy.get_at("org/1", later - std::time::Duration::from_millis(1)),
-            Lookup::Fresh(_)
+            Lookup::Fresh(..)
         ));
     }
 
@@ -202,8 +220,8 @@ mod tests {
     fn the_copy_owns_its_bytes() {
         let copy = MemoryCopy::new(1 << 20);
         let read = bytes(100);
-        copy.insert("org/1", &read, None);
-        let Lookup::Fresh(kept) = copy.get("org/1") else {
+        copy.insert("org/1", &read, None, None);
+        let Lookup::Fresh(kept, _) = copy.get("org/1") else {
             panic!("kept")
         };
         assert_eq!(kept, read);

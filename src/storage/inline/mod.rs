@@ -48,6 +48,7 @@ use tokio::time::Instant;
 
 use self::copy::{Kept, Lookup, MemoryCopy};
 use self::flight::{Flights, Role};
+use super::record::Turbo;
 use super::{Health, StoreError};
 use crate::config::Inline;
 use crate::metrics::Figure;
@@ -76,31 +77,38 @@ impl Failure {
     }
 }
 
-/// What the backend knows of an entry's size.
+/// What the backend knows of an entry's size (and turbo's fields of its record, which come
+/// with it: the same storage answer).
 pub enum Size {
     Missing,
-    Known(u64),
+    Known(u64, Option<Arc<Turbo>>),
     /// Not remembered, and not to be asked (`NX_CACHE_HIT_CHECK=none`): redirect unchecked.
     Unchecked,
 }
 
-/// An entry's size and version tag, as storage gives them now.
+/// An entry's size and version tag, as storage gives them now (with turbo's fields of its
+/// record, from the same answer).
 pub struct Version {
     pub len: u64,
     pub tag: Option<String>,
+    pub turbo: Option<Arc<Turbo>>,
 }
 
 /// A whole entry as read from storage.
 pub struct Whole {
     pub bytes: Vec<u8>,
     pub tag: Option<String>,
+    /// Turbo's fields of its record, from the same answer.
+    pub turbo: Option<Arc<Turbo>>,
 }
 
 /// Single attempts at the storage calls the reads need; [`InlineReads`] retries them.
 #[async_trait]
 pub trait Source: Send + Sync {
-    /// The entry's size: remembered, or asked of storage (the exact hit check).
-    async fn size(&self, name: &str) -> Result<Size, Failure>;
+    /// The entry's size: remembered, or asked of storage (the exact hit check). With `exact`,
+    /// asked even where hits are not checked (`NX_CACHE_HIT_CHECK=none`): the answer depends on
+    /// the entry's record (a Turborepo artifact with a tag is never redirected).
+    async fn size(&self, name: &str, exact: bool) -> Result<Size, Failure>;
     /// The entry's size and version tag now, asked of storage (`None`: it is gone).
     async fn version(&self, name: &str) -> Result<Option<Version>, Failure>;
     /// The whole entry, which is `len` bytes (`None`: it is gone).
@@ -111,14 +119,16 @@ pub trait Source: Send + Sync {
     fn health(&self) -> &Health;
 }
 
-/// How a hit reaches the client.
+/// How a hit reaches the client, with turbo's fields of the entry's record where storage gave
+/// them.
 #[derive(Clone)]
 pub enum Found {
     Missing,
     /// The whole entry, to answer with.
-    Whole(Bytes),
-    /// Too large to answer inline (or past the memory bound): redirect, with the size when known.
-    Large(Option<u64>),
+    Whole(Bytes, Option<Arc<Turbo>>),
+    /// Too large to answer inline (or past the memory bound): redirect, with the size when known
+    /// (unless turbo's fields hold a tag: [`super::must_carry_tag`]).
+    Large(Option<u64>, Option<Arc<Turbo>>),
 }
 
 /// Where an inline answer's bytes came from, for the counters.
@@ -168,12 +178,18 @@ impl InlineReads {
     }
 
     /// How the entry `name` reaches the client. An error means storage failed within the budget
-    /// (or the health watch says it is down): the caller answers a miss.
-    pub async fn fetch(&self, source: &dyn Source, name: &str) -> Result<Found, StoreError> {
+    /// (or the health watch says it is down): the caller answers a miss. `exact`: its size is
+    /// asked of storage even where hits are not checked ([`Source::size`]).
+    pub async fn fetch(
+        &self,
+        source: &dyn Source,
+        name: &str,
+        exact: bool,
+    ) -> Result<Found, StoreError> {
         let stale = match self.copy.as_ref().map(|copy| copy.get(name)) {
-            Some(Lookup::Fresh(bytes)) => {
+            Some(Lookup::Fresh(bytes, turbo)) => {
                 self.counts.from_memory.fetch_add(1, Ordering::Relaxed);
-                return Ok(Found::Whole(bytes));
+                return Ok(Found::Whole(bytes, turbo));
             }
             Some(Lookup::Stale(kept)) => Some(kept),
             Some(Lookup::Absent) | None => None,
@@ -185,10 +201,10 @@ impl InlineReads {
         }
         let (landed, role) = self
             .flights
-            .run(name, || self.load(source, name, stale))
+            .run(name, || self.load(source, name, stale, exact))
             .await;
         let (found, origin) = landed.map_err(StoreError::Backend)?;
-        if let Found::Whole(_) = found {
+        if let Found::Whole(..) = found {
             let counter = match (role, origin) {
                 (Role::Followed, _) => &self.counts.coalesced,
                 (Role::Led, Origin::Confirmed) => &self.counts.confirmed,
@@ -206,9 +222,10 @@ impl InlineReads {
         source: &dyn Source,
         name: &str,
         stale: Option<Kept>,
+        exact: bool,
     ) -> Result<(Found, Origin), String> {
         let deadline = Instant::now() + self.budget;
-        let len = match stale {
+        let (len, turbo) = match stale {
             Some(kept) => {
                 let version = self
                     .retry(deadline, source, || source.version(name))
@@ -223,27 +240,28 @@ impl InlineReads {
                         if let Some(copy) = &self.copy {
                             copy.confirm(name);
                         }
-                        return Ok((Found::Whole(kept.bytes), Origin::Confirmed));
+                        return Ok((Found::Whole(kept.bytes, kept.turbo), Origin::Confirmed));
                     }
                     Some(now) => {
-                        // Replaced in storage since it was kept: what was learnt of it is stale.
+                        // Replaced in storage since it was kept: what was learnt of it is stale,
+                        // turbo's fields too (the read below brings the new ones).
                         self.forget(source, name);
-                        now.len
+                        (now.len, now.turbo)
                     }
                 }
             }
             None => match self
-                .retry(deadline, source, || source.size(name))
+                .retry(deadline, source, || source.size(name, exact))
                 .await
                 .map_err(|e| format!("checking {name}: {e}"))?
             {
                 Size::Missing => return Ok((Found::Missing, Origin::Nowhere)),
-                Size::Unchecked => return Ok((Found::Large(None), Origin::Nowhere)),
-                Size::Known(len) => len,
+                Size::Unchecked => return Ok((Found::Large(None, None), Origin::Nowhere)),
+                Size::Known(len, turbo) => (len, turbo),
             },
         };
         if len > self.max {
-            return Ok((Found::Large(Some(len)), Origin::Nowhere));
+            return Ok((Found::Large(Some(len), turbo), Origin::Nowhere));
         }
         let Some(permit) = self.reserve(len) else {
             self.counts.over_memory.fetch_add(1, Ordering::Relaxed);
@@ -252,7 +270,7 @@ impl InlineReads {
                 len,
                 "NX_CACHE_INLINE_MEMORY reached: redirecting a small entry"
             );
-            return Ok((Found::Large(Some(len)), Origin::Nowhere));
+            return Ok((Found::Large(Some(len), turbo), Origin::Nowhere));
         };
         let read = self
             .retry(deadline, source, || source.read(name, len))
@@ -266,10 +284,12 @@ impl InlineReads {
             bytes: whole.bytes,
             _permit: permit,
         });
+        // Turbo's fields as the read gave them (the same answer as the bytes).
+        let turbo = whole.turbo.or(turbo);
         if let Some(copy) = &self.copy {
-            copy.insert(name, &bytes, whole.tag);
+            copy.insert(name, &bytes, whole.tag, turbo.clone());
         }
-        Ok((Found::Whole(bytes), Origin::Storage))
+        Ok((Found::Whole(bytes, turbo), Origin::Storage))
     }
 
     async fn retry<T, F, Fut>(

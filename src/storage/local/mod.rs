@@ -1,19 +1,24 @@
 //! The embedded default backend: a directory on local disk.
 //!
-//! Layout under the root (`NX_CACHE_DIR`): entries at `org/{hash}` and `teams/{team}/{hash}`,
-//! uploads in progress under `.tmp/`. An upload is written to a temporary file, flushed to disk,
+//! Layout under the root (`NX_CACHE_DIR`): Nx entries at `org/{hash}` and `teams/{team}/{hash}`,
+//! Turborepo artifacts at the same names under `turbo/` ([`CacheKey::object_name`]), uploads in
+//! progress under `.tmp/`. Every walk of the store (listing, usage, retention's index) goes
+//! through [`namespace_folders`], so it sees both clients' entries. An upload is written to a temporary file, flushed to disk,
 //! then published with `link(2)`, which fails if the name exists: publishing is atomic and never
 //! overwrites, so of two concurrent uploads of one hash exactly one wins, and a reader never sees
 //! a partial entry.
 //!
-//! Who wrote an entry ([`Record`]) is kept in a file beside it, `{hash}.{inode}.record`, named
+//! What an entry records ([`Record`]: who wrote it, turbo's fields) is kept in a file beside it,
+//! `{hash}.{inode}.record`, named
 //! by the inode of the entry file it describes: it is written before the entry is published, so
 //! no entry is ever visible without its record, and of two concurrent uploads of one hash each
 //! writes its own (their temporary files have different inodes) and the loser removes its own.
 //! It goes with the entry (retention, `handler purge`), and it is not an entry: names with a `.`
 //! are no hash, so usage and retention's index skip them. The record is not flushed to disk on
 //! its own (that would double the cost of a small upload): a machine crash right after an upload
-//! can leave it unreadable, and the entry is then listed without a writer.
+//! can leave it unreadable, and the entry is then listed without a writer. A read of a Turborepo
+//! artifact reads its record too (turbo's answer carries its duration and tag): one more small
+//! file read from the page cache.
 //!
 //! Retention (`NX_CACHE_MAX_SIZE`, `NX_CACHE_MAX_AGE`; off by default) is in [`retention`].
 
@@ -32,9 +37,10 @@ use self::retention::{Retention, RetentionConfig};
 use super::record::Record;
 use super::usage::Usage;
 use super::{
-    ByteStream, DOWNLOAD_CHUNK, Deleted, Entry, Fetched, Health, Store, StoreError, Stored,
+    ByteStream, DOWNLOAD_CHUNK, Deleted, Entry, Fetched, Head, Health, Hit, Store, StoreError,
+    Stored,
 };
-use crate::key::{CacheKey, Namespace, TeamName};
+use crate::key::{CacheKey, Client, Namespace, TeamName, folder_of};
 use crate::metrics::Figure;
 
 /// Write buffer size: large enough to keep syscalls few for multi-MiB artifacts.
@@ -122,16 +128,26 @@ fn restrict_to_owner(root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Opens an entry and reads its length. With `touch`, its modification time becomes now: with
-/// retention on, a file's modification time is its last use, which survives a restart.
-fn open_for_reading(path: &Path, touch: bool) -> std::io::Result<(std::fs::File, u64)> {
+/// Opens an entry and reads its length and inode. With `touch`, its modification time becomes
+/// now: with retention on, a file's modification time is its last use, which survives a
+/// restart.
+fn open_for_reading(path: &Path, touch: bool) -> std::io::Result<(std::fs::File, u64, u64)> {
     let file = std::fs::File::open(path)?;
     if touch && let Err(e) = file.set_modified(std::time::SystemTime::now()) {
         // Not fatal: only the order of eviction after a restart depends on it.
         tracing::debug!(path = %path.display(), error = %e, "cannot record the entry's last use");
     }
-    let len = file.metadata()?.len();
-    Ok((file, len))
+    let meta = file.metadata()?;
+    Ok((file, meta.len(), inode(&meta)))
+}
+
+/// Turbo's fields of the entry at `path` (file `inode`), for a Turborepo key; `None` for an Nx
+/// key, whose record is not read on this path.
+fn turbo_fields(key: &CacheKey, path: &Path, inode: u64) -> Option<Arc<super::record::Turbo>> {
+    match key.client {
+        Client::Nx => None,
+        Client::Turbo => read_record(path, inode).turbo.map(Arc::new),
+    }
 }
 
 /// A temporary file that is deleted when dropped, so every failure path cleans up after itself.
@@ -210,7 +226,7 @@ impl Store for LocalStore {
         format!("local directory {}", self.root.display())
     }
 
-    async fn get(&self, key: &CacheKey) -> Result<Option<Fetched>, StoreError> {
+    async fn get(&self, key: &CacheKey) -> Result<Option<Hit>, StoreError> {
         let name = key.object_name();
         // With retention, the read is registered before the file is opened, so eviction cannot
         // delete it midway; an entry being evicted is a miss.
@@ -226,7 +242,7 @@ impl Store for LocalStore {
         // Opened on the worker thread, not the blocking pool: a file-system lookup (and, below,
         // a small read from the page cache) takes microseconds, a hand-off to another thread and
         // back takes more than the whole request (nginx reads files in its event loop too).
-        let (mut file, len) = match open_for_reading(&path, touch) {
+        let (mut file, len, inode) = match open_for_reading(&path, touch) {
             Ok(opened) => opened,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 // Deleted by another process (`handler purge`): the index learns of it.
@@ -240,6 +256,7 @@ impl Store for LocalStore {
         if let Some(retention) = &self.retention {
             retention.used(&name, len);
         }
+        let turbo = turbo_fields(key, &path, inode);
         // A small entry is read at once: one chunk, no stream over the blocking pool.
         if len <= DOWNLOAD_CHUNK as u64 {
             let mut bytes = Vec::with_capacity(len as usize);
@@ -254,25 +271,41 @@ impl Store for LocalStore {
                 let _registered_until_the_body_ends = &reading;
                 Ok(bytes::Bytes::from(bytes))
             });
-            return Ok(Some(Fetched::Stream {
+            let fetched = Fetched::Stream {
                 len,
                 body: Box::pin(body),
-            }));
+            };
+            return Ok(Some(Hit { fetched, turbo }));
         }
         let body = ReaderStream::with_capacity(tokio::fs::File::from_std(file), DOWNLOAD_CHUNK)
             .map(move |chunk| {
                 let _registered_until_the_body_ends = &reading;
                 chunk
             });
-        Ok(Some(Fetched::Stream {
+        let fetched = Fetched::Stream {
             len,
             body: Box::pin(body),
-        }))
+        };
+        Ok(Some(Hit { fetched, turbo }))
     }
 
     async fn exists(&self, key: &CacheKey) -> Result<bool, StoreError> {
         // On the worker thread, as `get` opens: a lookup costs less than a thread hand-off.
         Ok(std::fs::exists(self.path_for(key))?)
+    }
+
+    async fn head(&self, key: &CacheKey) -> Result<Option<Head>, StoreError> {
+        let path = self.path_for(key);
+        let meta = match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => meta,
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(Head {
+            len: meta.len(),
+            turbo: turbo_fields(key, &path, inode(&meta)),
+        }))
     }
 
     async fn put_if_absent(
@@ -323,9 +356,9 @@ impl Store for LocalStore {
         // it costs next to nothing where flushing costs something; it is in place before the
         // entry is published, so once the entry is visible, so is its writer.
         let (synced, written) = tokio::join!(writer.get_mut().sync_data(), async {
-            match record.writer {
-                Some(_) => write_record(&target, inode, record).map(Some),
-                None => Ok(None),
+            match record.is_empty() {
+                false => write_record(&target, inode, record).map(Some),
+                true => Ok(None),
             }
         });
         drop(writer);
@@ -356,22 +389,26 @@ impl Store for LocalStore {
 
     async fn list(
         &self,
+        clients: &[Client],
         namespaces: &[Namespace],
         each: &mut (dyn FnMut(Entry) + Send),
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), StoreError> {
         let folders = match namespaces {
-            [] => namespace_folders(&self.root)?,
-            chosen => chosen.to_vec(),
+            [] => namespace_folders(&self.root, clients)?,
+            chosen => chosen_clients(clients)
+                .into_iter()
+                .flat_map(|client| chosen.iter().map(move |n| (client, n.clone())))
+                .collect(),
         };
         let mut listed = 0u64;
-        for namespace in folders {
+        for (client, namespace) in folders {
             let root = self.root.clone();
             // One folder at a time on the blocking pool; a folder's entries are passed on in
             // batches, so memory stays bounded by a batch, not by the folder.
             let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<Entry>>(2);
             let walking = tokio::task::spawn_blocking(move || {
-                list_folder(&root, &namespace, &mut |batch| {
+                list_folder(&root, client, &namespace, &mut |batch| {
                     sender.blocking_send(batch).is_ok()
                 })
             });
@@ -437,26 +474,14 @@ impl Store for LocalStore {
     }
 }
 
-/// Walks `org/` and `teams/*/`: each file's size, and its modification time (when it was
-/// written, or last read when retention is on).
+/// Walks every namespace folder of both clients: each entry's size, and its modification time
+/// (when it was written, or last read when retention is on). Files that are neither an entry
+/// nor a record are counted as skipped.
 fn local_usage(root: &Path) -> std::io::Result<Usage> {
     let mut usage = Usage::default();
-    let mut folders = vec![(root.join("org"), "org".to_string())];
-    match std::fs::read_dir(root.join("teams")) {
-        Ok(teams) => {
-            for team in teams {
-                let team = team?;
-                if team.file_type()?.is_dir() {
-                    let name = team.file_name().to_string_lossy().into_owned();
-                    folders.push((team.path(), format!("teams/{name}")));
-                }
-            }
-        }
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    for (folder, prefix) in folders {
-        let entries = match std::fs::read_dir(&folder) {
+    for (client, namespace) in namespace_folders(root, &[])? {
+        let prefix = folder_of(client, &namespace);
+        let entries = match std::fs::read_dir(root.join(&prefix)) {
             Ok(entries) => entries,
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
@@ -479,23 +504,39 @@ fn local_usage(root: &Path) -> std::io::Result<Usage> {
     Ok(usage)
 }
 
-/// Every namespace folder of the store: `org`, then each team's.
-fn namespace_folders(root: &Path) -> std::io::Result<Vec<Namespace>> {
-    let mut namespaces = vec![Namespace::Org];
-    match std::fs::read_dir(root.join("teams")) {
-        Ok(teams) => {
-            for team in teams {
-                let team = team?;
-                let name = team.file_name().to_string_lossy().into_owned();
-                if team.file_type()?.is_dir()
-                    && let Ok(team) = TeamName::parse(&name)
-                {
-                    namespaces.push(Namespace::Team(team));
+/// `clients`, or both when it is empty.
+fn chosen_clients(clients: &[Client]) -> Vec<Client> {
+    match clients {
+        [] => Client::ALL.to_vec(),
+        chosen => chosen.to_vec(),
+    }
+}
+
+/// Every namespace folder of the store of `clients` (both when empty), whether or not it exists
+/// yet: for each client, `org`, then each team's that exists. Folders whose name is no team
+/// name are no namespace of this cache.
+pub(crate) fn namespace_folders(
+    root: &Path,
+    clients: &[Client],
+) -> std::io::Result<Vec<(Client, Namespace)>> {
+    let mut namespaces = Vec::new();
+    for client in chosen_clients(clients) {
+        namespaces.push((client, Namespace::Org));
+        match std::fs::read_dir(root.join(client.root()).join("teams")) {
+            Ok(teams) => {
+                for team in teams {
+                    let team = team?;
+                    let name = team.file_name().to_string_lossy().into_owned();
+                    if team.file_type()?.is_dir()
+                        && let Ok(team) = TeamName::parse(&name)
+                    {
+                        namespaces.push((client, Namespace::Team(team)));
+                    }
                 }
             }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
     }
     Ok(namespaces)
 }
@@ -507,10 +548,11 @@ const LIST_BATCH: usize = 1000;
 /// (which says whether to go on).
 fn list_folder(
     root: &Path,
+    client: Client,
     namespace: &Namespace,
     send: &mut dyn FnMut(Vec<Entry>) -> bool,
 ) -> std::io::Result<()> {
-    let folder = root.join(namespace.folder());
+    let folder = root.join(folder_of(client, namespace));
     let files = match std::fs::read_dir(&folder) {
         Ok(files) => files,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
@@ -537,6 +579,7 @@ fn list_folder(
             .or_else(|| meta.created().or(meta.modified()).ok().map(Into::into));
         batch.push(Entry {
             key: CacheKey {
+                client,
                 namespace: namespace.clone(),
                 hash,
             },
@@ -608,7 +651,7 @@ mod tests {
     }
 
     async fn read_all(store: &LocalStore, key: &CacheKey) -> Option<Vec<u8>> {
-        match store.get(key).await.unwrap()? {
+        match store.get(key).await.unwrap()?.fetched {
             Fetched::Stream { body, .. } => {
                 let chunks: Vec<_> = body.collect().await;
                 Some(
@@ -733,6 +776,7 @@ mod tests {
 
     fn written_by(subject: &str) -> Record {
         Record {
+            turbo: None,
             writer: Some(crate::storage::record::Writer {
                 token_id: format!("id-{subject}"),
                 subject: subject.into(),
@@ -748,7 +792,7 @@ mod tests {
     async fn list_all(store: &LocalStore) -> Vec<Entry> {
         let mut entries = Vec::new();
         store
-            .list(&[], &mut |entry| entries.push(entry), &|_| {})
+            .list(&[], &[], &mut |entry| entries.push(entry), &|_| {})
             .await
             .unwrap();
         entries.sort_by_key(|e| e.key.object_name());
@@ -795,6 +839,104 @@ mod tests {
         let usage = store.usage(&|_| {}).await.unwrap();
         assert_eq!(usage.total().entries, 20);
         assert_eq!(usage.skipped, 0, "records are neither entries nor strays");
+    }
+
+    /// A Turborepo artifact and an Nx entry of the same hash and namespace are two entries:
+    /// neither reads the other. The artifact's record (writer and turbo's fields) comes back on
+    /// its read, its head and its listing; walks of the store see both, told apart.
+    #[tokio::test]
+    async fn turbo_artifacts_are_entries_of_their_own_with_their_fields() {
+        use crate::storage::record::Turbo;
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let hash = "1234567890123456";
+        let nx = CacheKey::parse(None, hash).unwrap();
+        let turbo = CacheKey::parse_for(Client::Turbo, None, hash).unwrap();
+        let fields = Turbo {
+            duration_ms: Some(1500),
+            sha: Some("abc123".into()),
+            tag: Some("dGFn".into()),
+        };
+        let mut record = written_by("turbo-ci");
+        record.turbo = Some(fields.clone());
+        store
+            .put_if_absent(&nx, 2, body(vec![b"nx"]), &written_by("nx-ci"))
+            .await
+            .unwrap();
+        assert!(
+            !store.exists(&turbo).await.unwrap(),
+            "an Nx entry is no artifact"
+        );
+        assert!(store.head(&turbo).await.unwrap().is_none());
+        assert!(store.get(&turbo).await.unwrap().is_none());
+        store
+            .put_if_absent(&turbo, 5, body(vec![b"turbo"]), &record)
+            .await
+            .unwrap();
+        assert_eq!(read_all(&store, &nx).await.unwrap(), b"nx");
+        assert_eq!(read_all(&store, &turbo).await.unwrap(), b"turbo");
+        assert!(dir.path().join("turbo/org").join(hash).is_file());
+        let hit = store.get(&turbo).await.unwrap().unwrap();
+        assert_eq!(hit.turbo.as_deref(), Some(&fields));
+        assert!(store.get(&nx).await.unwrap().unwrap().turbo.is_none());
+        let head = store.head(&turbo).await.unwrap().unwrap();
+        assert_eq!((head.len, head.turbo.as_deref()), (5, Some(&fields)));
+        assert_eq!(store.head(&nx).await.unwrap().unwrap().len, 2);
+
+        let listed = |clients: Vec<Client>| {
+            let store = &store;
+            async move {
+                let mut entries = Vec::new();
+                store
+                    .list(&clients, &[], &mut |e| entries.push(e), &|_| {})
+                    .await
+                    .unwrap();
+                entries
+            }
+        };
+        let turbo_only = listed(vec![Client::Turbo]).await;
+        assert_eq!(turbo_only.len(), 1);
+        assert_eq!(turbo_only[0].key, turbo);
+        assert_eq!(turbo_only[0].record.turbo, Some(fields));
+        assert_eq!(
+            turbo_only[0].record.writer.as_ref().unwrap().subject,
+            "turbo-ci"
+        );
+        let nx_only = listed(vec![Client::Nx]).await;
+        assert_eq!(nx_only.len(), 1);
+        assert_eq!(nx_only[0].key, nx);
+        assert_eq!(listed(vec![]).await.len(), 2);
+        let mut chosen = Vec::new();
+        store
+            .list(
+                &[Client::Turbo],
+                &[Namespace::Org],
+                &mut |e| chosen.push(e),
+                &|_| {},
+            )
+            .await
+            .unwrap();
+        assert_eq!(chosen.len(), 1);
+
+        let usage = store.usage(&|_| {}).await.unwrap();
+        assert_eq!(usage.namespaces["org"].bytes, 2);
+        assert_eq!(usage.namespaces["turbo:org"].bytes, 5);
+        assert_eq!(usage.skipped, 0, "records are neither entries nor strays");
+
+        assert_eq!(
+            store.delete(&turbo_only[0]).await.unwrap(),
+            Deleted::Deleted
+        );
+        assert!(store.get(&turbo).await.unwrap().is_none());
+        assert_eq!(read_all(&store, &nx).await.unwrap(), b"nx");
+        let left: Vec<String> = std::fs::read_dir(dir.path().join("turbo/org"))
+            .unwrap()
+            .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "the artifact's record went with it: {left:?}"
+        );
     }
 
     #[tokio::test]

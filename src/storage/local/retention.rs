@@ -14,6 +14,9 @@
 //!   runs on the same directory. A read that finds its entry gone drops it from the index, and
 //!   before a pass evicts anything for size (and at least every [`MAX_AGE_CHECK_EVERY`]) the
 //!   index drops every entry whose file is gone, so phantom bytes never make it evict live ones.
+//! - **Both clients' entries count.** Nx entries and Turborepo artifacts share the one size
+//!   limit and the one least-recently-used order: the index is built from every namespace
+//!   folder of both ([`super::namespace_folders`]).
 //! - **Records go with their entries.** An entry's record file (who wrote it) is removed with it;
 //!   the startup scan removes records whose entry is gone (left by a crash).
 //! - **Nothing being read is lost.** A read registers its entry before opening it, and eviction
@@ -289,16 +292,9 @@ impl Retention {
     /// Adds every entry of the directory to the index, with its modification time as its last
     /// use. Entries the index already has (stored or read since startup) keep what it knows.
     fn scan(&self, root: &Path) -> std::io::Result<()> {
-        let mut folders = vec![(root.join("org"), "org".to_string())];
-        if let Ok(teams) = std::fs::read_dir(root.join("teams")) {
-            for team in teams.flatten() {
-                if team.file_type().is_ok_and(|t| t.is_dir()) {
-                    let name = team.file_name().to_string_lossy().into_owned();
-                    folders.push((team.path(), format!("teams/{name}")));
-                }
-            }
-        }
-        for (folder, prefix) in folders {
+        for (client, namespace) in super::namespace_folders(root, &[])? {
+            let prefix = crate::key::folder_of(client, &namespace);
+            let folder = root.join(&prefix);
             let Ok(entries) = std::fs::read_dir(&folder) else {
                 continue;
             };
@@ -513,6 +509,42 @@ mod tests {
         assert!(!root.join("org/old").exists());
         assert!(root.join("teams/web/new").exists());
         assert_eq!(r.figures()[0].value, 10);
+    }
+
+    /// Turborepo artifacts are indexed by the scan and count against the one size limit, in one
+    /// least-recently-used order with Nx entries; their records go with them.
+    #[test]
+    fn turbo_artifacts_share_the_size_limit_and_the_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let aged = |name: &str, ago: u64| {
+            write(root, name, 100);
+            std::fs::File::options()
+                .write(true)
+                .open(root.join(name))
+                .unwrap()
+                .set_modified(SystemTime::now() - Duration::from_secs(ago))
+                .unwrap();
+        };
+        aged("turbo/teams/web/00000000000000aa", 400);
+        aged("org/1", 300);
+        aged("turbo/org/00000000000000bb", 200);
+        aged("teams/web/2", 100);
+        let entry = root.join("turbo/teams/web/00000000000000aa");
+        let inode = super::super::inode(&std::fs::metadata(&entry).unwrap());
+        let record = super::super::record_path(&entry, inode);
+        std::fs::write(&record, b"{\"v\":1}").unwrap();
+        let r = retention(root, Some(350), None);
+        assert_eq!(r.total(), 400, "the scan indexed both clients' entries");
+        r.pass(root);
+        assert!(
+            !entry.exists() && !record.exists(),
+            "least recently used, with its record"
+        );
+        assert!(!root.join("org/1").exists(), "next least recently used");
+        assert!(root.join("turbo/org/00000000000000bb").exists());
+        assert!(root.join("teams/web/2").exists());
+        assert_eq!(r.total(), 200);
     }
 
     /// Entries deleted by another process (`handler purge`) are dropped from the index before a
