@@ -545,8 +545,9 @@ pub async fn bind(config: &Config) -> Result<TcpListener, String> {
         .map_err(|e| format!("cannot listen on {addr}: {e} (set --port or PORT to another port)"))
 }
 
-/// The lines a developer exports to point Nx at this server, with a fresh read-write org token.
-pub fn nx_exports(state: &AppState, listener_addr: SocketAddr) -> Result<String, String> {
+/// What a developer exports to point Nx, and Turborepo, at this server, with a fresh read-write
+/// token of the org-wide cache (Turborepo reaches it as team `_org`).
+pub fn client_exports(state: &AppState, listener_addr: SocketAddr) -> Result<String, String> {
     let host = if listener_addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
     } else {
@@ -572,7 +573,14 @@ pub fn nx_exports(state: &AppState, listener_addr: SocketAddr) -> Result<String,
         })?
         .token;
     Ok(format!(
-        "export NX_SELF_HOSTED_REMOTE_CACHE_SERVER={url}\nexport NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN={token}"
+        "Point Nx at it with:\n\
+         export NX_SELF_HOSTED_REMOTE_CACHE_SERVER={url}\n\
+         export NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN={token}\n\
+         Point Turborepo at it with:\n\
+         export TURBO_API={url}\n\
+         export TURBO_TOKEN={token}\n\
+         export TURBO_TEAM={}",
+        crate::api::turbo::ORG_SLUG
     ))
 }
 

@@ -159,20 +159,21 @@ async fn first_run_creates_a_dev_secret_and_prints_working_exports() {
             let _ = tx.send(line);
         }
     });
-    let mut server = None;
-    let mut token = None;
-    while server.is_none() || token.is_none() {
+    // Every `export NAME=VALUE` line of the banner, until Turborepo's team (its last line).
+    let mut exports = std::collections::HashMap::new();
+    while !exports.contains_key("TURBO_TEAM") {
         let line = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("the banner must be printed");
-        if let Some(v) = line.strip_prefix("export NX_SELF_HOSTED_REMOTE_CACHE_SERVER=") {
-            server = Some(v.to_owned());
-        }
-        if let Some(v) = line.strip_prefix("export NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN=") {
-            token = Some(v.to_owned());
+        if let Some((name, value)) = line
+            .strip_prefix("export ")
+            .and_then(|rest| rest.split_once('='))
+        {
+            exports.insert(name.to_owned(), value.to_owned());
         }
     }
-    let (server, token) = (server.unwrap(), token.unwrap());
+    let server = exports["NX_SELF_HOSTED_REMOTE_CACHE_SERVER"].clone();
+    let token = exports["NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN"].clone();
     assert!(dir.path().join(".dev-jwt-secret").is_file());
 
     let client = reqwest::Client::new();
@@ -187,6 +188,26 @@ async fn first_run_creates_a_dev_secret_and_prints_working_exports() {
     assert_eq!(stored.status(), 200);
     let hit = client.get(&url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(hit.text().await.unwrap(), "artifact");
+    // Turborepo's three variables reach the org-wide cache through turbo's API.
+    let turbo = format!(
+        "{}/v8/artifacts/0123456789abcdef?slug={}",
+        exports["TURBO_API"], exports["TURBO_TEAM"]
+    );
+    let stored = client
+        .put(&turbo)
+        .bearer_auth(&exports["TURBO_TOKEN"])
+        .body("turbo artifact")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 200);
+    let hit = client
+        .get(&turbo)
+        .bearer_auth(&exports["TURBO_TOKEN"])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hit.text().await.unwrap(), "turbo artifact");
     child.kill().unwrap();
     child.wait().unwrap();
 

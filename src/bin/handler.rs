@@ -287,10 +287,10 @@ fn run_server(config: Config, flags: &Flags) -> Result<(), String> {
         if prepared.dev_secret {
             // Printed on stdout for the developer to copy, never through the log pipeline.
             println!(
-                "Nx remote cache on {} (development secret in {}).\nPoint Nx at it with:\n{}",
+                "Nx and Turborepo remote cache on {} (development secret in {}).\n{}",
                 addr,
                 config.data_dir.display(),
-                server::nx_exports(&prepared.state, addr)?
+                server::client_exports(&prepared.state, addr)?
             );
         }
         server::serve(listener, api::router(prepared.state), config.limits)
