@@ -24,13 +24,7 @@ fn no_redirects() -> reqwest::Client {
 }
 
 fn key_mode_env(azurite: &Azurite) -> Vec<(&'static str, String)> {
-    vec![
-        (
-            "AZURE_STORAGE_CONNECTION_STRING",
-            azurite.connection_string(),
-        ),
-        ("AZURE_STORAGE_CONTAINER", CONTAINER.to_string()),
-    ]
+    azurite.key_env(CONTAINER)
 }
 
 async fn put(base: &str, path: &str, token: &str, body: Vec<u8>) -> StatusCode {

@@ -356,13 +356,7 @@ async fn azure_entries_record_their_writer_in_metadata_and_purge_deletes_a_selec
     let github = Issuer::start("").await;
     let azurite = Azurite::start();
     azurite.create_container(CONTAINER, None).await;
-    let env = vec![
-        (
-            "AZURE_STORAGE_CONNECTION_STRING",
-            azurite.connection_string(),
-        ),
-        ("AZURE_STORAGE_CONTAINER", CONTAINER.to_string()),
-    ];
+    let env = azurite.key_env(CONTAINER);
     let policy = policy(&github);
     let handler = Handler::start_with(&env, &[("NX_CACHE_TRUST_POLICY", &policy)]);
     let client = azurite.http_client();
@@ -403,13 +397,7 @@ async fn a_blob_deleted_behind_a_running_instance_is_stored_and_served_again_inl
 async fn deleted_behind_the_instance(download: &str, hash: &str) {
     let azurite = Azurite::start();
     azurite.create_container(CONTAINER, None).await;
-    let env = vec![
-        (
-            "AZURE_STORAGE_CONNECTION_STRING",
-            azurite.connection_string(),
-        ),
-        ("AZURE_STORAGE_CONTAINER", CONTAINER.to_string()),
-    ];
+    let env = azurite.key_env(CONTAINER);
     let handler = Handler::start_with(&env, &[("NX_CACHE_DOWNLOAD", download)]);
     let token = issue_token(&["--org"]);
     let path = format!("/v1/cache/{hash}");

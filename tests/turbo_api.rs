@@ -594,16 +594,11 @@ async fn on_azure_fields_come_with_the_blob_and_tagged_artifacts_are_never_redir
     azurite.create_container(CONTAINER, None).await;
     for hit_check in ["exact", "none"] {
         let handler = Handler::start_with(
+            &azurite.key_env(CONTAINER),
             &[
-                (
-                    "AZURE_STORAGE_CONNECTION_STRING",
-                    azurite.connection_string(),
-                ),
-                ("AZURE_STORAGE_CONTAINER", CONTAINER.to_string()),
-                ("NX_CACHE_INLINE_MAX", "256K".to_string()),
-                ("NX_CACHE_HIT_CHECK", hit_check.to_string()),
+                ("NX_CACHE_INLINE_MAX", "256K"),
+                ("NX_CACHE_HIT_CHECK", hit_check),
             ],
-            &[],
         );
         let token = issue_token(&["--team", hit_check]);
         let turbo = Turbo::new(&handler.base_url, &token, &format!("slug={hit_check}"));
@@ -677,16 +672,7 @@ async fn on_azure_fields_come_with_the_blob_and_tagged_artifacts_are_never_redir
 async fn on_azure_reading_an_artifact_s_fields_adds_no_storage_call() {
     let azurite = Azurite::start();
     azurite.create_container(CONTAINER, None).await;
-    let handler = Handler::start_with(
-        &[
-            (
-                "AZURE_STORAGE_CONNECTION_STRING",
-                azurite.connection_string(),
-            ),
-            ("AZURE_STORAGE_CONTAINER", CONTAINER.to_string()),
-        ],
-        &[],
-    );
+    let handler = Handler::start_with(&azurite.key_env(CONTAINER), &[]);
     let token = issue_token(&["--team", "web"]);
     let turbo = Turbo::new(&handler.base_url, &token, "slug=web");
     let hash = "00000000000000c1";
@@ -729,15 +715,8 @@ async fn query_checks_are_bounded_and_other_clients_are_served() {
     let azurite = Azurite::start();
     azurite.create_container(CONTAINER, None).await;
     let handler = Handler::start_with(
-        &[
-            (
-                "AZURE_STORAGE_CONNECTION_STRING",
-                azurite.connection_string(),
-            ),
-            ("AZURE_STORAGE_CONTAINER", CONTAINER.to_string()),
-            ("NX_CACHE_METRICS_TOKEN", METRICS.to_string()),
-        ],
-        &[],
+        &azurite.key_env(CONTAINER),
+        &[("NX_CACHE_METRICS_TOKEN", METRICS)],
     );
     let writer = Turbo::new(
         &handler.base_url,
@@ -845,13 +824,7 @@ async fn entries_usage_and_purge_tell_artifacts_apart() {
     let azurite = Azurite::start();
     azurite.create_container(CONTAINER, None).await;
     let data = tempfile::tempdir().unwrap();
-    let azure = vec![
-        (
-            "AZURE_STORAGE_CONNECTION_STRING",
-            azurite.connection_string(),
-        ),
-        ("AZURE_STORAGE_CONTAINER", CONTAINER.to_string()),
-    ];
+    let azure = azurite.key_env(CONTAINER);
     let embedded = vec![("NX_CACHE_DIR", data.path().to_string_lossy().into_owned())];
     for env in [embedded, azure] {
         let handler = match env[0].0 {

@@ -18,14 +18,9 @@ const CONTAINER: &str = "turbo-e2e";
 /// The settings of a handler on Azurite whose inline limit is the smallest allowed, so that an
 /// artifact of `LARGE` random bytes is redirected.
 fn azurite_env(azurite: &Azurite) -> Vec<(&'static str, String)> {
-    vec![
-        (
-            "AZURE_STORAGE_CONNECTION_STRING",
-            azurite.connection_string(),
-        ),
-        ("AZURE_STORAGE_CONTAINER", CONTAINER.to_string()),
-        ("NX_CACHE_INLINE_MAX", "256K".to_string()),
-    ]
+    let mut env = azurite.key_env(CONTAINER);
+    env.push(("NX_CACHE_INLINE_MAX", "256K".to_string()));
+    env
 }
 
 /// Random bytes each build writes on Azurite: over the 256 KiB inline limit once compressed

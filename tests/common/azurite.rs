@@ -200,6 +200,14 @@ impl Azurite {
         )
     }
 
+    /// The settings of a handler that reaches `container` on this Azurite with its account key.
+    pub fn key_env(&self, container: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("AZURE_STORAGE_CONNECTION_STRING", self.connection_string()),
+            ("AZURE_STORAGE_CONTAINER", container.to_string()),
+        ]
+    }
+
     /// An account SAS (all blob permissions) for the test's own setup and inspection calls.
     pub fn account_sas(&self) -> String {
         use base64::Engine;
