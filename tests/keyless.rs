@@ -822,6 +822,31 @@ fn run_in(
     )
 }
 
+/// Runs a GitLab job's `before_script` and then `probe` in one `shell` (as GitLab runs
+/// before_script and script), asserting that it never fails the job; its output, and the
+/// variables with names starting with `prefix` that the probe printed as `NAME=VALUE`.
+fn gitlab_before_script(
+    shell: &str,
+    before_script: &str,
+    probe: &str,
+    env: &[(String, String)],
+    prefix: &str,
+) -> (String, Vec<(String, String)>) {
+    let script = format!("{before_script}{probe}");
+    let (ok, stdout, stderr) = run(shell, &["-e", "-c", &script], env, None);
+    assert!(
+        ok,
+        "before_script must never fail the job:\n{stdout}\n{stderr}"
+    );
+    let exported: Vec<(String, String)> = stdout
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    (stdout, exported)
+}
+
 fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
         .iter()
@@ -1046,19 +1071,7 @@ fn the_gitlab_ci_snippet_works_as_documented() {
         if let Some(identity) = identity {
             env.push(("NX_CACHE_ID_TOKEN".into(), identity));
         }
-        let script = format!("{before_script}{probe}");
-        let (ok, stdout, stderr) = run(shell, &["-e", "-c", &script], &env, None);
-        assert!(
-            ok,
-            "before_script must never fail the job:\n{stdout}\n{stderr}"
-        );
-        let exported: Vec<(String, String)> = stdout
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .filter(|(k, _)| k.starts_with("NX_"))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        (stdout, exported)
+        gitlab_before_script(shell, &before_script, probe, &env, "NX_")
     };
     let protected = gitlab.sign(&gitlab.claims(AUDIENCE, gitlab_claims("acme/web", "main", true)));
     let workspace = Workspace::new();
@@ -2508,19 +2521,7 @@ fn the_gitlab_ci_turbo_snippet_works_as_documented() {
         if let Some(identity) = identity {
             env.push(("REMOTE_CACHE_ID_TOKEN".into(), identity));
         }
-        let script = format!("{before_script}{probe}");
-        let (ok, stdout, stderr) = run(shell, &["-e", "-c", &script], &env, None);
-        assert!(
-            ok,
-            "before_script must never fail the job:\n{stdout}\n{stderr}"
-        );
-        let exported: Vec<(String, String)> = stdout
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .filter(|(k, _)| k.starts_with("TURBO_"))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        (stdout, exported)
+        gitlab_before_script(shell, &before_script, probe, &env, "TURBO_")
     };
     let protected = gitlab.sign(&gitlab.claims(AUDIENCE, gitlab_claims("acme/web", "main", true)));
     for shell in ["bash", "sh"] {
