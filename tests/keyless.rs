@@ -847,6 +847,20 @@ fn gitlab_before_script(
     (stdout, exported)
 }
 
+/// Runs an Azure Pipelines bash step's `script` (as the agent does: bash without profile or
+/// rc files), with `bin` first on the PATH (the stand-in `az`), asserting that it never fails
+/// the job; its output, where the `##vso[...]` commands are.
+fn azure_pipelines_step(script: &str, env: &[(String, String)], bin: &Path) -> String {
+    let (ok, stdout, stderr) = run(
+        "bash",
+        &["--noprofile", "--norc", "-c", script],
+        env,
+        Some(bin),
+    );
+    assert!(ok, "the step must never fail the job:\n{stdout}\n{stderr}");
+    stdout
+}
+
 fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
         .iter()
@@ -1153,14 +1167,7 @@ fn the_azure_pipelines_snippet_works_as_documented() {
             ("NX_CACHE_APP_ID_URI", &cache_app_uri()),
         ]);
         env.extend(vars(extra));
-        let (ok, stdout, stderr) = run(
-            "bash",
-            &["--noprofile", "--norc", "-c", &script],
-            &env,
-            Some(bin.path()),
-        );
-        assert!(ok, "the step must never fail the job:\n{stdout}\n{stderr}");
-        stdout
+        azure_pipelines_step(&script, &env, bin.path())
     };
     let stdout = step(&[]);
     assert!(
@@ -2595,14 +2602,7 @@ fn the_azure_pipelines_turbo_snippet_works_as_documented() {
             ("REMOTE_CACHE_APP_ID_URI", &cache_app_uri()),
         ]);
         env.extend(vars(extra));
-        let (ok, stdout, stderr) = run(
-            "bash",
-            &["--noprofile", "--norc", "-c", &script],
-            &env,
-            Some(bin.path()),
-        );
-        assert!(ok, "the step must never fail the job:\n{stdout}\n{stderr}");
-        stdout
+        azure_pipelines_step(&script, &env, bin.path())
     };
     let stdout = step(&[]);
     assert!(
