@@ -132,6 +132,19 @@ impl Client {
     pub fn parse(text: &str) -> Option<Self> {
         Client::ALL.into_iter().find(|c| c.as_str() == text)
     }
+
+    /// The clients a listing covers: those named, once each and in order, or every client
+    /// when none is named (`handler entries` and `purge` without `--nx` or `--turbo`).
+    pub fn chosen(named: &[Client]) -> Vec<Client> {
+        let mut clients = if named.is_empty() {
+            Client::ALL.to_vec()
+        } else {
+            named.to_vec()
+        };
+        clients.sort();
+        clients.dedup();
+        clients
+    }
 }
 
 impl fmt::Display for Client {

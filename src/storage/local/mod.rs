@@ -396,7 +396,7 @@ impl Store for LocalStore {
     ) -> Result<(), StoreError> {
         let folders = match namespaces {
             [] => namespace_folders(&self.root, clients)?,
-            chosen => chosen_clients(clients)
+            chosen => Client::chosen(clients)
                 .into_iter()
                 .flat_map(|client| chosen.iter().map(move |n| (client, n.clone())))
                 .collect(),
@@ -504,14 +504,6 @@ fn local_usage(root: &Path) -> std::io::Result<Usage> {
     Ok(usage)
 }
 
-/// `clients`, or both when it is empty.
-fn chosen_clients(clients: &[Client]) -> Vec<Client> {
-    match clients {
-        [] => Client::ALL.to_vec(),
-        chosen => chosen.to_vec(),
-    }
-}
-
 /// Every namespace folder of the store of `clients` (both when empty), whether or not it exists
 /// yet: for each client, `org`, then each team's that exists. Folders whose name is no team
 /// name are no namespace of this cache.
@@ -520,7 +512,7 @@ pub(crate) fn namespace_folders(
     clients: &[Client],
 ) -> std::io::Result<Vec<(Client, Namespace)>> {
     let mut namespaces = Vec::new();
-    for client in chosen_clients(clients) {
+    for client in Client::chosen(clients) {
         namespaces.push((client, Namespace::Org));
         match std::fs::read_dir(root.join(client.root()).join("teams")) {
             Ok(teams) => {
