@@ -847,6 +847,30 @@ fn gitlab_before_script(
     (stdout, exported)
 }
 
+/// Runs a GitHub Actions `run:` step's script (as the runner does: bash without profile or rc
+/// files, `-eo pipefail`), asserting that it never fails the job; its output, and the variables
+/// it exported through `$GITHUB_ENV` (`github_env_file`, which `env` names).
+fn github_actions_step(
+    script_file: &Path,
+    env: &[(String, String)],
+    github_env_file: &Path,
+) -> (String, Vec<(String, String)>) {
+    let (ok, stdout, stderr) = run(
+        "bash",
+        &[
+            "--noprofile",
+            "--norc",
+            "-eo",
+            "pipefail",
+            script_file.to_str().unwrap(),
+        ],
+        env,
+        None,
+    );
+    assert!(ok, "the step must never fail the job:\n{stdout}\n{stderr}");
+    (stdout, github_env(github_env_file))
+}
+
 /// Runs an Azure Pipelines bash step's `script` (as the agent does: bash without profile or
 /// rc files), with `bin` first on the PATH (the stand-in `az`), asserting that it never fails
 /// the job; its output, where the `##vso[...]` commands are.
@@ -964,20 +988,7 @@ fn the_github_actions_snippet_works_as_documented() {
                 ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", RUNNER_REQUEST_TOKEN),
             ]));
         }
-        let (ok, stdout, stderr) = run(
-            "bash",
-            &[
-                "--noprofile",
-                "--norc",
-                "-eo",
-                "pipefail",
-                script_file.to_str().unwrap(),
-            ],
-            &env,
-            None,
-        );
-        assert!(ok, "the step must never fail the job:\n{stdout}\n{stderr}");
-        (stdout, github_env(github_env_file))
+        github_actions_step(&script_file, &env, github_env_file)
     };
     let run_step = |github_env_file: &Path, with_id_token: bool| {
         run_with(
@@ -2448,20 +2459,7 @@ fn the_github_actions_turbo_snippet_works_as_documented() {
                 ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", RUNNER_REQUEST_TOKEN),
             ]));
         }
-        let (ok, stdout, stderr) = run(
-            "bash",
-            &[
-                "--noprofile",
-                "--norc",
-                "-eo",
-                "pipefail",
-                script_file.to_str().unwrap(),
-            ],
-            &env,
-            None,
-        );
-        assert!(ok, "the step must never fail the job:\n{stdout}\n{stderr}");
-        (stdout, github_env(&github_env_file))
+        github_actions_step(&script_file, &env, &github_env_file)
     };
     let workspace = TurboWorkspace::new(false);
 
