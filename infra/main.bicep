@@ -96,7 +96,7 @@ param mode string = 'read-write'
 @maxValue(10240)
 param maxArtifactSizeMiB int = 1024
 
-@description('NX_CACHE_DOWNLOAD: auto (entries up to 1 MiB answered by the handler with their bytes, read with retries; larger ones a 307 to a short-lived read-only SAS URL), redirect (every hit a 307; bytes go straight from storage) or proxy (the handler streams every blob).')
+@description('NX_CACHE_DOWNLOAD: auto (entries up to 1 MiB answered by the handler with their bytes, read with retries; larger ones a 307 to a short-lived read-only SAS URL), redirect (every hit a 307; bytes go straight from storage) or proxy (every hit through the handler: entries up to 1 MiB read whole with retries, larger ones streamed).')
 @allowed([
   'auto'
   'redirect'

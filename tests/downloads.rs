@@ -1,5 +1,5 @@
 //! Downloads by size on Azurite (`NX_CACHE_DOWNLOAD=auto`, the default): small entries are read
-//! by the handler and answered whole, large ones are redirected; a failed storage read is retried
+//! by the handler and answered whole, large ones are redirected (streamed in proxy mode); a failed storage read is retried
 //! within the budget and otherwise a miss, never a short `200`; a hot entry is read from storage
 //! once; the memory stays within its bound; a storage error wakes the health watch; a kept copy
 //! follows storage within the bound. Storage faults are played by a front in front of Azurite
@@ -252,6 +252,46 @@ async fn failed_reads_are_retried_and_a_read_that_cannot_finish_is_a_miss() {
         front.seen(&format!("GET /devstoreaccount1/{CONTAINER}/org/21?")),
         1
     );
+}
+
+/// Proxy mode (clients that cannot reach storage) reads small entries whole in the same way:
+/// half a body twice, then the whole entry, never a short `200`; a large entry is streamed
+/// through the handler, never redirected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_mode_reads_small_entries_whole_and_streams_large_ones() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER, None).await;
+    let front = FaultyStorage::start(azurite.port).await;
+    let handler = Handler::start_with(
+        &storage_env(front.connection_string()),
+        &[("NX_CACHE_DOWNLOAD", "proxy")],
+    );
+    let token = issue_token(&["--org"]);
+    let base = &handler.base_url;
+    let (small, large) = (pattern(300_000, 41), pattern(3 << 20, 42));
+    put(base, 41, &token, &small).await;
+    put(base, 42, &token, &large).await;
+
+    front.fail_reads(Fault::HalfBody, 2);
+    let (status, location, bytes) = get(base, 41, &token).await;
+    assert_eq!((status, location), (StatusCode::OK, None));
+    assert!(bytes == small, "exact bytes");
+    assert_eq!(
+        front.seen(&format!("GET /devstoreaccount1/{CONTAINER}/org/41?")),
+        3,
+        "two half bodies, then a whole one"
+    );
+    assert_eq!(metric(base, "nx_cache_inline_hits_storage_total").await, 1);
+
+    front.heal();
+    let (status, location, bytes) = get(base, 42, &token).await;
+    assert_eq!((status, location), (StatusCode::OK, None), "streamed");
+    assert!(bytes == large, "exact bytes");
+    assert_eq!(metric(base, "nx_cache_inline_hits_storage_total").await, 1);
+    let (status, _, bytes) = get(base, 41, &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(bytes == small);
+    assert_eq!(metric(base, "nx_cache_inline_hits_memory_total").await, 1);
 }
 
 /// Past `NX_CACHE_INLINE_MEMORY`, a small entry is redirected (the handler holds no more, the

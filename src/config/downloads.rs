@@ -1,12 +1,12 @@
 //! The downloads section: how the Azure backend answers a hit (`NX_CACHE_DOWNLOAD`). In auto
 //! mode (the default) an entry of at most `NX_CACHE_INLINE_MAX` bytes is read by the handler and
-//! answered with its bytes, a larger one is redirected to storage. The reads themselves
-//! (retries, single flight, the memory copy) are in `storage::inline`; the numbers live here,
-//! beside their settings.
+//! answered with its bytes, a larger one is redirected to storage; in proxy mode a larger one is
+//! streamed through the handler instead. The reads themselves (retries, single flight, the
+//! memory copy) are in `storage::inline`; the numbers live here, beside their settings.
 //!
-//! The four settings mean something only in auto mode on Azure, so elsewhere they are refused:
-//! an operator who sets `NX_CACHE_INLINE_MAX` with `NX_CACHE_DOWNLOAD=redirect` expects small
-//! entries inline and would not get them.
+//! The four settings mean something only in auto and proxy modes on Azure, so elsewhere they are
+//! refused: an operator who sets `NX_CACHE_INLINE_MAX` with `NX_CACHE_DOWNLOAD=redirect` expects
+//! small entries inline and would not get them.
 
 use std::time::Duration;
 
@@ -22,7 +22,9 @@ pub enum Download {
     /// `307` to a short-lived read-only SAS URL for every hit: bytes go straight from storage to
     /// the client.
     Redirect,
-    /// The handler streams the blob itself, for clients that cannot reach the storage account.
+    /// Every hit through the handler, for clients that cannot reach the storage account: an
+    /// entry of at most `NX_CACHE_INLINE_MAX` bytes read whole as in `Auto`, a larger one
+    /// streamed.
     Proxy,
 }
 
@@ -36,17 +38,18 @@ pub const MIN_INLINE_MAX: u64 = 256 << 10;
 /// Consumption sizing in `infra/` counts on.
 pub const MAX_INLINE_MAX: u64 = 4 << 20;
 
-/// How small entries are answered (`NX_CACHE_DOWNLOAD=auto`).
+/// How small entries are answered (`NX_CACHE_DOWNLOAD=auto` and `proxy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inline {
     /// Entries of at most this many bytes are read whole by the handler and answered `200`
-    /// (`NX_CACHE_INLINE_MAX`); larger ones get the `307`.
+    /// (`NX_CACHE_INLINE_MAX`); larger ones get the `307` (streamed in proxy mode).
     pub max: u64,
     /// Time allowed to read one entry, retries included (`NX_CACHE_INLINE_BUDGET`); past it the
     /// GET is a miss.
     pub budget: Duration,
     /// Bytes of small entries held outside the memory copy at once: reads in progress and answers
-    /// not yet sent (`NX_CACHE_INLINE_MEMORY`). Past it a small entry is redirected.
+    /// not yet sent (`NX_CACHE_INLINE_MEMORY`). Past it a small entry is answered as a large one
+    /// (redirected, or streamed in proxy mode).
     pub memory: u64,
     /// Size of the memory copy of recently read small entries; 0 turns it off
     /// (`NX_CACHE_MEMORY_COPY`).
@@ -74,14 +77,10 @@ const SETTINGS: [&str; 4] = [
 
 /// The section for an Azure backend that downloads by `download`.
 pub fn load_inline(env: &Env, download: Download) -> Result<Inline, ConfigError> {
-    if download != Download::Auto {
-        let mode = match download {
-            Download::Redirect => "redirect",
-            _ => "proxy",
-        };
+    if download == Download::Redirect {
         refuse_any(
             env,
-            &format!("applies only with NX_CACHE_DOWNLOAD=auto (the default), not {mode}"),
+            "applies only with NX_CACHE_DOWNLOAD=auto (the default) or proxy, not redirect",
         )?;
         return Ok(Inline::default());
     }
@@ -219,13 +218,14 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.setting, "NX_CACHE_MEMORY_COPY");
         assert!(err.problem.contains("not redirect"), "{err}");
-        let err = azure(&[
-            ("NX_CACHE_DOWNLOAD", "proxy"),
-            ("NX_CACHE_INLINE_MAX", "1M"),
-        ])
-        .unwrap_err();
-        assert!(err.problem.contains("not proxy"), "{err}");
         assert!(azure(&[("NX_CACHE_DOWNLOAD", "redirect")]).is_ok());
+        // Proxy mode reads small entries whole too.
+        let config = azure(&[
+            ("NX_CACHE_DOWNLOAD", "proxy"),
+            ("NX_CACHE_INLINE_MAX", "2M"),
+        ])
+        .unwrap();
+        assert_eq!(config.inline.max, 2 << 20);
         let err = load(&[("NX_CACHE_INLINE_MAX", "1M")], Flags::default()).unwrap_err();
         assert_eq!(err.setting, "NX_CACHE_INLINE_MAX");
         assert!(err.problem.contains("embedded store"), "{err}");

@@ -727,7 +727,10 @@ impl Store for AzureStore {
                 self.config.inline.max
             ),
             Download::Redirect => "redirect".into(),
-            Download::Proxy => "proxy".into(),
+            Download::Proxy => format!(
+                "proxy (entries up to {} bytes answered whole by the handler, larger ones streamed)",
+                self.config.inline.max
+            ),
         };
         format!(
             "Azure Blob container '{}' at {} ({auth}, downloads by {download}, blob prefix '{}')",
@@ -766,7 +769,16 @@ impl Store for AzureStore {
                 };
                 self.large(&name, len, turbo).await
             }
-            Download::Proxy => self.observe(self.proxy_download(&name).await),
+            // Small entries whole, as in auto mode (a body cut short after a 200 aborts an Nx
+            // run); larger ones streamed, as clients may not reach storage.
+            Download::Proxy => match self.inline.fetch(self, &name, exact).await? {
+                Found::Missing => Ok(None),
+                Found::Whole(bytes, turbo) => Ok(Some(Hit {
+                    fetched: Fetched::Bytes(bytes),
+                    turbo,
+                })),
+                Found::Large(..) => self.observe(self.proxy_download(&name).await),
+            },
         }
     }
 
@@ -815,8 +827,8 @@ impl Store for AzureStore {
 
     fn figures(&self) -> Vec<crate::metrics::Figure> {
         match self.config.download {
-            Download::Auto => self.inline.figures(),
-            Download::Redirect | Download::Proxy => Vec::new(),
+            Download::Auto | Download::Proxy => self.inline.figures(),
+            Download::Redirect => Vec::new(),
         }
     }
 
@@ -856,12 +868,7 @@ impl Store for AzureStore {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), StoreError> {
         let prefix = &self.config.prefix;
-        let mut clients = clients.to_vec();
-        clients.sort();
-        clients.dedup();
-        if clients.is_empty() {
-            clients = Client::ALL.to_vec();
-        }
+        let clients = Client::chosen(clients);
         let prefixes: Vec<String> = match (clients.as_slice(), namespaces) {
             // Everything under the prefix: each name is parsed into its client's key.
             ([_, _], []) => vec![prefix.clone()],
@@ -1098,8 +1105,8 @@ impl AzureStore {
         Ok(known)
     }
 
-    /// One streamed GET of the blob through the handler (proxy mode, and a large Turborepo
-    /// artifact with a tag), with turbo's fields from the same answer.
+    /// One streamed GET of the blob through the handler (a large entry in proxy mode, and a large
+    /// Turborepo artifact with a tag), with turbo's fields from the same answer.
     async fn proxy_download(&self, name: &str) -> Result<Option<Hit>, StoreError> {
         let url = self.download_url(name)?;
         Ok(self.downloads.get(&url).await?.map(|streamed| Hit {
@@ -1164,9 +1171,9 @@ impl AzureStore {
     }
 }
 
-/// Single attempts at the storage calls of inline reads (auto mode); [`InlineReads`] retries
-/// them, so none of them marks storage unhealthy (the health watch, woken by each failure,
-/// decides that).
+/// Single attempts at the storage calls of inline reads (auto and proxy modes);
+/// [`InlineReads`] retries them, so none of them marks storage unhealthy (the health watch, woken
+/// by each failure, decides that).
 #[async_trait]
 impl inline::Source for AzureStore {
     async fn size(&self, name: &str, exact: bool) -> Result<Size, Failure> {

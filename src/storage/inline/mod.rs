@@ -1,5 +1,5 @@
-//! Small entries answered with their bytes (`NX_CACHE_DOWNLOAD=auto`, the default on Azure),
-//! and what makes reading them safe to repeat.
+//! Small entries answered with their bytes (`NX_CACHE_DOWNLOAD=auto`, the default on Azure, and
+//! `proxy`), and what makes reading them safe to repeat.
 //!
 //! Why: Nx never retries a GET and aborts the whole run on any answer but 200 or 404. A
 //! redirected download is read by the client from storage, so it is one storage hiccup (503
@@ -8,7 +8,8 @@
 //! redirect buys little (a second request and a new TLS connection to another host, to fetch a
 //! few KiB), so the handler reads it itself:
 //!
-//! - **By size.** An entry of at most `max` bytes is read whole; a larger one is redirected. The
+//! - **By size.** An entry of at most `max` bytes is read whole; a larger one is redirected
+//!   (streamed in proxy mode, where a body cut short can still reach the client). The
 //!   size comes from the exact hit check or from what the instance remembers: no storage call of
 //!   its own.
 //! - **All or nothing.** The whole entry is in memory before the answer starts. Transient
@@ -23,7 +24,7 @@
 //! - **Bounded memory.** Bytes read from storage count against `memory` from the moment their
 //!   read is decided until every answer that shares them has been sent (the count travels with
 //!   the buffer: [`Counted`]); the copy keeps its own copy, bounded by its own size. Past
-//!   `memory`, a small entry is redirected like a large one: the handler takes on nothing more,
+//!   `memory`, a small entry is answered like a large one: the handler takes on nothing more,
 //!   and the client still gets its hit (a miss would cost it the task's whole run), with the risk
 //!   every large entry takes.
 //!
@@ -268,7 +269,7 @@ impl InlineReads {
             tracing::debug!(
                 name,
                 len,
-                "NX_CACHE_INLINE_MEMORY reached: redirecting a small entry"
+                "NX_CACHE_INLINE_MEMORY reached: answering a small entry as a large one"
             );
             return Ok((Found::Large(Some(len), turbo), Origin::Nowhere));
         };
@@ -366,7 +367,7 @@ impl InlineReads {
             },
             Figure {
                 name: "nx_cache_inline_over_memory_total",
-                help: "small entries redirected because NX_CACHE_INLINE_MEMORY was reached",
+                help: "small entries answered as large ones (redirected, or streamed in proxy mode) because NX_CACHE_INLINE_MEMORY was reached",
                 kind: "counter",
                 value: count(&self.counts.over_memory),
             },
