@@ -1531,6 +1531,28 @@ mod tests {
             err.contains(&format!("write e.g. \"https://sts.windows.net/{TENANT}/\"")),
             "{err}"
         );
+        // A tid other than the issuer's tenant could never match that issuer's tokens.
+        let other = "22222222-2222-2222-2222-222222222222";
+        for (issuer, tid) in [
+            (v1.clone(), json!(other)),
+            (v1.clone(), json!([TENANT, other])),
+            (
+                format!("https://login.microsoftonline.com/{other}/v2.0"),
+                json!(TENANT),
+            ),
+        ] {
+            let err = refused(rule(&issuer, json!({"tid": tid, "oid": oid}), "read-only"));
+            assert!(err.contains("is not the tenant of issuer"), "{err}");
+        }
+        assert!(
+            policy(json!([rule(
+                &format!("https://login.microsoftonline.com/{TENANT}/v2.0"),
+                json!({"tid": TENANT.to_uppercase(), "oid": oid}),
+                "read-only"
+            )]))
+            .is_ok(),
+            "upper case is a warning (below), not this refusal"
+        );
         // Upper case never matches a token's id: a warning, with the spelling to write.
         let upper = policy(json!([rule(
             &v1,

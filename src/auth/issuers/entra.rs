@@ -195,9 +195,41 @@ impl IssuerProfile for Entra {
     }
 }
 
-/// The tenant in the issuer URL and every `tid`, `oid`, `appid`, `azp` value are GUIDs.
+/// The tenant in the issuer URL and every `tid`, `oid`, `appid`, `azp` value are GUIDs, and
+/// `tid` names the issuer's tenant.
 fn check_shapes(rule: &RuleFacts) -> Result<(), String> {
-    if let Ok(url) = IssuerUrl::parse(rule.issuer) {
+    let tenant = issuer_tenant(rule.issuer)?;
+    for condition in rule.conditions {
+        let Some((claim, hint)) = GUID_CLAIMS.iter().find(|(c, _)| *c == condition.claim) else {
+            continue;
+        };
+        if let Some(bad) = condition.patterns.iter().find(|p| !is_guid(p)) {
+            return Err(format!(
+                "{claim} '{}' is not a GUID, and Entra ID issues nothing else there ({hint}): write e.g. \"{claim}\": \"{EXAMPLE_GUID}\"",
+                echo_text(bad)
+            ));
+        }
+    }
+    // An issuer's tokens carry its own tenant in `tid`: any other value could never match.
+    if let (Some(tenant), Some(tid)) = (tenant, on(rule.conditions, "tid"))
+        && let Some(other) = tid
+            .patterns
+            .iter()
+            .find(|p| !p.eq_ignore_ascii_case(&tenant))
+    {
+        return Err(format!(
+            "tid '{}' is not the tenant of issuer {}, whose tokens all carry tid {tenant}: write \"tid\": \"{tenant}\", or the issuer of that tenant",
+            echo_text(other),
+            echo_text(rule.issuer)
+        ));
+    }
+    Ok(())
+}
+
+/// The tenant id in an Entra ID issuer URL (`None` when the issuer is no URL, which the policy
+/// refuses elsewhere), or why the issuer names no tenant id.
+fn issuer_tenant(issuer: &str) -> Result<Option<String>, String> {
+    if let Ok(url) = IssuerUrl::parse(issuer) {
         // B2C may spell its issuer `https://HOST/tfp/TENANT_ID/POLICY/v2.0/`.
         let path = url.path.trim_start_matches('/');
         let (prefix, path) = match path.strip_prefix("tfp/") {
@@ -212,23 +244,13 @@ fn check_shapes(rule: &RuleFacts) -> Result<(), String> {
             return Err(format!(
                 "the tenant '{}' in issuer {} is not a tenant id (Entra ID issuers name the tenant by its GUID: az account show --query tenantId -o tsv): write e.g. \"{}\"",
                 echo_text(tenant),
-                echo_text(rule.issuer),
+                echo_text(issuer),
                 echo_text(&example)
             ));
         }
+        return Ok(Some(tenant.to_owned()));
     }
-    for condition in rule.conditions {
-        let Some((claim, hint)) = GUID_CLAIMS.iter().find(|(c, _)| *c == condition.claim) else {
-            continue;
-        };
-        if let Some(bad) = condition.patterns.iter().find(|p| !is_guid(p)) {
-            return Err(format!(
-                "{claim} '{}' is not a GUID, and Entra ID issues nothing else there ({hint}): write e.g. \"{claim}\": \"{EXAMPLE_GUID}\"",
-                echo_text(bad)
-            ));
-        }
-    }
-    Ok(())
+    Ok(None)
 }
 
 /// `8-4-4-4-12` hexadecimal digits, the shape of every Entra ID id.
