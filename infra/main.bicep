@@ -254,7 +254,7 @@ var requestBodyLimitBytes = maxArtifactBytes * 2
 // instanceMemoryMB is taken as MiB (Microsoft's 512, 2,048 and 4,096 MB are powers of two).
 // maxArtifactSizeMiB does not enter the bound: an upload is streamed in blocks whatever its size
 // (what bounds an artifact is the 230 s a request may take, docs/deploy.md).
-// Downloads by size (downloadMode auto) hold at most one small entry (1 MiB) per request, less than
+// Downloads by size (downloadMode auto, and proxy) hold at most one small entry (1 MiB) per request, less than
 // an upload, plus the memory copy of hot entries once per instance (NX_CACHE_MEMORY_COPY, 32 MiB):
 // the copy fits in the margin the 10 MiB leaves over the measured 8.2 (1.8 MiB a connection, 56 MiB
 // at 512 MB).
