@@ -256,7 +256,8 @@ async fn failed_reads_are_retried_and_a_read_that_cannot_finish_is_a_miss() {
 
 /// Proxy mode (clients that cannot reach storage) reads small entries whole in the same way:
 /// half a body twice, then the whole entry, never a short `200`; a large entry is streamed
-/// through the handler, never redirected.
+/// through the handler, never redirected, and a stream that breaks off goes on from where it
+/// stopped (a bounded number of times).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_mode_reads_small_entries_whole_and_streams_large_ones() {
     let azurite = Azurite::start();
@@ -283,15 +284,45 @@ async fn proxy_mode_reads_small_entries_whole_and_streams_large_ones() {
     );
     assert_eq!(metric(base, "nx_cache_inline_hits_storage_total").await, 1);
 
-    front.heal();
+    // The large entry's reads break off twice too (the first GET and the first resumption).
     let (status, location, bytes) = get(base, 42, &token).await;
     assert_eq!((status, location), (StatusCode::OK, None), "streamed");
     assert!(bytes == large, "exact bytes");
+    assert_eq!(
+        front.seen(&format!("GET /devstoreaccount1/{CONTAINER}/org/42?")),
+        3,
+        "one GET, two resumptions"
+    );
+    assert_eq!(metric(base, "nx_cache_download_resumes_total").await, 2);
     assert_eq!(metric(base, "nx_cache_inline_hits_storage_total").await, 1);
     let (status, _, bytes) = get(base, 41, &token).await;
     assert_eq!(status, StatusCode::OK);
     assert!(bytes == small);
     assert_eq!(metric(base, "nx_cache_inline_hits_memory_total").await, 1);
+
+    // Storage that never finishes a read: the body ends cut short after the last resumption,
+    // within seconds.
+    front.fail_reads(Fault::HalfBody, usize::MAX);
+    put(base, 43, &token, &pattern(3 << 20, 43)).await;
+    let started = Instant::now();
+    let response = no_redirects()
+        .get(format!("{base}/v1/cache/43"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.bytes().await.is_err(), "the body is cut short");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        front.seen(&format!("GET /devstoreaccount1/{CONTAINER}/org/43?")),
+        7,
+        "one GET, six resumptions (MAX_RESUMES)"
+    );
 }
 
 /// Past `NX_CACHE_INLINE_MEMORY`, a small entry is redirected (the handler holds no more, the

@@ -33,6 +33,17 @@ pub struct Health {
     woken: Arc<Notify>,
 }
 
+/// Wakes a store's health watch ([`Health::waker`]); keeps no store alive.
+#[derive(Debug, Clone, Default)]
+pub struct Waker(Arc<Notify>);
+
+impl Waker {
+    /// The same as [`Health::wake`].
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
 impl Default for Health {
     fn default() -> Self {
         Self {
@@ -79,6 +90,12 @@ impl Health {
     /// that come while a probe runs give one more probe after it.
     pub fn wake(&self) {
         self.woken.notify_one();
+    }
+
+    /// What wakes the watch, for work that outlives the request that began it (a streamed
+    /// download's body).
+    pub fn waker(&self) -> Waker {
+        Waker(self.woken.clone())
     }
 
     /// Probes `store` every `every`, and when woken ([`Health::wake`]), for as long as the store

@@ -1,8 +1,9 @@
 //! The handler's own reads of blobs, by plain GET (or HEAD) of a short-lived read-only SAS URL
 //! (the same URL redirect mode hands to clients):
-//! - proxied downloads (`NX_CACHE_DOWNLOAD=proxy`): one streamed GET, read with a small fixed
-//!   buffer ([`Downloader::get`]);
-//! - inline reads of small entries (`NX_CACHE_DOWNLOAD=auto`): single attempts at reading a whole
+//! - streamed downloads (large entries in proxy mode, large Turborepo artifacts with a tag): one
+//!   streamed GET, read with a small fixed buffer, resumed where it broke off
+//!   ([`Downloader::get`], [`super::resume`]);
+//! - inline reads of small entries (`NX_CACHE_DOWNLOAD=auto` and `proxy`): single attempts at reading a whole
 //!   blob or its version, each failure marked transient or not, for the retries of
 //!   [`crate::storage::inline`] ([`Downloader::read_whole`], [`Downloader::version`]).
 //!
@@ -13,10 +14,10 @@
 //! [`DOWNLOAD_CHUNK`] bytes besides what the client's own connection queues.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, Empty};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -25,7 +26,8 @@ use hyper_util::rt::TokioExecutor;
 use rustls_platform_verifier::BuilderVerifierExt;
 
 use super::StoreError;
-use crate::limits::Pace;
+use super::resume::{self, Source};
+use crate::storage::health::Waker;
 use crate::storage::inline::{Failure, Version, Whole};
 use crate::storage::record::{Record, Turbo};
 use crate::storage::{ByteStream, DOWNLOAD_CHUNK};
@@ -37,11 +39,15 @@ pub struct Downloader {
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     /// Bound on the answer's head, and on any pause in its body.
     timeout: Duration,
+    /// Wakes the store's health watch when a streamed body breaks off.
+    waker: Waker,
+    /// Streamed downloads resumed after their body broke off, for `/metrics`.
+    resumes: Arc<AtomicU64>,
 }
 
 impl Downloader {
     /// Trusts what the platform trusts (system roots, `SSL_CERT_FILE`), like the SDK's client.
-    pub fn new(timeout: Duration) -> Result<Self, String> {
+    pub fn new(timeout: Duration, waker: Waker) -> Result<Self, String> {
         let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -57,11 +63,17 @@ impl Downloader {
             .http1_read_buf_exact_size(DOWNLOAD_CHUNK)
             .pool_max_idle_per_host(IDLE_CONNECTIONS)
             .build(connector);
-        Ok(Self { client, timeout })
+        Ok(Self {
+            client,
+            timeout,
+            waker,
+            resumes: Arc::default(),
+        })
     }
 
     /// GETs `url`: the blob's length, turbo's fields of its record and its bytes, or `None` when
-    /// storage says it does not exist. Errors never contain the URL (its signature).
+    /// storage says it does not exist. Errors never contain the URL (its signature). A body that
+    /// breaks off is resumed from where it stopped ([`resume`]).
     pub async fn get(&self, url: &str) -> Result<Option<Streamed>, StoreError> {
         let uri: hyper::Uri = url
             .parse()
@@ -95,16 +107,32 @@ impl Downloader {
             .and_then(|v| v.parse::<u64>().ok())
             .ok_or_else(|| StoreError::Backend("download without a length".into()))?;
         let turbo = turbo_of(&response);
-        let body = response
-            .into_body()
-            .into_data_stream()
-            .map_err(std::io::Error::other);
-        // Storage that stops sending mid-body must not hold the client's download forever.
-        Ok(Some(Streamed {
-            len,
-            turbo,
-            body: Box::pin(Pace::idle_only(self.timeout).apply(body)),
-        }))
+        let etag = etag(&response);
+        // Storage that stops sending mid-body must not hold the client's download forever: a
+        // silence as long as the storage timeout is a break, resumed like any other.
+        let body = resume::paced(response, self.timeout);
+        let body = match etag {
+            Some(etag) if len > 0 => resume::resumable(
+                Source {
+                    client: self.client.clone(),
+                    url: url.to_owned(),
+                    etag,
+                    len,
+                    timeout: self.timeout,
+                    waker: self.waker.clone(),
+                    resumes: self.resumes.clone(),
+                },
+                body,
+            ),
+            // Without a version to ask for again, the rest could be of another blob.
+            _ => body,
+        };
+        Ok(Some(Streamed { len, turbo, body }))
+    }
+
+    /// Streamed downloads resumed so far.
+    pub fn resumes(&self) -> u64 {
+        self.resumes.load(Ordering::Relaxed)
     }
 }
 

@@ -41,6 +41,7 @@ pub mod certificate;
 pub mod credential;
 pub mod delegation;
 pub mod download;
+pub mod resume;
 pub mod sas;
 
 use std::future::Future;
@@ -190,7 +191,8 @@ impl AzureStore {
                 }
             }
         };
-        let downloads = download::Downloader::new(config.timeout)?;
+        let health = Health::default();
+        let downloads = download::Downloader::new(config.timeout, health.waker())?;
         let inline = InlineReads::new(config.inline);
         Ok(Self {
             config,
@@ -200,7 +202,7 @@ impl AzureStore {
             downloads,
             known: KnownEntries::new(KNOWN_ENTRIES, CONFIRMED_FOR),
             inline,
-            health: Health::default(),
+            health,
         })
     }
 
@@ -826,10 +828,17 @@ impl Store for AzureStore {
     }
 
     fn figures(&self) -> Vec<crate::metrics::Figure> {
-        match self.config.download {
+        let mut figures = match self.config.download {
             Download::Auto | Download::Proxy => self.inline.figures(),
             Download::Redirect => Vec::new(),
-        }
+        };
+        figures.push(crate::metrics::Figure {
+            name: "nx_cache_download_resumes_total",
+            help: "streamed downloads asked of storage again from where their body broke off",
+            kind: "counter",
+            value: self.downloads.resumes(),
+        });
+        figures
     }
 
     async fn usage(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<Usage, StoreError> {

@@ -74,7 +74,7 @@ pub fn pause(attempt: u32, jitter: f64) -> Duration {
 }
 
 /// A number from 0 to 1, from the operating system's random source (0.5 if it fails).
-fn jitter() -> f64 {
+pub fn jitter() -> f64 {
     getrandom::u32()
         .map(|n| f64::from(n) / f64::from(u32::MAX))
         .unwrap_or(0.5)
