@@ -256,8 +256,8 @@ async fn failed_reads_are_retried_and_a_read_that_cannot_finish_is_a_miss() {
 
 /// Proxy mode (clients that cannot reach storage) reads small entries whole in the same way:
 /// half a body twice, then the whole entry, never a short `200`; a large entry is streamed
-/// through the handler, never redirected, and a stream that breaks off goes on from where it
-/// stopped (a bounded number of times).
+/// through the handler, never redirected: a failure before its body is retried, and a body that
+/// breaks off goes on from where it stopped (a bounded number of times).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_mode_reads_small_entries_whole_and_streams_large_ones() {
     let azurite = Azurite::start();
@@ -299,6 +299,21 @@ async fn proxy_mode_reads_small_entries_whole_and_streams_large_ones() {
     assert_eq!(status, StatusCode::OK);
     assert!(bytes == small);
     assert_eq!(metric(base, "nx_cache_inline_hits_memory_total").await, 1);
+
+    // Failures before the body are retried: the client has had nothing yet.
+    for (hash, fault) in [(44, Fault::ServerBusy), (45, Fault::Closed)] {
+        let body = pattern(3 << 20, hash);
+        put(base, hash, &token, &body).await;
+        front.fail_reads(fault, 2);
+        let (status, location, bytes) = get(base, hash, &token).await;
+        assert_eq!((status, location), (StatusCode::OK, None), "{fault:?}");
+        assert!(bytes == body, "{fault:?}: exact bytes");
+        assert_eq!(
+            front.seen(&format!("GET /devstoreaccount1/{CONTAINER}/org/{hash}?")),
+            3,
+            "{fault:?}: two failed GETs, then a whole one"
+        );
+    }
 
     // Storage that never finishes a read: the body ends cut short after the last resumption,
     // within seconds.

@@ -71,41 +71,19 @@ impl Downloader {
         })
     }
 
-    /// GETs `url`: the blob's length, turbo's fields of its record and its bytes, or `None` when
-    /// storage says it does not exist. Errors never contain the URL (its signature). A body that
-    /// breaks off is resumed from where it stopped ([`resume`]).
-    pub async fn get(&self, url: &str) -> Result<Option<Streamed>, StoreError> {
-        let uri: hyper::Uri = url
-            .parse()
-            .map_err(|_| StoreError::Backend("invalid download URL".into()))?;
-        let response = tokio::time::timeout(self.timeout, self.client.get(uri))
-            .await
-            .map_err(|_| {
-                StoreError::Backend(format!("download: no answer within {:?}", self.timeout))
-            })?
-            .map_err(|e| StoreError::Backend(format!("download failed: {}", without_url(&e))))?;
-        let status = response.status();
-        if status == hyper::StatusCode::NOT_FOUND {
+    /// One GET of `url`: the blob's length, turbo's fields of its record and its bytes, or `None`
+    /// when storage says it does not exist; a failure before the body, marked transient or not
+    /// for the caller's retries. Errors never contain the URL (its signature). A body that breaks
+    /// off is resumed from where it stopped ([`resume`]).
+    pub async fn get(&self, url: &str) -> Result<Option<Streamed>, Failure> {
+        let response = self.bounded(self.send(hyper::Method::GET, url)).await?;
+        if response.status() == hyper::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        if status != hyper::StatusCode::OK {
-            let code = response
-                .headers()
-                .get("x-ms-error-code")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            return Err(StoreError::Backend(format!(
-                "Azure answered {} {code}",
-                status.as_u16()
-            )));
-        }
-        let len = response
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| StoreError::Backend("download without a length".into()))?;
+        let response = success(response)?;
+        let len = content_length(&response).ok_or_else(|| {
+            Failure::permanent(StoreError::Backend("download without a length".into()))
+        })?;
         let turbo = turbo_of(&response);
         let etag = etag(&response);
         // Storage that stops sending mid-body must not hold the client's download forever: a

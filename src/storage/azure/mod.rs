@@ -1115,10 +1115,16 @@ impl AzureStore {
     }
 
     /// One streamed GET of the blob through the handler (a large entry in proxy mode, and a large
-    /// Turborepo artifact with a tag), with turbo's fields from the same answer.
+    /// Turborepo artifact with a tag), with turbo's fields from the same answer. A failure before
+    /// the body is retried within the read budget (the client has had nothing yet); one in the
+    /// body is resumed ([`resume`]).
     async fn proxy_download(&self, name: &str) -> Result<Option<Hit>, StoreError> {
         let url = self.download_url(name)?;
-        Ok(self.downloads.get(&url).await?.map(|streamed| Hit {
+        let streamed = self
+            .inline
+            .retried(&self.health, || self.downloads.get(&url))
+            .await?;
+        Ok(streamed.map(|streamed| Hit {
             fetched: Fetched::Stream {
                 len: streamed.len,
                 body: streamed.body,

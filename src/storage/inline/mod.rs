@@ -306,6 +306,17 @@ impl InlineReads {
         retry::within(deadline, source.health(), &self.counts.retries, attempt).await
     }
 
+    /// Runs `attempt`, a storage call of the backend's own (the start of a streamed download),
+    /// with the retries of inline reads, within one read budget.
+    pub async fn retried<T, F, Fut>(&self, health: &Health, attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        let deadline = Instant::now() + self.budget;
+        retry::within(deadline, health, &self.counts.retries, attempt).await
+    }
+
     /// Holds `len` bytes of the memory bound, or `None` when it is reached.
     fn reserve(&self, len: u64) -> Option<OwnedSemaphorePermit> {
         let kib = u32::try_from(kib(len)).ok()?;
@@ -361,7 +372,7 @@ impl InlineReads {
             },
             Figure {
                 name: "nx_cache_inline_retries_total",
-                help: "storage calls of inline reads tried again after a transient failure",
+                help: "storage calls of inline reads, and starts of streamed downloads, tried again after a transient failure",
                 kind: "counter",
                 value: count(&self.counts.retries),
             },
