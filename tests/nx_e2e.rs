@@ -325,21 +325,43 @@ mod faults {
     use common::azurite::Azurite;
     use common::faulty_storage::{Fault, FaultyStorage};
 
+    /// Azurite behind the fault-injecting front, and a handler's settings to reach it there.
+    /// Fields drop in order: the front before Azurite, the runtime the front runs on last.
+    struct FaultyAzurite {
+        settings: [(&'static str, String); 2],
+        front: FaultyStorage,
+        _azurite: Azurite,
+        _runtime: tokio::runtime::Runtime,
+    }
+
+    impl FaultyAzurite {
+        fn start() -> Self {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let azurite = Azurite::start();
+            runtime.block_on(azurite.create_container("nx-cache", None));
+            let front = runtime.block_on(FaultyStorage::start(azurite.port));
+            let settings = [
+                ("AZURE_STORAGE_CONNECTION_STRING", front.connection_string()),
+                ("AZURE_STORAGE_CONTAINER", "nx-cache".to_string()),
+            ];
+            Self {
+                settings,
+                front,
+                _azurite: azurite,
+                _runtime: runtime,
+            }
+        }
+    }
+
     #[test]
     fn storage_faults_and_an_outage_never_fail_a_build() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let azurite = Azurite::start();
-        runtime.block_on(azurite.create_container("nx-cache", None));
-        let front = runtime.block_on(FaultyStorage::start(azurite.port));
-        let settings = [
-            ("AZURE_STORAGE_CONNECTION_STRING", front.connection_string()),
-            ("AZURE_STORAGE_CONTAINER", "nx-cache".to_string()),
-        ];
-        let writer = Handler::start_with(&settings, &[]);
+        let storage = FaultyAzurite::start();
+        let (front, settings) = (&storage.front, &storage.settings);
+        let writer = Handler::start_with(settings, &[]);
         let workspace = Workspace::new();
         // Every entry of this workspace is answered inline (gamma's output shrunk below the
         // inline limit): a large entry is redirected, the Nx client reads it from storage
@@ -354,7 +376,7 @@ mod faults {
         // Default settings, and proxy mode (for clients that cannot reach storage), which reads
         // small entries whole in the same way.
         for mode in [&[][..], &[("NX_CACHE_DOWNLOAD", "proxy")]] {
-            each_fault_leaves_the_build_green(&front, &settings, mode, &workspace, &token);
+            each_fault_leaves_the_build_green(front, settings, mode, &workspace, &token);
         }
 
         // An outage that starts a second before the run, on the instance that stored the
@@ -391,25 +413,15 @@ mod faults {
     /// before its body is retried, and a body that breaks off is resumed where it stopped.
     #[test]
     fn in_proxy_mode_large_entries_survive_storage_faults_too() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let azurite = Azurite::start();
-        runtime.block_on(azurite.create_container("nx-cache", None));
-        let front = runtime.block_on(FaultyStorage::start(azurite.port));
-        let settings = [
-            ("AZURE_STORAGE_CONNECTION_STRING", front.connection_string()),
-            ("AZURE_STORAGE_CONTAINER", "nx-cache".to_string()),
-        ];
+        let storage = FaultyAzurite::start();
+        let (front, settings) = (&storage.front, &storage.settings);
         let proxy = [("NX_CACHE_DOWNLOAD", "proxy")];
-        let writer = Handler::start_with(&settings, &proxy);
+        let writer = Handler::start_with(settings, &proxy);
         let workspace = Workspace::new();
         let token = issue_token(&["--org"]);
         let (ok, first) = workspace.build(&writer.base_url, Some(&token));
         assert!(ok, "first build failed:\n{first}");
-        each_fault_leaves_the_build_green(&front, &settings, &proxy, &workspace, &token);
+        each_fault_leaves_the_build_green(front, settings, &proxy, &workspace, &token);
     }
 
     /// For each fault of the issue's table: the first two reads of each blob fail so, on a new
