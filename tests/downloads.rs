@@ -67,6 +67,28 @@ async fn get(base: &str, hash: u32, token: &str) -> (StatusCode, Option<String>,
     (status, location, response.bytes().await.unwrap().to_vec())
 }
 
+/// Stores entry `hash` (`len` bytes), makes its first two storage reads fail with `fault`, and
+/// GETs it: answered `200` with its exact bytes (not redirected), after exactly three reads.
+async fn whole_after_two_failed_reads(
+    front: &FaultyStorage,
+    base: &str,
+    token: &str,
+    (hash, len): (u32, usize),
+    fault: Fault,
+) {
+    let body = pattern(len, hash);
+    put(base, hash, token, &body).await;
+    front.fail_reads(fault, 2);
+    let (status, location, bytes) = get(base, hash, token).await;
+    assert_eq!((status, location), (StatusCode::OK, None), "{fault:?}");
+    assert!(bytes == body, "{fault:?}: exact bytes");
+    assert_eq!(
+        front.seen(&format!("GET /devstoreaccount1/{CONTAINER}/org/{hash}?")),
+        3,
+        "{fault:?}: two failed reads, then a whole one"
+    );
+}
+
 fn query_param(url: &str, name: &str) -> Option<String> {
     let url = reqwest::Url::parse(url).unwrap();
     url.query_pairs()
@@ -210,17 +232,7 @@ async fn failed_reads_are_retried_and_a_read_that_cannot_finish_is_a_miss() {
         Fault::HalfBody,
     ];
     for (hash, fault) in (10..).zip(faults) {
-        let body = pattern(300_000, hash);
-        put(base, hash, &token, &body).await;
-        front.fail_reads(fault, 2);
-        let (status, location, bytes) = get(base, hash, &token).await;
-        assert_eq!((status, location), (StatusCode::OK, None), "{fault:?}");
-        assert!(bytes == body, "{fault:?}: exact bytes");
-        assert_eq!(
-            front.seen(&format!("GET /devstoreaccount1/{CONTAINER}/org/{hash}?")),
-            3,
-            "{fault:?}: two failed reads, then a whole one"
-        );
+        whole_after_two_failed_reads(&front, base, &token, (hash, 300_000), fault).await;
     }
     assert_eq!(front.injected(), 8);
     assert!(metric(base, "nx_cache_inline_retries_total").await >= 8);
@@ -269,50 +281,21 @@ async fn proxy_mode_reads_small_entries_whole_and_streams_large_ones() {
     );
     let token = issue_token(&["--org"]);
     let base = &handler.base_url;
-    let (small, large) = (pattern(300_000, 41), pattern(3 << 20, 42));
-    put(base, 41, &token, &small).await;
-    put(base, 42, &token, &large).await;
-
-    front.fail_reads(Fault::HalfBody, 2);
-    let (status, location, bytes) = get(base, 41, &token).await;
-    assert_eq!((status, location), (StatusCode::OK, None));
-    assert!(bytes == small, "exact bytes");
-    assert_eq!(
-        front.seen(&format!("GET /devstoreaccount1/{CONTAINER}/org/41?")),
-        3,
-        "two half bodies, then a whole one"
-    );
+    whole_after_two_failed_reads(&front, base, &token, (41, 300_000), Fault::HalfBody).await;
     assert_eq!(metric(base, "nx_cache_inline_hits_storage_total").await, 1);
 
-    // The large entry's reads break off twice too (the first GET and the first resumption).
-    let (status, location, bytes) = get(base, 42, &token).await;
-    assert_eq!((status, location), (StatusCode::OK, None), "streamed");
-    assert!(bytes == large, "exact bytes");
-    assert_eq!(
-        front.seen(&format!("GET /devstoreaccount1/{CONTAINER}/org/42?")),
-        3,
-        "one GET, two resumptions"
-    );
+    // A large entry's reads break off twice (the first GET and the first resumption).
+    whole_after_two_failed_reads(&front, base, &token, (42, 3 << 20), Fault::HalfBody).await;
     assert_eq!(metric(base, "nx_cache_download_resumes_total").await, 2);
     assert_eq!(metric(base, "nx_cache_inline_hits_storage_total").await, 1);
     let (status, _, bytes) = get(base, 41, &token).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(bytes == small);
+    assert!(bytes == pattern(300_000, 41));
     assert_eq!(metric(base, "nx_cache_inline_hits_memory_total").await, 1);
 
     // Failures before the body are retried: the client has had nothing yet.
     for (hash, fault) in [(44, Fault::ServerBusy), (45, Fault::Closed)] {
-        let body = pattern(3 << 20, hash);
-        put(base, hash, &token, &body).await;
-        front.fail_reads(fault, 2);
-        let (status, location, bytes) = get(base, hash, &token).await;
-        assert_eq!((status, location), (StatusCode::OK, None), "{fault:?}");
-        assert!(bytes == body, "{fault:?}: exact bytes");
-        assert_eq!(
-            front.seen(&format!("GET /devstoreaccount1/{CONTAINER}/org/{hash}?")),
-            3,
-            "{fault:?}: two failed GETs, then a whole one"
-        );
+        whole_after_two_failed_reads(&front, base, &token, (hash, 3 << 20), fault).await;
     }
 
     // Storage that never finishes a read: the body ends cut short after the last resumption,
