@@ -11,17 +11,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use common::azurite::{Azurite, IdentityEndpoint, Tls};
-use common::{Handler, issue_token};
+use common::{Handler, issue_token, no_redirects};
 use reqwest::StatusCode;
 
 const CONTAINER: &str = "nx-cache";
-
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
 
 fn key_mode_env(azurite: &Azurite) -> Vec<(&'static str, String)> {
     azurite.key_env(CONTAINER)
@@ -1153,10 +1146,7 @@ async fn legacy_plugin_entries_are_counted_and_reported_never_served() {
     // The plugin's entry under the same hash is never served: the org namespace has its own.
     let handler = Handler::start_with(&env, &[]);
     let token = handler.token(&["--org"]);
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let client = no_redirects();
     let miss = client
         .get(format!("{}/teams/web/v1/cache/7", handler.base_url))
         .bearer_auth(handler.token(&["--team", "web"]))

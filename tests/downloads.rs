@@ -11,18 +11,11 @@ use std::time::{Duration, Instant};
 
 use common::azurite::Azurite;
 use common::faulty_storage::{Fault, FaultyStorage};
-use common::{Handler, issue_token, metric_value, metrics_text};
+use common::{Handler, issue_token, metric_value, metrics_text, no_redirects};
 use reqwest::StatusCode;
 
 const CONTAINER: &str = "nx-cache";
 const METRICS: &str = "metrics-token-0123456789";
-
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
 
 /// The settings of a handler that reaches storage at `connection_string`.
 fn storage_env(connection_string: String) -> Vec<(&'static str, String)> {

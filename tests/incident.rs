@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 
 use common::azurite::Azurite;
 use common::oidc::Issuer;
-use common::{Handler, TEST_SECRET, issue_token};
+use common::{Handler, TEST_SECRET, issue_token, no_redirects};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -53,15 +53,8 @@ async fn exchanged_token(handler: &Handler, github: &Issuer) -> String {
     response.text().await.unwrap()
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 async fn put(handler: &Handler, path: &str, token: &str, body: &[u8]) -> StatusCode {
-    client()
+    no_redirects()
         .put(format!("{}{path}", handler.base_url))
         .bearer_auth(token)
         .body(body.to_vec())
@@ -403,7 +396,7 @@ async fn deleted_behind_the_instance(download: &str, hash: &str) {
     let path = format!("/v1/cache/{hash}");
     let path = path.as_str();
     assert_eq!(put(&handler, path, &token, b"first").await, 200);
-    let hit = client()
+    let hit = no_redirects()
         .get(format!("{}{path}", handler.base_url))
         .bearer_auth(&token)
         .send()

@@ -6,7 +6,7 @@
 mod common;
 
 use common::azurite::{Azurite, IdentityEndpoint, Tls};
-use common::{Handler, TEST_SECRET, issue_token};
+use common::{Handler, TEST_SECRET, issue_token, no_redirects};
 use nx_azure_cache::storage::azure::connection_string::DEV_ACCOUNT_KEY;
 use reqwest::StatusCode;
 
@@ -48,10 +48,7 @@ fn sig_of(location: &str) -> String {
 
 /// Drives every kind of request and returns (log text, error bodies, signatures handed out).
 async fn exercise(handler: &Handler, secrets: &mut Secrets) -> Vec<String> {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let client = no_redirects();
     let base = &handler.base_url;
     let writer = issue_token(&["--org", "--team", "web"]);
     let reader = issue_token(&["--org", "--read-only"]);

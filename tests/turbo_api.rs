@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::azurite::Azurite;
-use common::{Handler, issue_token, metric_value, metrics_text};
+use common::{Handler, issue_token, metric_value, metrics_text, no_redirects};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -18,13 +18,6 @@ const CONTAINER: &str = "turbo-cache";
 /// A tag as turbo sends it in signature mode (base64 of an HMAC-SHA256).
 const TAG: &str = "kP0XVq5Hn1h9Yc9DaeSQq0H0yq5pC7ZbZ6t1x0Yh0mA=";
 const SHA: &str = "5a4da53a169cb32458e42e7c65f20e4664bc7cfa";
-
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
 
 /// turbo's requests to one server, as one token and one `TURBO_TEAM` make them.
 struct Turbo {

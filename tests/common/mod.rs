@@ -238,6 +238,14 @@ impl Drop for Handler {
     }
 }
 
+/// An HTTP client that does not follow redirects: a test sees the handler's `307` itself.
+pub fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
 /// The text of `GET /metrics` with the metrics token `token`.
 pub async fn metrics_text(base_url: &str, token: &str) -> String {
     reqwest::Client::new()
